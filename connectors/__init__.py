@@ -1,0 +1,1 @@
+"""Stream sources and sinks for stream-mtl: synthetic streams, files, River data sets, Kafka."""

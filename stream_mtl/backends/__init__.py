@@ -1,0 +1,35 @@
+"""Backends: where the shared trunk and the task heads live and learn (NumPy or torch)."""
+
+from __future__ import annotations
+
+from stream_mtl.backends.base import Backend, HeadSpec
+
+BACKENDS = ("numpy", "torch")
+
+
+def make_backend(
+    name: str,
+    hidden: tuple[int, ...],
+    activation: str,
+    optimizer: str,
+    lr: float,
+    dtype: str,
+    device: str,
+) -> Backend:
+    """The backend called `name`, empty (no inputs, no heads)."""
+    if name == "numpy":
+        from stream_mtl.backends.numpy import NumpyBackend
+
+        if device not in ("cpu", "auto"):
+            raise ValueError(
+                f"the numpy backend runs on the CPU only; device={device!r} needs backend='torch'"
+            )
+        return NumpyBackend(
+            hidden=hidden, activation=activation, optimizer=optimizer, lr=lr, dtype=dtype
+        )
+    if name == "torch":
+        raise ValueError("backend 'torch' is not available yet; use backend='numpy'")
+    raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+
+
+__all__ = ["BACKENDS", "Backend", "HeadSpec", "make_backend"]

@@ -1,0 +1,77 @@
+"""The protocol every backend implements; the learner talks to backends through it alone.
+
+A backend holds a shared trunk and one head per task, and knows each head's kind
+(for its link and loss), but nothing of features, label values, weighting or drift:
+the learner hands it encoded inputs, per-task targets and per-task weights, and
+gets back raw outputs or per-task losses.
+
+Targets are per task: a scaled number (regression), 0.0/1.0 (binary) or a class
+index (multiclass). For one observation they are a list with `None` for an
+unlabelled task; for a batch, an (n_rows x n_tasks) array with NaN there.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import numpy as np
+
+
+class HeadSpec(typing.NamedTuple):
+    """One task's head: its name, its kind and how many outputs it has."""
+
+    task: str
+    kind: str
+    size: int
+
+
+class Backend(typing.Protocol):
+    hidden: tuple[int, ...]
+    n_inputs: int
+    heads: list[HeadSpec]
+
+    def grow_inputs(self, first_layer_rows: np.ndarray) -> None:
+        """Add inputs; `first_layer_rows` (n_new x first hidden width) are their weights.
+
+        With no hidden layer, the heads read the inputs directly and the new weights are 0.
+        """
+
+    def set_head(self, task: str, kind: str, size: int) -> None:
+        """Add a head, or grow an existing head to `size` outputs (new outputs start at 0)."""
+
+    def set_head_lr_scale(self, scale: np.ndarray) -> None:
+        """Multiply each task's head learning rate by `scale[task index]` from now on."""
+
+    def forward_one(self, x: np.ndarray) -> np.ndarray:
+        """Raw head outputs (total outputs,) for one encoded input."""
+
+    def forward_many(self, X: np.ndarray) -> np.ndarray:
+        """Raw head outputs (n_rows x total outputs) for encoded inputs."""
+
+    def step_one(
+        self,
+        x: np.ndarray,
+        targets: list,
+        loss_weight: np.ndarray,
+        trunk_scale: np.ndarray,
+    ) -> list[float]:
+        """One optimiser step on one observation; the loss of each task (NaN if unlabelled).
+
+        The loss is the sum over labelled tasks of `loss_weight[k] * loss_k`; the shared
+        trunk receives each task's gradient further multiplied by `trunk_scale[k]`.
+        """
+
+    def step_many(
+        self,
+        X: np.ndarray,
+        targets: np.ndarray,
+        loss_weight: np.ndarray,
+        trunk_scale: np.ndarray,
+    ) -> np.ndarray:
+        """One optimiser step on the mean loss over the batch's rows; per-task mean losses."""
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Parameters and optimiser state as NumPy arrays (see `layout` for the names)."""
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what `state` returned (from either backend); heads must already match."""

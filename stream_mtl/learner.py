@@ -1,0 +1,588 @@
+"""MultiTaskLearner: the one object users hold - a shared trunk, a head per task, learning online.
+
+The learner owns everything that is about the data: it checks and encodes
+features, scales regression targets, maps class labels to head outputs, asks
+the weighting strategy for this step's task weights, and hands plain arrays to
+a backend, which owns the parameters and the optimiser.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import typing
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from river import base
+
+from stream_mtl import __version__
+from stream_mtl.backends import BACKENDS, make_backend
+from stream_mtl.backends.init import ACTIVATIONS, initial_trunk, layer_weights
+from stream_mtl.backends.numpy import OPTIMIZERS
+from stream_mtl.checkpoint import (
+    load_checkpoint,
+    object_from_spec,
+    object_to_spec,
+    save_checkpoint,
+)
+from stream_mtl.features import FeatureEncoder
+from stream_mtl.moments import RunningMoments
+from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION, Label, Task, task_from_kind
+from stream_mtl.weighting import Equal, WeightingStrategy
+
+DTYPES = ("float32", "float64")
+
+
+class DriftEvent(typing.NamedTuple):
+    """A change detected in one task's loss: at which learning step, in which task, by what."""
+
+    step: int
+    task: str
+    detector: str
+
+
+class MultiTaskLearner(base.Estimator):
+    """An online multi-task model: a shared MLP trunk and one head per task.
+
+    Parameters
+    ----------
+    tasks
+        Task name -> `Regression()`, `Binary()` or `Multiclass()`. More can be added
+        at any time with `add_task`.
+    hidden
+        Widths of the shared trunk's layers; `()` puts the heads on the scaled inputs.
+    backend
+        `"numpy"` (fast per observation, CPU) or `"torch"` (mini-batches, CPU or GPU).
+    device
+        For the torch backend: `"cpu"`, `"cuda"`, `"cuda:N"` or `"auto"`.
+    optimizer
+        `"adam"` or `"sgd"`.
+    lr
+        Learning rate.
+    dtype
+        `"float32"`, or `"float64"` for exact cross-backend checks.
+    weighting
+        A task-weighting strategy; `None` means equal weights.
+    seed
+        Seed of the initial weights.
+    activation
+        `"relu"` or `"tanh"`, for the trunk's layers.
+
+    Examples
+    --------
+    >>> from stream_mtl import MultiTaskLearner, Regression, Binary, Multiclass
+    >>> model = MultiTaskLearner(
+    ...     tasks={"price": Regression(), "churn": Binary(), "segment": Multiclass()},
+    ...     hidden=(16,), seed=0,
+    ... )
+    >>> for i in range(200):
+    ...     x = {"age": i % 7, "plan": "pro" if i % 2 else "free"}
+    ...     y = {"price": 10.0 + i % 7, "churn": i % 2 == 0, "segment": "ab"[i % 2]}
+    ...     model.learn_one(x, y)
+    >>> prediction = model.predict_one({"age": 3, "plan": "pro"})
+    >>> round(prediction["price"]), prediction["churn"], prediction["segment"]
+    (13, False, 'b')
+    >>> model.n_learned
+    {'price': 200, 'churn': 200, 'segment': 200}
+    >>> model.learn_one({"age": 1}, {"price": 11.0})  # a label for one task only
+    >>> model.n_learned["price"], model.n_learned["churn"]
+    (201, 200)
+    """
+
+    def __init__(
+        self,
+        tasks: dict[str, Task] | None = None,
+        hidden: tuple[int, ...] = (64, 64),
+        backend: str = "numpy",
+        device: str = "cpu",
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        dtype: str = "float32",
+        weighting: WeightingStrategy | None = None,
+        seed: int | None = None,
+        activation: str = "relu",
+    ) -> None:
+        self.tasks = dict(tasks or {})
+        self.hidden = tuple(hidden)
+        self.backend = backend
+        self.device = device
+        self.optimizer = optimizer
+        self.lr = lr
+        self.dtype = dtype
+        self.weighting = weighting
+        self.seed = seed
+        self.activation = activation
+        self._check_params()
+
+        self._encoder = FeatureEncoder()
+        self._targets = RunningMoments()  # one column per task; used by regression tasks
+        self._task_names: list[str] = []
+        self._task_objects: list[Task] = []
+        self._task_positions: dict[str, int] = {}
+        self._classes: dict[str, list[Label]] = {}
+        self._class_index: dict[str, dict[Label, int]] = {}
+        self._n_learned: list[int] = []
+        self._n_steps = 0
+        self.drift_events: list[DriftEvent] = []
+        self._weighting = weighting.clone() if weighting is not None else Equal()
+        rng = np.random.default_rng(seed)
+        self._backend = make_backend(
+            backend, self.hidden, activation, optimizer, float(lr), dtype, device
+        )
+        self._backend.load_trunk(initial_trunk(rng, self.hidden, activation))
+        self._feature_seed = int(rng.integers(2**32))
+        for name, task in self.tasks.items():
+            self._register_task(name, task)
+
+    def _check_params(self) -> None:
+        for name, task in self.tasks.items():
+            self._check_new_task(name, task, existing=())
+        if not all(isinstance(w, int) and w > 0 for w in self.hidden):
+            raise ValueError(
+                f"hidden must be a tuple of positive layer widths, got {self.hidden!r}"
+            )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
+        if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {DTYPES}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; expected {ACTIVATIONS}")
+        if self.weighting is not None and not isinstance(self.weighting, WeightingStrategy):
+            raise TypeError(
+                f"weighting must be a weighting strategy such as Equal(), got {self.weighting!r}"
+            )
+
+    @staticmethod
+    def _check_new_task(name: object, task: object, existing: typing.Iterable[str]) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"task names must be non-empty strings, got {name!r}")
+        if not isinstance(task, Task):
+            raise TypeError(
+                f"task {name!r} must be Regression(), Binary() or Multiclass(), got {task!r}"
+            )
+        if name in existing:
+            raise ValueError(f"task {name!r} already exists")
+
+    def _get_params(self) -> dict[str, typing.Any]:
+        params = super()._get_params()
+        if params["hidden"] == ():
+            # river.base.Base.clone reads param[0] of every tuple parameter, which fails on
+            # an empty tuple; a list round-trips through the constructor just as well.
+            params["hidden"] = []
+        return params
+
+    @classmethod
+    def _unit_test_params(cls) -> typing.Iterator[dict]:
+        from stream_mtl.tasks import Binary, Regression
+
+        yield {"tasks": {"y": Regression()}, "hidden": (8,), "seed": 42}
+        yield {
+            "tasks": {"y": Regression(), "flag": Binary()},
+            "hidden": (),
+            "optimizer": "sgd",
+            "lr": 0.01,
+            "seed": 1,
+        }
+
+    # -- tasks -----------------------------------------------------------------------
+
+    def add_task(self, name: str, task: Task) -> None:
+        """Add a task with a fresh head; it can be learned from the next observation on.
+
+        >>> from stream_mtl import MultiTaskLearner, Regression
+        >>> model = MultiTaskLearner(tasks={"price": Regression()}, hidden=(4,))
+        >>> model.add_task("margin", Regression())
+        >>> list(model.task_weights)
+        ['price', 'margin']
+        """
+        self._check_new_task(name, task, existing=self._task_names)
+        self.tasks[name] = task
+        self._register_task(name, task)
+
+    def _register_task(self, name: str, task: Task) -> None:
+        self._task_positions[name] = len(self._task_names)
+        self._task_names.append(name)
+        self._task_objects.append(task)
+        self._n_learned.append(0)
+        self._targets.grow(len(self._task_names))
+        if task.kind == MULTICLASS:
+            self._classes[name] = []
+            self._class_index[name] = {}
+        self._weighting.add_task(name)
+        self._backend.set_head(name, task.kind, 0 if task.kind == MULTICLASS else 1)
+
+    @property
+    def task_weights(self) -> dict[str, float]:
+        """Each task's loss weight for the next step."""
+        weights = self._weighting.step_weights().loss
+        return {name: float(w) for name, w in zip(self._task_names, weights)}
+
+    @property
+    def n_learned(self) -> dict[str, int]:
+        """How many labels each task has learned from."""
+        return dict(zip(self._task_names, self._n_learned))
+
+    @property
+    def classes(self) -> dict[str, list[Label]]:
+        """The classes each multiclass task has seen, in order of first appearance."""
+        return {name: list(labels) for name, labels in self._classes.items()}
+
+    # -- checking labels ---------------------------------------------------------------
+
+    def _task_position(self, name: object) -> int:
+        try:
+            return self._task_positions[name]  # type: ignore[index]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"unknown task {name!r}; this model's tasks are {self._task_names}"
+            ) from None
+
+    def _check_labels(self, y: object) -> list[Label | None]:
+        """Canonical labels by task position (None where absent); raises naming the fault."""
+        if not isinstance(y, Mapping):
+            raise TypeError(f"labels must be a dict of task -> label, got {type(y).__name__}")
+        labels: list[Label | None] = [None] * len(self._task_names)
+        for name, label in y.items():
+            position = self._task_position(name)
+            labels[position] = self._task_objects[position].check_label(name, label)
+        return labels
+
+    # -- one observation ---------------------------------------------------------------
+
+    def learn_one(self, x: dict, y: dict) -> None:
+        """Learn from one observation; `y` may label any subset of the tasks.
+
+        Everything is checked before anything changes: a rejected call leaves the
+        model exactly as it was.
+        """
+        labels = self._check_labels(y)
+        n_before = self._encoder.n_features
+        encoded = self._encoder.learn_one(x)
+        self._grow_inputs(n_before)
+        if all(label is None for label in labels):
+            return  # nothing to learn from; the feature statistics have been updated
+        targets = self._targets_one(labels)
+        weights = self._weighting.step_weights()
+        self._backend.set_head_lr_scale(weights.head_lr)
+        losses = self._backend.step_one(encoded, targets, weights.loss, weights.trunk)
+        counts = [0 if t is None else 1 for t in targets]
+        self._after_step(np.array(losses), np.array(counts, dtype=bool), counts)
+
+    def _targets_one(self, labels: list[Label | None]) -> list:
+        targets: list = [None] * len(labels)
+        moments = self._targets
+        for position, label in enumerate(labels):
+            if label is None:
+                continue
+            kind = self._task_objects[position].kind
+            if kind == REGRESSION:
+                targets[position] = moments.update_and_scale_scalar(position, label)
+            elif kind == BINARY:
+                targets[position] = 1.0 if label else 0.0
+            else:
+                targets[position] = self._class_position(self._task_names[position], label)
+        return targets
+
+    def _class_position(self, task: str, label: Label) -> int:
+        index = self._class_index[task]
+        position = index.get(label)
+        if position is None:
+            position = index[label] = len(self._classes[task])
+            self._classes[task].append(label)
+            self._backend.set_head(task, MULTICLASS, len(self._classes[task]))
+        return position
+
+    def _grow_inputs(self, n_before: int) -> None:
+        """Give the backend the features the encoder has registered since `n_before`."""
+        n_new = self._encoder.n_features - n_before
+        if n_new <= 0:
+            return
+        width = self.hidden[0] if self.hidden else 0
+        rows = np.zeros((n_new, width))
+        if self._n_steps == 0 and self.hidden:
+            # Before the first step, input weights are drawn like any layer's, each feature's
+            # row from its own name so that the order features arrive in does not matter.
+            # Afterwards a new feature starts at zero: it changes no prediction until learned.
+            fan_in = self._encoder.n_features
+            for row, name in enumerate(self._encoder.names[n_before:]):
+                rng = np.random.default_rng([self._feature_seed, zlib.crc32(repr(name).encode())])
+                rows[row] = layer_weights(rng, fan_in, width, 1, self.activation)[0]
+        self._backend.grow_inputs(rows)
+
+    def _after_step(
+        self, losses: np.ndarray, labelled: np.ndarray, counts: typing.Sequence[int]
+    ) -> None:
+        self._n_steps += 1
+        self._weighting.update(losses, labelled, self._n_steps)
+        n_learned = self._n_learned
+        for position, count in enumerate(counts):
+            n_learned[position] += int(count)
+
+    def predict_one(self, x: dict) -> dict[str, Label | None]:
+        """Each task's prediction for `x`: a number, a bool or a class (None before any class)."""
+        outputs = self._backend.forward_one(self._encoder.transform_one(x)).tolist()
+        prediction: dict[str, Label | None] = {}
+        mean, std = self._targets.mean, self._targets.stdev
+        start = 0
+        for position, (name, task) in enumerate(zip(self._task_names, self._task_objects)):
+            kind = task.kind
+            if kind == REGRESSION:
+                prediction[name] = outputs[start] * float(std[position]) + float(mean[position])
+                start += 1
+            elif kind == BINARY:
+                prediction[name] = outputs[start] > 0.0
+                start += 1
+            else:
+                classes = self._classes[name]
+                logits = outputs[start : start + len(classes)]
+                prediction[name] = classes[logits.index(max(logits))] if classes else None
+                start += len(classes)
+        return prediction
+
+    def predict_proba_one(self, x: dict) -> dict[str, dict[Label, float]]:
+        """Class probabilities of each classification task for `x`."""
+        outputs = self._backend.forward_one(self._encoder.transform_one(x))
+        return self._probabilities(outputs[None, :])[0]
+
+    def _decode(self, outputs: np.ndarray) -> list[dict[str, Label | None]]:
+        columns: dict[str, list] = {}
+        start = 0
+        for position, (name, task) in enumerate(zip(self._task_names, self._task_objects)):
+            if task.kind == REGRESSION:
+                std = self._targets.stdev[position]
+                values = outputs[:, start] * std + self._targets.mean[position]
+                columns[name] = values.astype(float).tolist()
+                start += 1
+            elif task.kind == BINARY:
+                columns[name] = (outputs[:, start] > 0).tolist()
+                start += 1
+            else:
+                classes = self._classes[name]
+                if classes:
+                    best = outputs[:, start : start + len(classes)].argmax(axis=1)
+                    columns[name] = [classes[i] for i in best]
+                else:
+                    columns[name] = [None] * len(outputs)
+                start += len(classes)
+        return (
+            [dict(zip(columns, row)) for row in zip(*columns.values())]
+            if columns
+            else [{} for _ in range(len(outputs))]
+        )
+
+    def _probabilities(self, outputs: np.ndarray) -> list[dict[str, dict[Label, float]]]:
+        rows: list[dict[str, dict[Label, float]]] = [{} for _ in range(len(outputs))]
+        start = 0
+        for name, task in zip(self._task_names, self._task_objects):
+            if task.kind == REGRESSION:
+                start += 1
+            elif task.kind == BINARY:
+                p_true = 1.0 / (1.0 + np.exp(-outputs[:, start].astype(float)))
+                for row, p in zip(rows, p_true.tolist()):
+                    row[name] = {False: 1.0 - p, True: p}
+                start += 1
+            else:
+                classes = self._classes[name]
+                logits = outputs[:, start : start + len(classes)].astype(float)
+                start += len(classes)
+                if not classes:
+                    for row in rows:
+                        row[name] = {}
+                    continue
+                exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+                probabilities = exp / exp.sum(axis=1, keepdims=True)
+                for row, p in zip(rows, probabilities.tolist()):
+                    row[name] = dict(zip(classes, p))
+        return rows
+
+    # -- many observations -------------------------------------------------------------
+
+    def learn_many(self, X: pd.DataFrame | np.ndarray, Y: pd.DataFrame | Mapping) -> None:
+        """Learn from a mini-batch in one optimiser step on the mean loss over its rows.
+
+        `Y` has one column per task with NaN (or None) where a row has no label. The
+        feature and target statistics are updated row by row, exactly as a loop of
+        `learn_one` would; the parameters take one step whose gradient is the mean of
+        the rows' gradients (River's convention for mini-batch gradient descent).
+        """
+        labels = self._check_label_frame(Y, len(X))
+        n_before = self._encoder.n_features
+        encoded = self._encoder.learn_many(X)
+        self._grow_inputs(n_before)
+        targets = self._targets_many(labels, len(X))
+        counts = (~np.isnan(targets)).sum(axis=0)
+        if not counts.any():
+            return
+        weights = self._weighting.step_weights()
+        self._backend.set_head_lr_scale(weights.head_lr)
+        losses = self._backend.step_many(encoded, targets, weights.loss, weights.trunk)
+        self._after_step(np.asarray(losses, dtype=float), counts > 0, counts)
+
+    def _check_label_frame(self, Y: object, n_rows: int) -> dict[int, np.ndarray]:
+        """Canonical label columns by task position; None where a row has no label."""
+        if isinstance(Y, pd.DataFrame):
+            columns = {name: Y[name].to_numpy(dtype=object) for name in Y.columns}
+        elif isinstance(Y, Mapping):
+            columns = {name: np.asarray(values, dtype=object) for name, values in Y.items()}
+        else:
+            raise TypeError(
+                f"labels must be a DataFrame with one column per task, got {type(Y).__name__}"
+            )
+        checked = {}
+        for name, values in columns.items():
+            position = self._task_position(name)
+            if len(values) != n_rows:
+                raise ValueError(
+                    f"labels for task {name!r} have {len(values)} rows; the features have {n_rows}"
+                )
+            task = self._task_objects[position]
+            try:
+                checked[position] = np.array(
+                    [task.check_label(name, value) for value in values], dtype=object
+                )
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{error} (in the labels' rows)") from None
+        return checked
+
+    def _targets_many(self, labels: dict[int, np.ndarray], n_rows: int) -> np.ndarray:
+        targets = np.full((n_rows, len(self._task_names)), np.nan)
+        for position, column in labels.items():
+            present = np.array([label is not None for label in column], dtype=bool)
+            kind = self._task_objects[position].kind
+            if kind == REGRESSION:
+                values = np.where(present, column, 0.0).astype(float)
+                scaled = self._targets.update_and_scale_batch(
+                    np.array([position]), values[:, None], present[:, None]
+                )[:, 0]
+                targets[present, position] = scaled[present]
+            elif kind == BINARY:
+                targets[present, position] = column[present].astype(float)
+            else:
+                name = self._task_names[position]
+                targets[present, position] = [
+                    self._class_position(name, label) for label in column[present]
+                ]
+        return targets
+
+    def predict_many(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """Predictions for each row of `X`: a DataFrame with one column per task."""
+        outputs = self._backend.forward_many(self._encoder.transform_many(X))
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        return pd.DataFrame(self._decode(outputs), index=index, columns=self._task_names)
+
+    def predict_proba_many(self, X: pd.DataFrame | np.ndarray) -> dict[str, pd.DataFrame]:
+        """Class probabilities for each row of `X`: a DataFrame per classification task."""
+        outputs = self._backend.forward_many(self._encoder.transform_many(X))
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        rows = self._probabilities(outputs)
+        return {
+            name: pd.DataFrame([row[name] for row in rows], index=index)
+            for name, task in zip(self._task_names, self._task_objects)
+            if task.kind != REGRESSION
+        }
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
+        """Write the whole learner to one checkpoint file, atomically (see `checkpoint`).
+
+        `extra` is JSON-able data stored beside it (a stream position, say) and returned
+        by `load_with_extra`.
+        """
+        meta, arrays = self._state()
+        meta["extra"] = extra or {}
+        save_checkpoint(path, meta, arrays)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, backend: str | None = None, device: str | None = None
+    ) -> MultiTaskLearner:
+        """A learner from a checkpoint, on its own backend or on the one given."""
+        return cls.load_with_extra(path, backend=backend, device=device)[0]
+
+    @classmethod
+    def load_with_extra(
+        cls, path: str | os.PathLike, backend: str | None = None, device: str | None = None
+    ) -> tuple[MultiTaskLearner, dict]:
+        """Like `load`, also returning the `extra` data given to `save`."""
+        meta, arrays = load_checkpoint(path)
+        try:
+            model = cls._from_state(meta, arrays, backend, device)
+        except (KeyError, IndexError, TypeError) as error:
+            raise ValueError(
+                f"checkpoint {str(path)!r} is incomplete or corrupt: {error!r}"
+            ) from None
+        return model, meta.get("extra", {})
+
+    def _state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        encoder_meta, encoder_arrays = self._encoder.state()
+        weighting_meta, weighting_arrays = self._weighting.state()
+        meta = {
+            "library_version": __version__,
+            "params": {
+                "hidden": list(self.hidden),
+                "backend": self.backend,
+                "device": self.device,
+                "optimizer": self.optimizer,
+                "lr": self.lr,
+                "dtype": self.dtype,
+                "seed": self.seed,
+                "activation": self.activation,
+            },
+            "tasks": [
+                [name, task.kind] for name, task in zip(self._task_names, self._task_objects)
+            ],
+            "classes": self._classes,
+            "n_learned": self._n_learned,
+            "n_steps": self._n_steps,
+            "feature_seed": self._feature_seed,
+            "encoder": encoder_meta,
+            "weighting": {"spec": object_to_spec(self._weighting), "state": weighting_meta},
+            "drift_events": [list(event) for event in self.drift_events],
+        }
+        arrays = {f"encoder.{k}": v for k, v in encoder_arrays.items()}
+        arrays.update({f"targets.{k}": v for k, v in self._targets.state().items()})
+        arrays.update({f"weighting.{k}": v for k, v in weighting_arrays.items()})
+        arrays.update({f"backend.{k}": v for k, v in self._backend.state().items()})
+        return meta, arrays
+
+    @classmethod
+    def _from_state(
+        cls, meta: dict, arrays: dict[str, np.ndarray], backend: str | None, device: str | None
+    ) -> MultiTaskLearner:
+        params = dict(meta["params"])
+        params["hidden"] = tuple(params["hidden"])
+        params["backend"] = backend or params["backend"]
+        params["device"] = device or (params["device"] if backend is None else "cpu")
+        weighting = object_from_spec(meta["weighting"]["spec"])
+        tasks = {name: task_from_kind(kind) for name, kind in meta["tasks"]}
+        model = cls(tasks=tasks, weighting=weighting, **params)
+        model._feature_seed = int(meta["feature_seed"])
+
+        def section(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        model._encoder.load_state(meta["encoder"], section("encoder."))
+        model._targets.load_state(section("targets."))
+        model._weighting.load_state(meta["weighting"]["state"], section("weighting."))
+        for name, classes in meta["classes"].items():
+            model._classes[name] = list(classes)
+            model._class_index[name] = {label: i for i, label in enumerate(classes)}
+            model._backend.set_head(name, MULTICLASS, len(classes))
+        model._backend.load_state(section("backend."))
+        model._n_learned = [int(n) for n in meta["n_learned"]]
+        model._n_steps = int(meta["n_steps"])
+        model.drift_events = [DriftEvent(*event) for event in meta["drift_events"]]
+        if model._backend.n_inputs != model._encoder.n_features:
+            raise ValueError(
+                f"checkpoint is inconsistent: {model._encoder.n_features} features but "
+                f"{model._backend.n_inputs} model inputs"
+            )
+        return model

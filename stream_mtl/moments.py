@@ -1,0 +1,148 @@
+"""Running mean and variance of many columns at once (Welford), grown as columns appear.
+
+Used for the online scaling of features and of regression targets. The batch
+update gives each row the statistics a row-by-row loop would have given it, so
+`learn_many` scales exactly as a loop of `learn_one` would.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class RunningMoments:
+    """Count, mean and sum of squared deviations per column, in float64.
+
+    >>> m = RunningMoments()
+    >>> m.grow(2)
+    >>> for row in ([1.0, 10.0], [3.0, 30.0]):
+    ...     _ = m.update_and_scale(np.arange(2), np.array(row))
+    >>> m.mean.tolist(), m.std(np.arange(2)).tolist()
+    ([2.0, 20.0], [1.0, 10.0])
+    """
+
+    def __init__(self) -> None:
+        self.count = np.zeros(0)
+        self.mean = np.zeros(0)
+        self.m2 = np.zeros(0)
+        self.stdev = np.ones(0)  # kept up to date: 1 where the deviation is not yet defined
+
+    def __len__(self) -> int:
+        return len(self.count)
+
+    def grow(self, n_columns: int) -> None:
+        """Make room for `n_columns` columns in all; new ones start empty."""
+        extra = n_columns - len(self.count)
+        if extra > 0:
+            pad = np.zeros(extra)
+            self.count = np.concatenate([self.count, pad])
+            self.mean = np.concatenate([self.mean, pad])
+            self.m2 = np.concatenate([self.m2, pad])
+            self.stdev = np.concatenate([self.stdev, pad + 1.0])
+
+    def std(self, columns: np.ndarray | slice) -> np.ndarray:
+        """Standard deviation of the given columns; 1 where it is not yet defined."""
+        return self.stdev[columns]
+
+    def scale(self, columns: np.ndarray | slice, values: np.ndarray) -> np.ndarray:
+        """Standardise `values` (one per column, or rows of them) with the current statistics."""
+        return (values - self.mean[columns]) / self.stdev[columns]
+
+    def update_and_scale(self, columns: np.ndarray | slice, values: np.ndarray) -> np.ndarray:
+        """Add one observation of each given column, then return it standardised."""
+        if isinstance(columns, slice):  # views: update in place, fewer operations
+            count, mean, m2, stdev = (
+                self.count[columns],
+                self.mean[columns],
+                self.m2[columns],
+                self.stdev[columns],
+            )
+            count += 1.0
+            delta = values - mean
+            mean += delta / count
+            deviation = values - mean
+            m2 += delta * deviation
+            np.divide(m2, count, out=stdev)
+            np.sqrt(stdev, out=stdev)
+            stdev[stdev == 0.0] = 1.0
+            deviation /= stdev
+            return deviation
+        count = self.count[columns] + 1.0
+        delta = values - self.mean[columns]
+        mean = self.mean[columns] + delta / count
+        m2 = self.m2[columns] + delta * (values - mean)
+        self.count[columns] = count
+        self.mean[columns] = mean
+        self.m2[columns] = m2
+        std = np.sqrt(m2 / count)
+        std[std == 0.0] = 1.0
+        self.stdev[columns] = std
+        return (values - mean) / std
+
+    def update_and_scale_scalar(self, column: int, value: float) -> float:
+        """`update_and_scale` for a single column, in Python floats (cheaper for one value)."""
+        count = float(self.count[column]) + 1.0
+        mean = float(self.mean[column])
+        delta = value - mean
+        mean += delta / count
+        m2 = float(self.m2[column]) + delta * (value - mean)
+        std = math.sqrt(m2 / count) or 1.0
+        self.count[column], self.mean[column], self.m2[column], self.stdev[column] = (
+            count,
+            mean,
+            m2,
+            std,
+        )
+        return (value - mean) / std
+
+    def update_and_scale_batch(
+        self, columns: np.ndarray, values: np.ndarray, present: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Add the rows of `values` (n_rows x len(columns)) in order; return them standardised.
+
+        Row i is standardised with the statistics of every earlier row and itself, as a
+        loop of `update_and_scale` would. Entries where `present` is False are skipped
+        (they neither count nor get a meaningful scaled value; 0 is returned there).
+        """
+        values = np.asarray(values, dtype=float)
+        if present is None:
+            present = np.ones(values.shape, dtype=bool)
+        n0 = self.count[columns]
+        mean0 = self.mean[columns]
+        # Shift by a value close to the data so the running sums do not cancel.
+        first = np.where(
+            present.any(axis=0), values[present.argmax(axis=0), range(len(columns))], 0
+        )
+        shift = np.where(n0 > 0, mean0, first)
+        u = np.where(present, values - shift, 0.0)
+        n = n0 + np.cumsum(present, axis=0)
+        prior = n0 * (mean0 - shift)
+        s1 = prior + np.cumsum(u, axis=0)
+        s2 = self.m2[columns] + n0 * (mean0 - shift) ** 2 + np.cumsum(u * u, axis=0)
+        safe_n = np.where(n > 0, n, 1.0)
+        mean = shift + s1 / safe_n
+        m2 = np.maximum(s2 - s1 * s1 / safe_n, 0.0)
+        std = np.sqrt(m2 / safe_n)
+        std[std == 0.0] = 1.0
+        scaled = np.where(present, (values - mean) / std, 0.0)
+        self.count[columns] = n[-1]
+        self.mean[columns] = np.where(n[-1] > 0, mean[-1], mean0)
+        self.m2[columns] = np.where(n[-1] > 0, m2[-1], self.m2[columns])
+        self._refresh_stdev()
+        return scaled
+
+    def _refresh_stdev(self) -> None:
+        var = np.divide(self.m2, self.count, out=np.zeros_like(self.m2), where=self.count > 0)
+        self.stdev = np.sqrt(var)
+        self.stdev[self.stdev == 0.0] = 1.0
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.count = np.array(arrays["count"], dtype=float)
+        self.mean = np.array(arrays["mean"], dtype=float)
+        self.m2 = np.array(arrays["m2"], dtype=float)
+        self._refresh_stdev()

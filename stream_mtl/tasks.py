@@ -1,0 +1,163 @@
+"""Task kinds: what a head predicts, how its labels are checked, and its default metrics.
+
+A task object is a stateless description (River `Base`, so it clones and prints
+like any River parameter). What a task learns - the running target scale of a
+regression task, the classes seen by a multiclass task - lives in the learner.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import typing
+
+import numpy as np
+from river import base, metrics
+
+Label = float | bool | int | str
+
+REGRESSION = "regression"
+BINARY = "binary"
+MULTICLASS = "multiclass"
+
+
+def _is_missing(label: object) -> bool:
+    return label is None or (isinstance(label, float | np.floating) and math.isnan(label))
+
+
+class Task(base.Base):
+    """One prediction target of a multi-task model (abstract)."""
+
+    kind: typing.ClassVar[str]
+
+    def check_label(self, task: str, label: object) -> Label | None:
+        """Return `label` in canonical form, `None` if it is missing, or raise naming `task`."""
+        raise NotImplementedError
+
+    def default_metrics(self) -> list[metrics.base.Metric]:
+        """Fresh River metrics suited to this kind of task."""
+        raise NotImplementedError
+
+
+class Regression(Task):
+    """A real-valued target, learned on an online-standardised scale.
+
+    >>> Regression().check_label("price", 12)
+    12.0
+    >>> Regression().check_label("price", float("nan")) is None
+    True
+    >>> [type(m).__name__ for m in Regression().default_metrics()]
+    ['MAE', 'RMSE', 'R2']
+    """
+
+    kind = REGRESSION
+
+    def check_label(self, task: str, label: object) -> float | None:
+        if _is_missing(label):
+            return None
+        if isinstance(label, bool | np.bool_) or not isinstance(label, numbers.Real):
+            raise TypeError(
+                f"label {label!r} for regression task {task!r} is a {type(label).__name__}; "
+                "expected a number"
+            )
+        value = float(label)
+        if math.isinf(value):
+            raise ValueError(f"label {label!r} for regression task {task!r} is infinite")
+        return value
+
+    def default_metrics(self) -> list[metrics.base.Metric]:
+        return [metrics.MAE(), metrics.RMSE(), metrics.R2()]
+
+
+class Binary(Task):
+    """A yes/no target: labels are `True`/`False` (or 0/1); predictions are `bool`.
+
+    >>> Binary().check_label("churn", 1)
+    True
+    >>> Binary().check_label("churn", "yes")
+    Traceback (most recent call last):
+    ...
+    TypeError: label 'yes' for binary task 'churn' is a str; expected True/False or 0/1
+    """
+
+    kind = BINARY
+
+    def check_label(self, task: str, label: object) -> bool | None:
+        if _is_missing(label):
+            return None
+        if isinstance(label, bool | np.bool_):
+            return bool(label)
+        if isinstance(label, numbers.Real):
+            if label in (0, 1):
+                return bool(label)
+            raise ValueError(
+                f"label {label!r} for binary task {task!r} is neither 0 nor 1; "
+                "expected True/False or 0/1"
+            )
+        raise TypeError(
+            f"label {label!r} for binary task {task!r} is a {type(label).__name__}; "
+            "expected True/False or 0/1"
+        )
+
+    def default_metrics(self) -> list[metrics.base.Metric]:
+        return [metrics.Accuracy(), metrics.LogLoss(), metrics.ROCAUC()]
+
+
+class Multiclass(Task):
+    """A categorical target whose classes are discovered as they appear (the head grows).
+
+    Class labels are strings, integers or booleans; an integral float such as `2.0`
+    (what pandas makes of an integer column with missing values) is read as `2`.
+
+    >>> Multiclass().check_label("segment", "b")
+    'b'
+    >>> Multiclass().check_label("segment", 2.0)
+    2
+    """
+
+    kind = MULTICLASS
+
+    def check_label(self, task: str, label: object) -> str | int | bool | None:
+        if _is_missing(label):
+            return None
+        if isinstance(label, bool | np.bool_):
+            return bool(label)
+        if isinstance(label, str):
+            return str(label)
+        if isinstance(label, numbers.Integral):
+            return int(label)
+        if isinstance(label, numbers.Real):
+            if math.isfinite(label) and float(label).is_integer():
+                return int(label)
+            raise ValueError(
+                f"label {label!r} for multiclass task {task!r} is not a class: "
+                "expected a string, an integer or a boolean"
+            )
+        raise TypeError(
+            f"label {label!r} for multiclass task {task!r} is a {type(label).__name__}; "
+            "expected a string, an integer or a boolean"
+        )
+
+    def default_metrics(self) -> list[metrics.base.Metric]:
+        return [metrics.Accuracy(), metrics.MacroF1()]
+
+
+TASK_KINDS: dict[str, type[Task]] = {
+    REGRESSION: Regression,
+    BINARY: Binary,
+    MULTICLASS: Multiclass,
+}
+
+
+def task_from_kind(kind: str) -> Task:
+    """The task object for a kind name (`"regression"`, `"binary"`, `"multiclass"`).
+
+    >>> task_from_kind("binary")
+    Binary ()
+    """
+    try:
+        return TASK_KINDS[kind]()
+    except KeyError:
+        raise ValueError(
+            f"unknown task kind {kind!r}; expected one of {sorted(TASK_KINDS)}"
+        ) from None

@@ -1,0 +1,46 @@
+"""Shared fixtures: small seeded models and streams."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
+
+
+def model_state(model: MultiTaskLearner) -> dict:
+    """Everything a learner has learned, as plain data, for bit-identical comparisons."""
+    meta, arrays = model._state()
+    return {"meta": copy.deepcopy(meta), "arrays": {k: v.copy() for k, v in arrays.items()}}
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a["meta"] == b["meta"]
+    assert a["arrays"].keys() == b["arrays"].keys()
+    for name in a["arrays"]:
+        np.testing.assert_array_equal(a["arrays"][name], b["arrays"][name], err_msg=name)
+
+
+def mixed_tasks() -> dict:
+    return {"price": Regression(), "churn": Binary(), "segment": Multiclass()}
+
+
+def mixed_observation(rng: np.random.Generator) -> tuple[dict, dict]:
+    x = {"a": float(rng.normal()), "b": float(rng.normal()), "plan": str(rng.choice(["x", "y"]))}
+    y = {
+        "price": 100.0 + 10.0 * x["a"],
+        "churn": bool(x["b"] > 0),
+        "segment": "hi" if x["a"] + x["b"] > 0 else "lo",
+    }
+    return x, y
+
+
+@pytest.fixture
+def trained_model() -> MultiTaskLearner:
+    rng = np.random.default_rng(0)
+    model = MultiTaskLearner(tasks=mixed_tasks(), hidden=(8,), seed=0)
+    for _ in range(50):
+        model.learn_one(*mixed_observation(rng))
+    return model

@@ -1,0 +1,87 @@
+"""Every bad input raises an error that names the culprit, and changes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import assert_same_state, model_state
+
+BAD_ONE = [
+    ({"a": float("nan")}, {"price": 1.0}, ValueError, "'a' is NaN"),
+    ({"a": float("inf")}, {"price": 1.0}, ValueError, "'a' is infinite"),
+    ({"a": 1.0, "b": [1, 2]}, {"price": 1.0}, TypeError, "'b'"),
+    ({}, {"price": 1.0}, ValueError, "empty"),
+    ([("a", 1.0)], {"price": 1.0}, TypeError, "dict"),
+    ({"a": None}, {"price": 1.0}, ValueError, "empty"),
+    ({("a", "b"): 1.0}, {"price": 1.0}, TypeError, "feature name"),
+    ({"a": 1.0}, {"prize": 1.0}, ValueError, "unknown task 'prize'"),
+    ({"a": 1.0}, {"price": "cheap"}, TypeError, "regression task 'price'"),
+    ({"a": 1.0}, {"price": True}, TypeError, "regression task 'price'"),
+    ({"a": 1.0}, {"price": float("inf")}, ValueError, "'price' is infinite"),
+    ({"a": 1.0}, {"churn": 2}, ValueError, "binary task 'churn'"),
+    ({"a": 1.0}, {"churn": "yes"}, TypeError, "binary task 'churn'"),
+    ({"a": 1.0}, {"segment": 1.5}, ValueError, "multiclass task 'segment'"),
+    ({"a": 1.0}, {"segment": ["hi"]}, TypeError, "multiclass task 'segment'"),
+    ({"a": 1.0}, [1.0], TypeError, "labels must be a dict"),
+    # a bad label next to good ones: nothing at all is learned
+    ({"a": 1.0, "plan": "z"}, {"price": 1.0, "segment": "new", "churn": 3}, ValueError, "churn"),
+    # a bad feature next to a new class and a new feature: nothing at all is learned
+    ({"new": 1.0, "a": float("nan")}, {"segment": "brand-new"}, ValueError, "'a' is NaN"),
+]
+
+
+@pytest.mark.parametrize(("x", "y", "error", "message"), BAD_ONE)
+def test_learn_one_rejects_bad_input_and_changes_nothing(trained_model, x, y, error, message):
+    before = model_state(trained_model)
+    with pytest.raises(error, match=message):
+        trained_model.learn_one(x, y)
+    assert_same_state(before, model_state(trained_model))
+
+
+@pytest.mark.parametrize(("x", "y", "error", "message"), BAD_ONE[:7])
+def test_predict_one_rejects_bad_features(trained_model, x, y, error, message):
+    before = model_state(trained_model)
+    with pytest.raises(error, match=message):
+        trained_model.predict_one(x)
+    with pytest.raises(error, match=message):
+        trained_model.predict_proba_one(x)
+    assert_same_state(before, model_state(trained_model))
+
+
+GOOD_X = pd.DataFrame({"a": [0.1, 0.2, 0.3], "b": [1.0, 0.0, -1.0], "plan": ["x", "y", "x"]})
+GOOD_Y = pd.DataFrame({"price": [1.0, 2.0, 3.0], "churn": [True, False, True]})
+
+BAD_MANY = [
+    (GOOD_X.assign(a=[0.1, np.nan, 0.3]), GOOD_Y, ValueError, "'a' is NaN in row 1"),
+    (GOOD_X.assign(a=[0.1, np.inf, 0.3]), GOOD_Y, ValueError, "'a' is infinite in row 1"),
+    (GOOD_X.assign(plan=["x", 3, "y"]), GOOD_Y, TypeError, "'plan'"),
+    (GOOD_X, GOOD_Y.assign(prize=[1.0, 2.0, 3.0]), ValueError, "unknown task 'prize'"),
+    (GOOD_X, GOOD_Y.assign(churn=[1, 5, 0]), ValueError, "binary task 'churn'"),
+    (GOOD_X, GOOD_Y.assign(price=["a", "b", "c"]), TypeError, "regression task 'price'"),
+    (GOOD_X, GOOD_Y.iloc[:2], ValueError, "have 2 rows; the features have 3"),
+    (GOOD_X.to_dict(), GOOD_Y, TypeError, "DataFrame"),
+    (GOOD_X.to_numpy()[:, 0], GOOD_Y, ValueError, "2-D"),
+    (GOOD_X, [1, 2, 3], TypeError, "one column per task"),
+]
+
+
+@pytest.mark.parametrize(("X", "Y", "error", "message"), BAD_MANY)
+def test_learn_many_rejects_bad_input_and_changes_nothing(trained_model, X, Y, error, message):
+    before = model_state(trained_model)
+    with pytest.raises(error, match=message):
+        trained_model.learn_many(X, Y)
+    assert_same_state(before, model_state(trained_model))
+
+
+def test_add_task_rejects_a_duplicate_or_a_non_task(trained_model):
+    from stream_mtl import Regression
+
+    before = model_state(trained_model)
+    with pytest.raises(ValueError, match="'price' already exists"):
+        trained_model.add_task("price", Regression())
+    with pytest.raises(TypeError, match="'margin'"):
+        trained_model.add_task("margin", "regression")
+    with pytest.raises(TypeError, match="non-empty strings"):
+        trained_model.add_task("", Regression())
+    assert_same_state(before, model_state(trained_model))
