@@ -53,6 +53,8 @@ class Regression(Task):
     kind = REGRESSION
 
     def check_label(self, task: str, label: object) -> float | None:
+        if type(label) is float and math.isfinite(label):  # the common case, checked cheaply
+            return label
         if _is_missing(label):
             return None
         if isinstance(label, bool | np.bool_) or not isinstance(label, numbers.Real):
@@ -83,6 +85,8 @@ class Binary(Task):
     kind = BINARY
 
     def check_label(self, task: str, label: object) -> bool | None:
+        if type(label) is bool:  # the common case, checked cheaply
+            return label
         if _is_missing(label):
             return None
         if isinstance(label, bool | np.bool_):
@@ -118,6 +122,8 @@ class Multiclass(Task):
     kind = MULTICLASS
 
     def check_label(self, task: str, label: object) -> str | int | bool | None:
+        if type(label) is str:  # the common case, checked cheaply
+            return label
         if _is_missing(label):
             return None
         if isinstance(label, bool | np.bool_):
