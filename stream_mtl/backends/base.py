@@ -30,6 +30,9 @@ class Backend(typing.Protocol):
     n_inputs: int
     heads: list[HeadSpec]
 
+    def load_trunk(self, arrays: dict[str, np.ndarray]) -> None:
+        """Set the trunk's initial parameters (`trunk.{l}.weight`, `trunk.{l}.bias`)."""
+
     def grow_inputs(self, first_layer_rows: np.ndarray) -> None:
         """Add inputs; `first_layer_rows` (n_new x first hidden width) are their weights.
 
