@@ -78,7 +78,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
         raise ValueError(
             f"{str(path)!r} is not a stream-mtl checkpoint (unreadable: {error})"
         ) from None
-    if not isinstance(arrays, dict) or _META_KEY not in arrays:
+    if _META_KEY not in arrays:
         raise ValueError(f"{str(path)!r} is not a stream-mtl checkpoint (no metadata)")
     try:
         meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())

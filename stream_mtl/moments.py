@@ -52,34 +52,24 @@ class RunningMoments:
 
     def update_and_scale(self, columns: np.ndarray | slice, values: np.ndarray) -> np.ndarray:
         """Add one observation of each given column, then return it standardised."""
-        if isinstance(columns, slice):  # views: update in place, fewer operations
-            count, mean, m2, stdev = (
-                self.count[columns],
-                self.mean[columns],
-                self.m2[columns],
-                self.stdev[columns],
-            )
-            count += 1.0
-            delta = values - mean
-            mean += delta / count
-            deviation = values - mean
-            m2 += delta * deviation
-            np.divide(m2, count, out=stdev)
-            np.sqrt(stdev, out=stdev)
-            stdev[stdev == 0.0] = 1.0
-            deviation /= stdev
-            return deviation
-        count = self.count[columns] + 1.0
-        delta = values - self.mean[columns]
-        mean = self.mean[columns] + delta / count
-        m2 = self.m2[columns] + delta * (values - mean)
-        self.count[columns] = count
-        self.mean[columns] = mean
-        self.m2[columns] = m2
-        std = np.sqrt(m2 / count)
-        std[std == 0.0] = 1.0
-        self.stdev[columns] = std
-        return (values - mean) / std
+        # A slice gives views, updated in place; an index array gives copies, written back.
+        count, mean, m2, stdev = (
+            self.count[columns], self.mean[columns], self.m2[columns], self.stdev[columns]
+        )  # fmt: skip
+        count += 1.0
+        delta = values - mean
+        mean += delta / count
+        deviation = values - mean
+        m2 += delta * deviation
+        np.divide(m2, count, out=stdev)
+        np.sqrt(stdev, out=stdev)
+        stdev[stdev == 0.0] = 1.0
+        if not isinstance(columns, slice):
+            self.count[columns], self.mean[columns], self.m2[columns], self.stdev[columns] = (
+                count, mean, m2, stdev
+            )  # fmt: skip
+        deviation /= stdev
+        return deviation
 
     def update_and_scale_scalar(self, column: int, value: float) -> float:
         """`update_and_scale` for a single column, in Python floats (cheaper for one value)."""

@@ -77,6 +77,14 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, trained_model):
     assert MultiTaskLearner.load(path).n_learned == trained_model.n_learned
 
 
+def test_a_save_that_fails_after_writing_leaves_no_temporary_file(tmp_path, trained_model):
+    occupied = tmp_path / "m.ckpt"
+    occupied.mkdir()  # the final rename onto a directory fails, after the data is written
+    with pytest.raises(OSError):
+        trained_model.save(occupied)
+    assert os.listdir(tmp_path) == ["m.ckpt"] and occupied.is_dir()
+
+
 def test_a_checkpoint_holds_no_pickle(tmp_path, trained_model):
     path = tmp_path / "m.ckpt"
     trained_model.save(path)
