@@ -20,8 +20,8 @@ from river import base
 
 from stream_mtl import __version__
 from stream_mtl.backends import BACKENDS, make_backend
+from stream_mtl.backends.flat import OPTIMIZERS
 from stream_mtl.backends.init import ACTIVATIONS, initial_trunk, layer_weights
-from stream_mtl.backends.numpy import OPTIMIZERS
 from stream_mtl.checkpoint import (
     load_checkpoint,
     object_from_spec,

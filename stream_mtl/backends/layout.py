@@ -10,6 +10,7 @@ Both backends use these names and shapes, which makes their state interchangeabl
 from __future__ import annotations
 
 import math
+import typing
 
 import numpy as np
 
@@ -67,13 +68,13 @@ class Layout:
             for name, shape in self.shapes.items()
         }
 
-    def relayout(self, buffer: np.ndarray, new: Layout) -> np.ndarray:
-        """A buffer for layout `new` holding `buffer`'s blocks; grown parts are zero.
+    def relayout(self, buffer: typing.Any, new: Layout, out: typing.Any) -> typing.Any:
+        """Copy `buffer`'s blocks into `out`, a zeroed buffer for layout `new`; return `out`.
 
         A block keeps its values in its top-left corner: a grown weight matrix gains
-        zero rows (new inputs) or zero rows/columns (new outputs, wider inputs).
+        zero rows (new inputs) or zero rows/columns (new outputs, wider inputs). Works on
+        NumPy arrays and torch tensors alike.
         """
-        out = np.zeros(new.size, dtype=buffer.dtype)
         old_views, new_views = self.views(buffer), new.views(out)
         for name, old in old_views.items():
             if name in new_views:

@@ -13,14 +13,8 @@ import math
 
 import numpy as np
 
-from stream_mtl.backends.base import HeadSpec
-from stream_mtl.backends.init import ACTIVATIONS
-from stream_mtl.backends.layout import Layout, head_shapes, trunk_shapes
+from stream_mtl.backends.flat import ADAM_BETAS, ADAM_EPS, FlatBackend
 from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION
-
-OPTIMIZERS = ("sgd", "adam")
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 
 
 def _softplus(z: float) -> float:
@@ -34,7 +28,7 @@ def _sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
-class NumpyBackend:
+class NumpyBackend(FlatBackend):
     """A shared MLP trunk and one head per task, trained with SGD or Adam in NumPy.
 
     >>> from stream_mtl.backends.init import initial_trunk
@@ -56,46 +50,25 @@ class NumpyBackend:
         lr: float = 1e-3,
         dtype: str = "float32",
     ) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
-        self.hidden = tuple(hidden)
-        self.activation = activation
-        self.optimizer = optimizer
-        self.lr = float(lr)
         self.dtype = np.dtype(dtype)
-        self.n_inputs = 0
-        self.heads: list[HeadSpec] = []
-        self._head_lr_scale = np.ones(0)
-        self._head_lr_scale_given: np.ndarray | None = None
-        self._adam_step = 0
-        self._layout = Layout({})
-        # Row 0 of `_grads` is the gradient, row 1 scratch for its square; `_moments` holds
-        # Adam's m and v as rows, so updating both is four vector operations.
-        self._param = np.zeros(0, self.dtype)
-        self._grads = np.zeros((2, 0), self.dtype)
-        self._moments = np.zeros((2, 0), self.dtype)
+        # `_grads` row 0 is the gradient, row 1 scratch for its square, so that Adam's
+        # m and v (the rows of `_moments`) are updated together in four operations.
         self._adam_coef = np.array([[1.0 - ADAM_BETAS[0]], [1.0 - ADAM_BETAS[1]]], self.dtype)
-        self._relayout(self._shapes())
+        super().__init__(hidden, activation, optimizer, lr, dtype)
 
-    # -- structure ---------------------------------------------------------------------
+    def _zeros(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.zeros(shape, self.dtype)
 
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
-        width = self.hidden[-1] if self.hidden else self.n_inputs
-        sizes = {head.task: head.size for head in self.heads}
-        return {**trunk_shapes(self.n_inputs, self.hidden), **head_shapes(sizes, width)}
+    def _to_numpy(self, array: np.ndarray) -> np.ndarray:
+        return array
 
-    def _relayout(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        new = Layout(shapes)
-        self._param = self._layout.relayout(self._param, new)
-        self._moments = np.stack([self._layout.relayout(row, new) for row in self._moments])
-        self._grads = np.zeros((2, new.size), self.dtype)
-        self._scratch = np.zeros(new.size, self.dtype)
-        self._layout = new
-        self._bind_views()
+    def _from_numpy(self, array: np.ndarray) -> np.ndarray:
+        return np.asarray(array, dtype=self.dtype)
 
-    def _bind_views(self) -> None:
+    def _bind(self) -> None:
+        size = self._layout.size
+        self._grads = np.zeros((2, size), self.dtype)
+        self._scratch = np.zeros(size, self.dtype)
         param = self._layout.views(self._param)
         grad = self._layout.views(self._grads[0])
         n_layers = len(self.hidden)
@@ -103,73 +76,17 @@ class NumpyBackend:
         self._biases = [param[f"trunk.{i}.bias"] for i in range(n_layers)]
         self._grad_weights = [grad[f"trunk.{i}.weight"] for i in range(n_layers)]
         self._grad_biases = [grad[f"trunk.{i}.bias"] for i in range(n_layers)]
-        width = self.hidden[-1] if self.hidden else self.n_inputs
+        self._head_weight, self._head_bias = self._head_views(self._param)
+        self._grad_head_weight, self._grad_head_bias = self._head_views(self._grads[0])
+
+    def _head_views(self, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every head's weights as one (total outputs x width) matrix, biases as one vector."""
+        if not self.heads:
+            return np.zeros((0, self.width), self.dtype), np.zeros(0, self.dtype)
         n_out = sum(head.size for head in self.heads)
-        buffers = (self._param, self._grads[0])
-        if self.heads:
-            weight_span = self._layout.span([f"head.{h.task}.weight" for h in self.heads])
-            bias_span = self._layout.span([f"head.{h.task}.bias" for h in self.heads])
-            self._head_weight, self._grad_head_weight = (
-                b[weight_span].reshape(n_out, width) for b in buffers
-            )
-            self._head_bias, self._grad_head_bias = (b[bias_span] for b in buffers)
-        else:
-            self._head_weight = self._grad_head_weight = np.zeros((0, width), self.dtype)
-            self._head_bias = self._grad_head_bias = np.zeros(0, self.dtype)
-        starts = np.cumsum([0] + [head.size for head in self.heads])
-        self._slices = [
-            (head.kind, int(start), int(start + head.size))
-            for head, start in zip(self.heads, starts)
-        ]
-        self._column_task = np.repeat(np.arange(len(self.heads)), [h.size for h in self.heads])
-        self._lr_vector = self._build_lr_vector()
-
-    def _build_lr_vector(self) -> np.ndarray | None:
-        """Per-parameter learning rate, or None when every head uses the base rate."""
-        if np.all(self._head_lr_scale == 1.0):
-            return None
-        vector = np.full(self._layout.size, self.lr, dtype=self.dtype)
-        for head, scale in zip(self.heads, self._head_lr_scale):
-            for block in (f"head.{head.task}.weight", f"head.{head.task}.bias"):
-                vector[self._layout.span([block])] = self.lr * scale
-        return vector
-
-    def load_trunk(self, arrays: dict[str, np.ndarray]) -> None:
-        """Set the trunk's parameters (the first layer's rows fix the number of inputs)."""
-        if self.hidden:
-            self.n_inputs = arrays["trunk.0.weight"].shape[0]
-            self._relayout(self._shapes())
-        views = self._layout.views(self._param)
-        for name, value in arrays.items():
-            views[name][...] = value
-
-    def grow_inputs(self, first_layer_rows: np.ndarray) -> None:
-        n_old = self.n_inputs
-        self.n_inputs += len(first_layer_rows)
-        self._relayout(self._shapes())
-        if self.hidden:
-            self._weights[0][n_old:] = first_layer_rows
-
-    def set_head(self, task: str, kind: str, size: int) -> None:
-        for i, head in enumerate(self.heads):
-            if head.task == task:
-                if size < head.size:
-                    raise ValueError(f"head {task!r} cannot shrink from {head.size} to {size}")
-                self.heads[i] = HeadSpec(task, kind, size)
-                break
-        else:
-            self.heads.append(HeadSpec(task, kind, size))
-            self._head_lr_scale = np.append(self._head_lr_scale, 1.0)
-        self._relayout(self._shapes())
-
-    def set_head_lr_scale(self, scale: np.ndarray) -> None:
-        if scale is self._head_lr_scale_given:
-            return
-        self._head_lr_scale_given = scale
-        scale = np.asarray(scale, dtype=float)
-        if not np.array_equal(scale, self._head_lr_scale):
-            self._head_lr_scale = scale.copy()
-            self._lr_vector = self._build_lr_vector()
+        weights = self._layout.span([f"head.{h.task}.weight" for h in self.heads])
+        biases = self._layout.span([f"head.{h.task}.bias" for h in self.heads])
+        return buffer[weights].reshape(n_out, self.width), buffer[biases]
 
     # -- forward -----------------------------------------------------------------------
 
@@ -317,11 +234,7 @@ class NumpyBackend:
         grads -= moments
         grads *= self._adam_coef
         moments += grads  # m += (1-b1)(g-m), v += (1-b2)(g^2-v)
-        self._adam_step += 1
-        beta1, beta2 = ADAM_BETAS
-        root_bias2 = math.sqrt(1.0 - beta2**self._adam_step)
-        step = root_bias2 / (1.0 - beta1**self._adam_step)
-        # lr/bias1 * m / (sqrt(v)/sqrt(bias2) + eps), with sqrt(bias2) moved to the scalars.
+        root_bias2, step = self._adam_scalars()
         np.sqrt(moments[1], out=update)
         update += ADAM_EPS * root_bias2
         np.divide(moments[0], update, out=update)
@@ -331,43 +244,6 @@ class NumpyBackend:
             update *= self._lr_vector
             update *= step
         self._param -= update
-
-    # -- state -------------------------------------------------------------------------
-
-    def state(self) -> dict[str, np.ndarray]:
-        buffers = {"param": self._param}
-        if self.optimizer == "adam":
-            buffers.update({"adam.m": self._moments[0], "adam.v": self._moments[1]})
-        arrays = {
-            f"{prefix}.{name}": view.copy()
-            for prefix, buffer in buffers.items()
-            for name, view in self._layout.views(buffer).items()
-        }
-        if self.optimizer == "adam":
-            arrays["adam.step"] = np.array(self._adam_step)
-        return arrays
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        if self.hidden:
-            self.n_inputs = arrays["param.trunk.0.weight"].shape[0]
-        elif self.heads:
-            self.n_inputs = arrays[f"param.head.{self.heads[0].task}.weight"].shape[1]
-        self._relayout(self._shapes())
-        buffers = {"param": self._param}
-        if self.optimizer == "adam":
-            buffers.update({"adam.m": self._moments[0], "adam.v": self._moments[1]})
-        for prefix, buffer in buffers.items():
-            for name, view in self._layout.views(buffer).items():
-                key = f"{prefix}.{name}"
-                if key not in arrays:
-                    raise ValueError(f"backend state has no array {key!r}")
-                if arrays[key].shape != view.shape:
-                    raise ValueError(
-                        f"backend array {key!r} has shape {arrays[key].shape}, "
-                        f"expected {view.shape}"
-                    )
-                view[...] = arrays[key]
-        self._adam_step = int(arrays.get("adam.step", 0))
 
 
 def batch_head_gradients(
