@@ -425,12 +425,14 @@ class MultiTaskLearner(base.Estimator):
         losses = self._backend.step_many(encoded, targets, weights.loss, weights.trunk)
         self._after_step(np.asarray(losses, dtype=float), counts > 0, counts)
 
-    def _check_label_frame(self, Y: object, n_rows: int) -> dict[int, np.ndarray]:
-        """Canonical label columns by task position; None where a row has no label."""
+    def _check_label_frame(
+        self, Y: object, n_rows: int
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per task position: its labels in canonical form and which rows have one."""
         if isinstance(Y, pd.DataFrame):
-            columns = {name: Y[name].to_numpy(dtype=object) for name in Y.columns}
+            columns = {name: Y[name].to_numpy() for name in Y.columns}
         elif isinstance(Y, Mapping):
-            columns = {name: np.asarray(values, dtype=object) for name, values in Y.items()}
+            columns = {name: np.asarray(values) for name, values in Y.items()}
         else:
             raise TypeError(
                 f"labels must be a DataFrame with one column per task, got {type(Y).__name__}"
@@ -442,28 +444,22 @@ class MultiTaskLearner(base.Estimator):
                 raise ValueError(
                     f"labels for task {name!r} have {len(values)} rows; the features have {n_rows}"
                 )
-            task = self._task_objects[position]
-            try:
-                checked[position] = np.array(
-                    [task.check_label(name, value) for value in values], dtype=object
-                )
-            except (TypeError, ValueError) as error:
-                raise type(error)(f"{error} (in the labels' rows)") from None
+            checked[position] = self._task_objects[position].check_label_column(name, values)
         return checked
 
-    def _targets_many(self, labels: dict[int, np.ndarray], n_rows: int) -> np.ndarray:
+    def _targets_many(
+        self, labels: dict[int, tuple[np.ndarray, np.ndarray]], n_rows: int
+    ) -> np.ndarray:
         targets = np.full((n_rows, len(self._task_names)), np.nan)
-        for position, column in labels.items():
-            present = np.array([label is not None for label in column], dtype=bool)
+        for position, (column, present) in labels.items():
             kind = self._task_objects[position].kind
             if kind == REGRESSION:
-                values = np.where(present, column, 0.0).astype(float)
                 scaled = self._targets.update_and_scale_batch(
-                    np.array([position]), values[:, None], present[:, None]
+                    np.array([position]), np.where(present, column, 0.0)[:, None], present[:, None]
                 )[:, 0]
                 targets[present, position] = scaled[present]
             elif kind == BINARY:
-                targets[present, position] = column[present].astype(float)
+                targets[present, position] = column[present]
             else:
                 name = self._task_names[position]
                 targets[present, position] = [

@@ -38,6 +38,22 @@ class Task(base.Base):
         """Fresh River metrics suited to this kind of task."""
         raise NotImplementedError
 
+    def check_label_column(self, task: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A column of labels in canonical form, and which rows have one; raises naming `task`.
+
+        This default checks label by label; subclasses vectorise the numeric cases.
+        """
+        checked = []
+        for row, value in enumerate(values):
+            try:
+                checked.append(self.check_label(task, value))
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{error} (row {row})") from None
+        present = np.array([label is not None for label in checked], dtype=bool)
+        column = np.empty(len(checked), dtype=object)
+        column[:] = checked
+        return column, present
+
 
 class Regression(Task):
     """A real-valued target, learned on an online-standardised scale.
@@ -69,6 +85,19 @@ class Regression(Task):
 
     def default_metrics(self) -> list[metrics.base.Metric]:
         return [metrics.MAE(), metrics.RMSE(), metrics.R2()]
+
+    def check_label_column(self, task: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if values.dtype.kind not in "fiu":
+            column, present = super().check_label_column(task, values)
+            return np.where(present, column, np.nan).astype(float), present
+        column = values.astype(float)
+        infinite = np.isinf(column)
+        if infinite.any():
+            row = int(np.flatnonzero(infinite)[0])
+            raise ValueError(
+                f"label {column[row]!r} for regression task {task!r} is infinite (row {row})"
+            )
+        return column, ~np.isnan(column)
 
 
 class Binary(Task):
@@ -105,6 +134,23 @@ class Binary(Task):
 
     def default_metrics(self) -> list[metrics.base.Metric]:
         return [metrics.Accuracy(), metrics.LogLoss(), metrics.ROCAUC()]
+
+    def check_label_column(self, task: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if values.dtype.kind == "b":
+            return values.astype(float), np.ones(len(values), dtype=bool)
+        if values.dtype.kind not in "fiu":
+            column, present = super().check_label_column(task, values)
+            return np.where(present, column, np.nan).astype(float), present
+        column = values.astype(float)
+        present = ~np.isnan(column)
+        wrong = present & (column != 0.0) & (column != 1.0)
+        if wrong.any():
+            row = int(np.flatnonzero(wrong)[0])
+            raise ValueError(
+                f"label {values[row]!r} for binary task {task!r} is neither 0 nor 1; "
+                f"expected True/False or 0/1 (row {row})"
+            )
+        return column, present
 
 
 class Multiclass(Task):

@@ -146,11 +146,6 @@ def test_predict_proba_many_matches_predict_proba_one(trained_model):
             assert frame.iloc[i].to_dict() == pytest.approx(expected[task])
 
 
-def test_the_torch_backend_is_refused_until_it_exists():
-    with pytest.raises(ValueError, match="torch"):
-        MultiTaskLearner(tasks={"y": Regression()}, backend="torch")
-
-
 @pytest.mark.parametrize(
     ("params", "message"),
     [

@@ -28,7 +28,12 @@ def make_backend(
             hidden=hidden, activation=activation, optimizer=optimizer, lr=lr, dtype=dtype
         )
     if name == "torch":
-        raise ValueError("backend 'torch' is not available yet; use backend='numpy'")
+        from stream_mtl.backends.torch import TorchBackend
+
+        return TorchBackend(
+            hidden=hidden, activation=activation, optimizer=optimizer, lr=lr, dtype=dtype,
+            device=device,
+        )  # fmt: skip
     raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
 
 
