@@ -10,7 +10,7 @@ The systems take turns over blocks of the same stream, each keeping its own stat
 a change in the machine's speed hits all of them alike; ratios are taken within each
 round and their median reported. Prints a table, writes benchmarks/results/throughput.json.
 
-Usage: python benchmarks/throughput.py [--rounds 8] [--block 1000] [--no-deep-river]
+Usage: python -m benchmarks.throughput [--rounds 8] [--block 1000] [--no-deep-river]
 """
 
 from __future__ import annotations

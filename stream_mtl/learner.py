@@ -70,6 +70,8 @@ class MultiTaskLearner(base.Estimator):
         Seed of the initial weights.
     activation
         `"relu"` or `"tanh"`, for the trunk's layers.
+    mixed_precision
+        Torch backend only: matrix products in bf16 (autocast), weights in float32.
 
     Examples
     --------
@@ -104,6 +106,7 @@ class MultiTaskLearner(base.Estimator):
         weighting: WeightingStrategy | None = None,
         seed: int | None = None,
         activation: str = "relu",
+        mixed_precision: bool = False,
     ) -> None:
         self.tasks = dict(tasks or {})
         self.hidden = tuple(hidden)
@@ -115,6 +118,7 @@ class MultiTaskLearner(base.Estimator):
         self.weighting = weighting
         self.seed = seed
         self.activation = activation
+        self.mixed_precision = mixed_precision
         self._check_params()
 
         self._encoder = FeatureEncoder()
@@ -130,7 +134,7 @@ class MultiTaskLearner(base.Estimator):
         self._weighting = weighting.clone() if weighting is not None else Equal()
         rng = np.random.default_rng(seed)
         self._backend = make_backend(
-            backend, self.hidden, activation, optimizer, float(lr), dtype, device
+            backend, self.hidden, activation, optimizer, float(lr), dtype, device, mixed_precision
         )
         self._backend.load_trunk(initial_trunk(rng, self.hidden, activation))
         self._feature_seed = int(rng.integers(2**32))
@@ -531,6 +535,7 @@ class MultiTaskLearner(base.Estimator):
                 "dtype": self.dtype,
                 "seed": self.seed,
                 "activation": self.activation,
+                "mixed_precision": self.mixed_precision,
             },
             "tasks": [
                 [name, task.kind] for name, task in zip(self._task_names, self._task_objects)
@@ -557,6 +562,8 @@ class MultiTaskLearner(base.Estimator):
         params["hidden"] = tuple(params["hidden"])
         params["backend"] = backend or params["backend"]
         params["device"] = device or (params["device"] if backend is None else "cpu")
+        if params["backend"] != "torch":
+            params["mixed_precision"] = False  # a torch-only option
         weighting = object_from_spec(meta["weighting"]["spec"])
         tasks = {name: task_from_kind(kind) for name, kind in meta["tasks"]}
         model = cls(tasks=tasks, weighting=weighting, **params)

@@ -163,6 +163,34 @@ def test_auto_picks_the_cpu_where_there_is_no_cuda():
     assert model._backend.device.type == expected
 
 
+def test_mixed_precision_learns_nearly_as_well_as_float32():
+    errors = {}
+    held_out = _stream(500, seed=8)
+    for mixed in (False, True):
+        model = MultiTaskLearner(
+            tasks={"a": Regression()}, hidden=(32, 32), backend="torch", seed=0,
+            mixed_precision=mixed, lr=3e-3,
+        )  # fmt: skip
+        for X, Y in _batches(_stream(6400), 64):
+            model.learn_many(X, Y[["a"]])
+        errors[mixed] = np.mean(
+            [(model.predict_one(o.x)["a"] - o.y["a"]) ** 2 for o in held_out if "a" in o.y]
+        )
+    assert errors[True] < 1.25 * errors[False]
+
+
+def test_mixed_precision_is_refused_where_it_means_nothing(tmp_path):
+    with pytest.raises(ValueError, match="backend='torch'"):
+        MultiTaskLearner(tasks={"y": Regression()}, mixed_precision=True)
+    with pytest.raises(ValueError, match="float32"):
+        MultiTaskLearner(tasks={"y": Regression()}, backend="torch", dtype="float64",
+                         mixed_precision=True)  # fmt: skip
+    model = MultiTaskLearner(tasks={"y": Regression()}, backend="torch", mixed_precision=True)
+    model.learn_one({"a": 1.0}, {"y": 2.0})
+    model.save(tmp_path / "m.ckpt")
+    assert MultiTaskLearner.load(tmp_path / "m.ckpt", backend="numpy").mixed_precision is False
+
+
 def test_the_torch_backend_passes_rivers_check_estimator():
     from river import checks
 

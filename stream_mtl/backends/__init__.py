@@ -15,11 +15,14 @@ def make_backend(
     lr: float,
     dtype: str,
     device: str,
+    mixed_precision: bool = False,
 ) -> Backend:
     """The backend called `name`, empty (no inputs, no heads)."""
     if name == "numpy":
         from stream_mtl.backends.numpy import NumpyBackend
 
+        if mixed_precision:
+            raise ValueError("mixed_precision is a torch backend option; use backend='torch'")
         if device not in ("cpu", "auto"):
             raise ValueError(
                 f"the numpy backend runs on the CPU only; device={device!r} needs backend='torch'"
@@ -32,7 +35,7 @@ def make_backend(
 
         return TorchBackend(
             hidden=hidden, activation=activation, optimizer=optimizer, lr=lr, dtype=dtype,
-            device=device,
+            device=device, mixed_precision=mixed_precision,
         )  # fmt: skip
     raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
 

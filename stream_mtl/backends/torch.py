@@ -53,6 +53,8 @@ class TorchBackend(FlatBackend):
 
     On the CPU it runs on one thread: for the small matrices of streaming models a
     second thread gives nothing, and it would compete with the stream's own work.
+    `mixed_precision=True` runs the forward and backward matrix products in bf16
+    (torch autocast) while weights, optimiser state and losses stay in float32.
 
     >>> from stream_mtl.backends.init import initial_trunk
     >>> backend = TorchBackend(hidden=(4,), optimizer="sgd", lr=0.1, dtype="float64")
@@ -73,9 +75,15 @@ class TorchBackend(FlatBackend):
         lr: float = 1e-3,
         dtype: str = "float32",
         device: str = "cpu",
+        mixed_precision: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.torch_dtype = _DTYPES[dtype]
+        if mixed_precision and dtype != "float32":
+            raise ValueError(
+                "mixed_precision needs dtype='float32' (bf16 compute, fp32 master weights)"
+            )
+        self.mixed_precision = mixed_precision
         if self.device.type == "cpu" and torch.get_num_threads() != 1:
             logger.info("torch backend on CPU: using one thread (was %d)", torch.get_num_threads())
             torch.set_num_threads(1)
@@ -111,7 +119,12 @@ class TorchBackend(FlatBackend):
     # -- forward -----------------------------------------------------------------------
 
     def _outputs(self, param: torch.Tensor, X: torch.Tensor, trunk_scale: torch.Tensor | None):
-        """Head outputs; with `trunk_scale`, the trunk sees each head's gradient scaled."""
+        """Head outputs (in the parameters' dtype); with `trunk_scale`, the trunk sees each
+        head's gradient scaled. With mixed precision the matrix products run in bf16."""
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.mixed_precision):
+            return self._outputs_in_autocast(param, X, trunk_scale).to(self.torch_dtype)
+
+    def _outputs_in_autocast(self, param, X, trunk_scale):
         views = self._layout.views(param)
         H = X
         for layer in range(len(self.hidden)):

@@ -1,0 +1,146 @@
+"""Mini-batch throughput: torch learn_many against the NumPy backend's learn_one, side by side.
+
+The reference model of benchmarks/throughput.py (20 features, a (64, 64) trunk, 3
+regression tasks, Adam). For each batch size, `learn_many` on DataFrames (the whole
+learner: label checks, feature scaling, the copy to the device, the step) on the CPU
+and, where CUDA is present, on the GPU; in the same run, the NumPy backend's
+`learn_one` rate. Systems take turns in rounds; medians are reported. Prints a table,
+writes benchmarks/results/minibatch.json.
+
+Usage: python -m benchmarks.minibatch [--rounds 5] [--sizes 32 256 1024 4096 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from benchmarks.throughput import TASKS, make_stream
+from stream_mtl import MultiTaskLearner, Regression
+
+HERE = Path(__file__).resolve().parent
+
+
+def model(backend: str, device: str = "cpu") -> MultiTaskLearner:
+    tasks = {t: Regression() for t in TASKS}
+    return MultiTaskLearner(tasks=tasks, hidden=(64, 64), backend=backend, device=device, seed=0)
+
+
+def mixed_precision_cost(device: str, batch: int = 256, n: int = 16384) -> dict:
+    """Held-out error of a model trained in bf16 autocast against one trained in float32."""
+    X, Y = make_stream(n + 2048, seed=1)
+    columns = [f"x{j}" for j in range(X.shape[1])]
+    train_x, test_x = pd.DataFrame(X[:n], columns=columns), pd.DataFrame(X[n:], columns=columns)
+    train_y = pd.DataFrame(Y[:n], columns=TASKS)
+    errors = {}
+    for mixed in (False, True):
+        tasks = {t: Regression() for t in TASKS}
+        learner = MultiTaskLearner(
+            tasks=tasks, hidden=(64, 64), backend="torch", device=device, seed=0,
+            mixed_precision=mixed,
+        )  # fmt: skip
+        for start in range(0, n, batch):
+            learner.learn_many(
+                train_x.iloc[start : start + batch], train_y.iloc[start : start + batch]
+            )
+        predictions = learner.predict_many(test_x).to_numpy()
+        errors[mixed] = float(
+            ((predictions - Y[n:]) ** 2).mean(axis=0).mean() / Y[n:].var(axis=0).mean()
+        )
+    return {
+        "device": device, "batch": batch, "train_observations": n,
+        "nmse_float32": errors[False], "nmse_bf16_autocast": errors[True],
+        "relative_cost": errors[True] / errors[False] - 1.0,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 512, 1024, 4096, 8192])
+    parser.add_argument("--observations", type=int, default=16384, help="per system and round")
+    parser.add_argument("--one-observations", type=int, default=2000, help="learn_one per round")
+    parser.add_argument("--out", default=str(HERE / "results" / "minibatch.json"))
+    args = parser.parse_args(argv)
+
+    X, Y = make_stream(args.observations, seed=0)
+    frame_x = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
+    frame_y = pd.DataFrame(Y, columns=TASKS)
+    xs = frame_x.to_dict(orient="records")
+    ys = frame_y.to_dict(orient="records")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    systems = {("numpy learn_one", "cpu", 1): model("numpy")}
+    for device in devices:
+        for size in args.sizes:
+            systems[("torch learn_many", device, size)] = model("torch", device)
+
+    def run(key) -> float:
+        name, device, size = key
+        learner = systems[key]
+        if name == "numpy learn_one":
+            began = time.perf_counter()
+            for x, y in zip(xs[: args.one_observations], ys[: args.one_observations]):
+                learner.learn_one(x, y)
+            return args.one_observations / (time.perf_counter() - began)
+        n = (args.observations // size) * size
+        if device == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        for start in range(0, n, size):
+            learner.learn_many(
+                frame_x.iloc[start : start + size], frame_y.iloc[start : start + size]
+            )
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return n / (time.perf_counter() - began)
+
+    for key in systems:  # warm-up
+        run(key)
+    rates: dict = {key: [] for key in systems}
+    for _ in range(args.rounds):
+        for key in systems:
+            rates[key].append(run(key))
+
+    baseline = rates[("numpy learn_one", "cpu", 1)]
+    rows = []
+    for key, values in rates.items():
+        name, device, size = key
+        ratios = [mine / base for mine, base in zip(values, baseline)]
+        rows.append({
+            "system": name, "device": device, "batch": size,
+            "observations_per_second": statistics.median(values),
+            "us_per_observation": 1e6 / statistics.median(values),
+            "x_numpy_learn_one": statistics.median(ratios),
+        })  # fmt: skip
+    print(f"\nlearning rate of the reference model, median of {args.rounds} interleaved rounds")
+    print(f"{'system':<18}{'device':<8}{'batch':>7}{'obs/s':>12}{'us/obs':>9}{'x learn_one':>13}")
+    for row in rows:
+        print(
+            f"{row['system']:<18}{row['device']:<8}{row['batch']:>7}"
+            f"{row['observations_per_second']:>12,.0f}{row['us_per_observation']:>9.2f}"
+            f"{row['x_numpy_learn_one']:>13.1f}"
+        )
+    costs = [mixed_precision_cost(device) for device in devices]
+    print("\nbf16 autocast: held-out normalised MSE after one pass (batch 256)")
+    for cost in costs:
+        print(
+            f"{cost['device']:<8} float32 {cost['nmse_float32']:.4f}   bf16 "
+            f"{cost['nmse_bf16_autocast']:.4f}   cost {cost['relative_cost']:+.1%}"
+        )
+    threads = torch.get_num_threads()
+    result = {"config": vars(args), "torch_threads": threads, "rows": rows, "bf16": costs}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"torch threads: {threads}; written to {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
