@@ -13,7 +13,6 @@ Usage: python -m benchmarks.minibatch [--rounds 5] [--sizes 32 256 1024 4096 819
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks.throughput import TASKS, make_stream
+from benchmarks.throughput import TASKS, make_stream, write_result
 from stream_mtl import MultiTaskLearner, Regression
 
 HERE = Path(__file__).resolve().parent
@@ -134,12 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"{cost['nmse_bf16_autocast']:.4f}   cost {cost['relative_cost']:+.1%}"
         )
     threads = torch.get_num_threads()
+    print(f"torch threads: {threads}")
     result = {"config": vars(args), "torch_threads": threads, "rows": rows, "bf16": costs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"torch threads: {threads}; written to {out}")
-    return result
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,15 @@ class DeepRiverRunner:
         self.process.wait(timeout=30)
 
 
+def write_result(result: dict, path: str) -> dict:
+    """Write a benchmark's result as JSON (creating its folder) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"written to {out}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
@@ -176,12 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{row['observations_per_second']:>10.0f}"
             f"{row['stream_mtl_speedup']:>12.2f} ({low:.2f}-{high:.2f})"
         )
-    result = {"config": vars(args), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"written to {out}")
-    return result
+    return write_result({"config": vars(args), "rows": rows}, args.out)
 
 
 if __name__ == "__main__":
