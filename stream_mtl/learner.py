@@ -19,7 +19,9 @@ import pandas as pd
 from river import base
 
 from stream_mtl import __version__
+from stream_mtl.affinity import TaskAffinity
 from stream_mtl.backends import BACKENDS, make_backend
+from stream_mtl.backends.base import StepResult
 from stream_mtl.backends.flat import OPTIMIZERS
 from stream_mtl.backends.init import ACTIVATIONS, initial_trunk, layer_weights
 from stream_mtl.checkpoint import (
@@ -31,7 +33,7 @@ from stream_mtl.checkpoint import (
 from stream_mtl.features import FeatureEncoder
 from stream_mtl.moments import RunningMoments
 from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION, Label, Task, task_from_kind
-from stream_mtl.weighting import Equal, WeightingStrategy
+from stream_mtl.weighting import DriftAware, WeightingStrategy
 
 DTYPES = ("float32", "float64")
 
@@ -65,7 +67,9 @@ class MultiTaskLearner(base.Estimator):
     dtype
         `"float32"`, or `"float64"` for exact cross-backend checks.
     weighting
-        A task-weighting strategy; `None` means equal weights.
+        A task-weighting strategy; `None` means `DriftAware(DWA())`: loss-ratio weights,
+        and a drift detector per task that makes a drifting task re-adapt fast
+        without dragging the shared trunk.
     seed
         Seed of the initial weights.
     activation
@@ -131,7 +135,9 @@ class MultiTaskLearner(base.Estimator):
         self._n_learned: list[int] = []
         self._n_steps = 0
         self.drift_events: list[DriftEvent] = []
-        self._weighting = weighting.clone() if weighting is not None else Equal()
+        self._drift_callbacks: list[typing.Callable[[DriftEvent], None]] = []
+        self._weighting = weighting.clone() if weighting is not None else DriftAware()
+        self._affinity = TaskAffinity()
         rng = np.random.default_rng(seed)
         self._backend = make_backend(
             backend, self.hidden, activation, optimizer, float(lr), dtype, device, mixed_precision
@@ -220,6 +226,7 @@ class MultiTaskLearner(base.Estimator):
             self._classes[name] = []
             self._class_index[name] = {}
         self._weighting.add_task(name)
+        self._affinity.add_task()
         self._backend.set_head(name, task.kind, 0 if task.kind == MULTICLASS else 1)
 
     @property
@@ -227,6 +234,24 @@ class MultiTaskLearner(base.Estimator):
         """Each task's loss weight for the next step."""
         weights = self._weighting.step_weights().loss
         return {name: float(w) for name, w in zip(self._task_names, weights)}
+
+    @property
+    def task_affinity(self) -> pd.DataFrame:
+        """Running cosine similarity of the tasks' gradients at the shared representation.
+
+        A task x task table: near 1, two tasks pull the shared trunk the same way; near
+        -1, they conflict; NaN for a pair never labelled in the same step.
+        """
+        return pd.DataFrame(self._affinity.matrix, index=self._task_names, columns=self._task_names)
+
+    def on_drift(self, callback: typing.Callable[[DriftEvent], None]) -> None:
+        """Call `callback(event)` for every drift detected from now on.
+
+        Callbacks are not saved in checkpoints; register them again after `load`.
+        """
+        if not callable(callback):
+            raise TypeError(f"the drift callback must be callable, got {callback!r}")
+        self._drift_callbacks.append(callback)
 
     @property
     def n_learned(self) -> dict[str, int]:
@@ -275,9 +300,9 @@ class MultiTaskLearner(base.Estimator):
         targets = self._targets_one(labels)
         weights = self._weighting.step_weights()
         self._backend.set_head_lr_scale(weights.head_lr)
-        losses = self._backend.step_one(encoded, targets, weights.loss, weights.trunk)
+        result = self._backend.step_one(encoded, targets, weights.loss, weights.trunk)
         counts = [0 if t is None else 1 for t in targets]
-        self._after_step(np.array(losses), np.array(counts, dtype=bool), counts)
+        self._after_step(result, np.array(counts, dtype=bool), counts)
 
     def _targets_one(self, labels: list[Label | None]) -> list:
         targets: list = [None] * len(labels)
@@ -321,13 +346,25 @@ class MultiTaskLearner(base.Estimator):
         self._backend.grow_inputs(rows)
 
     def _after_step(
-        self, losses: np.ndarray, labelled: np.ndarray, counts: typing.Sequence[int]
+        self, result: StepResult, labelled: np.ndarray, counts: typing.Sequence[int]
     ) -> None:
         self._n_steps += 1
-        self._weighting.update(losses, labelled, self._n_steps)
+        gram = result.gram
+        grad_norms = (
+            np.sqrt(np.maximum(np.diagonal(gram), 0.0))
+            if self._weighting.needs_grad_norms
+            else None
+        )
+        detections = self._weighting.update(result.losses, labelled, self._n_steps, grad_norms)
+        self._affinity.update(gram)
         n_learned = self._n_learned
         for position, count in enumerate(counts):
             n_learned[position] += int(count)
+        for position, detector in detections:
+            event = DriftEvent(self._n_steps, self._task_names[position], detector)
+            self.drift_events.append(event)
+            for callback in self._drift_callbacks:
+                callback(event)
 
     def predict_one(self, x: dict) -> dict[str, Label | None]:
         """Each task's prediction for `x`: a number, a bool or a class (None before any class)."""
@@ -426,8 +463,8 @@ class MultiTaskLearner(base.Estimator):
             return
         weights = self._weighting.step_weights()
         self._backend.set_head_lr_scale(weights.head_lr)
-        losses = self._backend.step_many(encoded, targets, weights.loss, weights.trunk)
-        self._after_step(np.asarray(losses, dtype=float), counts > 0, counts)
+        result = self._backend.step_many(encoded, targets, weights.loss, weights.trunk)
+        self._after_step(result, counts > 0, counts)
 
     def _check_label_frame(
         self, Y: object, n_rows: int
@@ -551,6 +588,7 @@ class MultiTaskLearner(base.Estimator):
         arrays = {f"encoder.{k}": v for k, v in encoder_arrays.items()}
         arrays.update({f"targets.{k}": v for k, v in self._targets.state().items()})
         arrays.update({f"weighting.{k}": v for k, v in weighting_arrays.items()})
+        arrays.update({f"affinity.{k}": v for k, v in self._affinity.state().items()})
         arrays.update({f"backend.{k}": v for k, v in self._backend.state().items()})
         return meta, arrays
 
@@ -575,6 +613,7 @@ class MultiTaskLearner(base.Estimator):
         model._encoder.load_state(meta["encoder"], section("encoder."))
         model._targets.load_state(section("targets."))
         model._weighting.load_state(meta["weighting"]["state"], section("weighting."))
+        model._affinity.load_state(section("affinity."))
         for name, classes in meta["classes"].items():
             model._classes[name] = list(classes)
             model._class_index[name] = {label: i for i, label in enumerate(classes)}

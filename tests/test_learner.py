@@ -10,6 +10,7 @@ import pytest
 from conftest import mixed_observation, mixed_tasks
 
 from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
+from stream_mtl.weighting import DWA, DriftAware, Equal
 
 
 def test_predictions_have_the_type_of_each_task(trained_model):
@@ -93,8 +94,20 @@ def test_add_task_gives_a_fresh_head_that_learns():
     assert isinstance(model.tasks["churn"], Binary)
 
 
-def test_task_weights_are_equal_by_default(trained_model):
-    assert trained_model.task_weights == {"price": 1.0, "churn": 1.0, "segment": 1.0}
+def test_the_default_weighting_is_drift_aware_dwa(trained_model):
+    assert isinstance(trained_model._weighting, DriftAware)
+    assert isinstance(trained_model._weighting._base, DWA)
+    weights = trained_model.task_weights
+    assert list(weights) == ["price", "churn", "segment"]
+    assert sum(weights.values()) == pytest.approx(3.0)
+
+
+def test_equal_weighting_keeps_every_weight_at_one():
+    rng = np.random.default_rng(0)
+    model = MultiTaskLearner(tasks=mixed_tasks(), hidden=(8,), weighting=Equal(), seed=0)
+    for _ in range(50):
+        model.learn_one(*mixed_observation(rng))
+    assert model.task_weights == {"price": 1.0, "churn": 1.0, "segment": 1.0}
 
 
 def test_new_features_grow_the_input_layer_with_zero_weights(trained_model):

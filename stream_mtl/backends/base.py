@@ -25,6 +25,21 @@ class HeadSpec(typing.NamedTuple):
     size: int
 
 
+class StepResult(typing.NamedTuple):
+    """What one optimiser step reports back to the learner.
+
+    - `losses`: each task's mean loss over its labelled rows (NaN where it had none);
+    - `gram`: the (n_tasks x n_tasks) inner products of the tasks' unweighted loss
+      gradients with respect to the shared representation (what the heads read),
+      taken over the rows of the step; zero rows and columns for unlabelled tasks.
+      Its diagonal gives per-task gradient norms (GradNorm), its normalised form the
+      cosine similarity of tasks (task affinity).
+    """
+
+    losses: np.ndarray
+    gram: np.ndarray
+
+
 class Backend(typing.Protocol):
     hidden: tuple[int, ...]
     n_inputs: int
@@ -57,7 +72,7 @@ class Backend(typing.Protocol):
         targets: list,
         loss_weight: np.ndarray,
         trunk_scale: np.ndarray,
-    ) -> list[float]:
+    ) -> StepResult:
         """One optimiser step on one observation; the loss of each task (NaN if unlabelled).
 
         The loss is the sum over labelled tasks of `loss_weight[k] * loss_k`; the shared
@@ -70,7 +85,7 @@ class Backend(typing.Protocol):
         targets: np.ndarray,
         loss_weight: np.ndarray,
         trunk_scale: np.ndarray,
-    ) -> np.ndarray:
+    ) -> StepResult:
         """One optimiser step on the mean loss over the batch's rows; per-task mean losses."""
 
     def state(self) -> dict[str, np.ndarray]:

@@ -89,6 +89,11 @@ class FlatBackend:
             for head, start in zip(self.heads, starts)
         ]
         self._column_task = np.repeat(np.arange(len(self.heads)), [h.size for h in self.heads])
+        # Sums head outputs' gradient products into per-task ones; None when there is
+        # exactly one output per task (the common case), where no folding is needed.
+        self._segments = None
+        if len(self._column_task) != len(self.heads) or not all(h.size == 1 for h in self.heads):
+            self._segments = np.eye(len(self.heads))[self._column_task]
         self._lr_vector = self._build_lr_vector()
         self._bind()
 

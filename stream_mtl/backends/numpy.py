@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from stream_mtl.backends.base import StepResult
 from stream_mtl.backends.flat import ADAM_BETAS, ADAM_EPS, FlatBackend
 from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION
 
@@ -37,8 +38,9 @@ class NumpyBackend(FlatBackend):
     >>> backend.grow_inputs(np.ones((2, 4)))
     >>> backend.set_head("y", "regression", 1)
     >>> x = np.array([1.0, -1.0])
-    >>> losses = [backend.step_one(x, [1.0], np.ones(1), np.ones(1))[0] for _ in range(50)]
-    >>> losses[0] > 0.4 and losses[-1] < 1e-3
+    >>> step = lambda: backend.step_one(x, [1.0], np.ones(1), np.ones(1)).losses[0]
+    >>> losses = [step() for _ in range(50)]
+    >>> bool(losses[0] > 0.4 and losses[-1] < 1e-3)
     True
     """
 
@@ -128,12 +130,13 @@ class NumpyBackend(FlatBackend):
         targets: list,
         loss_weight: np.ndarray,
         trunk_scale: np.ndarray,
-    ) -> list[float]:
+    ) -> StepResult:
         outputs = self._layers(x)
         h = outputs[-1]
         z = self._head_weight @ h
         z += self._head_bias
-        losses, dz, dz_trunk = self._head_gradients(z, targets, loss_weight, trunk_scale)
+        losses, raw, dz, dz_trunk = self._head_gradients(z, targets, loss_weight, trunk_scale)
+        gram = self._task_gram(np.outer(raw, raw))
         self._grad_head_bias[:] = dz
         np.multiply(dz[:, None], h[None, :], out=self._grad_head_weight)
         dh = dz_trunk @ self._head_weight
@@ -144,33 +147,29 @@ class NumpyBackend(FlatBackend):
             if layer:
                 dh = self._weights[layer] @ da
         self._apply_gradient()
-        return losses
+        return StepResult(np.array(losses), gram)
 
     def _head_gradients(
         self, z: np.ndarray, targets: list, loss_weight: np.ndarray, trunk_scale: np.ndarray
-    ) -> tuple[list[float], np.ndarray, np.ndarray]:
-        """Per-task losses, and the gradient at the head outputs for heads and trunk."""
+    ) -> tuple[list[float], np.ndarray, np.ndarray, np.ndarray]:
+        """Per-task losses; the unweighted gradient at the head outputs; the weighted one
+        the heads learn from; and the one the trunk learns from (also trunk-scaled)."""
         zs = z.tolist()
         n_out = len(zs)
-        dz = [0.0] * n_out
-        dz_trunk = [0.0] * n_out
+        raw = [0.0] * n_out
         losses = [math.nan] * len(targets)
-        plain = True
         for task, (kind, start, stop) in enumerate(self._slices):
             target = targets[task]
             if target is None:
                 continue
-            weight = float(loss_weight[task])
-            scale = float(trunk_scale[task])
-            plain = plain and scale == 1.0
             if kind == REGRESSION:
                 diff = zs[start] - target
                 losses[task] = 0.5 * diff * diff
-                dz[start] = weight * diff
+                raw[start] = diff
             elif kind == BINARY:
                 logit = zs[start]
                 losses[task] = _softplus(logit) - target * logit
-                dz[start] = weight * (_sigmoid(logit) - target)
+                raw[start] = _sigmoid(logit) - target
             else:
                 logits = z[start:stop].astype(float)
                 shift = logits.max()
@@ -179,14 +178,23 @@ class NumpyBackend(FlatBackend):
                 losses[task] = shift + math.log(total) - logits[target]
                 grad = exp / total
                 grad[target] -= 1.0
-                dz[start:stop] = (weight * grad).tolist()
-            if scale != 1.0:
-                dz_trunk[start:stop] = [scale * g for g in dz[start:stop]]
-            else:
-                dz_trunk[start:stop] = dz[start:stop]
-        dz_array = np.array(dz, dtype=self.dtype)
-        trunk_array = dz_array if plain else np.array(dz_trunk, dtype=self.dtype)
-        return losses, dz_array, trunk_array
+                raw[start:stop] = grad.tolist()
+        raw_array = np.array(raw)
+        column_task = self._column_task
+        dz = raw_array * loss_weight[column_task]
+        dz_trunk = dz * trunk_scale[column_task] if np.any(trunk_scale != 1.0) else dz
+        return losses, raw_array, dz.astype(self.dtype), dz_trunk.astype(self.dtype)
+
+    def _task_gram(self, output_products: np.ndarray) -> np.ndarray:
+        """Per-task gradient inner products at the shared representation, from the head
+        outputs' gradient products D (n_out x n_out): task k's gradient is the sum over
+        its outputs o of dZ_o W_o, so <g_k, g_l> sums D_op (W W^T)_op over o in k, p in l.
+        """
+        weight = self._head_weight
+        products = output_products * (weight @ weight.T)
+        if self._segments is None:
+            return products
+        return self._segments.T @ products @ self._segments
 
     # -- a mini-batch -------------------------------------------------------------------
 
@@ -196,17 +204,20 @@ class NumpyBackend(FlatBackend):
         targets: np.ndarray,
         loss_weight: np.ndarray,
         trunk_scale: np.ndarray,
-    ) -> np.ndarray:
+    ) -> StepResult:
         n_rows = len(X)
         outputs = self._layers(X)
         H = outputs[-1]
         Z = H @ self._head_weight.T
         Z += self._head_bias
-        losses, dZ = batch_head_gradients(self._slices, Z, targets, loss_weight)
-        dZ /= n_rows
+        losses, counts, G = batch_head_gradients(self._slices, Z, targets)
+        column_task = self._column_task
+        raw = G / np.maximum(counts, 1)[column_task]
+        gram = self._task_gram(raw.T @ raw)
+        dZ = (G * (loss_weight[column_task] / n_rows)).astype(self.dtype)
         self._grad_head_bias[:] = dZ.sum(axis=0)
         np.matmul(dZ.T, H, out=self._grad_head_weight)
-        dH = (dZ * trunk_scale[self._column_task].astype(self.dtype)) @ self._head_weight
+        dH = (dZ * trunk_scale[column_task].astype(self.dtype)) @ self._head_weight
         for layer in range(len(self.hidden) - 1, -1, -1):
             dA = self._activation_grad(dH, outputs[layer + 1])
             self._grad_biases[layer][:] = dA.sum(axis=0)
@@ -214,7 +225,7 @@ class NumpyBackend(FlatBackend):
             if layer:
                 dH = dA @ self._weights[layer].T
         self._apply_gradient()
-        return losses
+        return StepResult(losses, gram)
 
     # -- optimiser ---------------------------------------------------------------------
 
@@ -247,14 +258,13 @@ class NumpyBackend(FlatBackend):
 
 
 def batch_head_gradients(
-    slices: list[tuple[str, int, int]],
-    Z: np.ndarray,
-    targets: np.ndarray,
-    loss_weight: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-task mean losses over labelled rows, and d(sum of weighted losses)/dZ."""
-    dZ = np.zeros_like(Z)
+    slices: list[tuple[str, int, int]], Z: np.ndarray, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per task: the mean loss over labelled rows and their count; and each row's
+    gradient of its own (unweighted) task losses at the head outputs Z (0 if unlabelled)."""
+    G = np.zeros(Z.shape)
     losses = np.full(len(slices), np.nan)
+    counts = np.zeros(len(slices))
     for task, (kind, start, stop) in enumerate(slices):
         target = targets[:, task]
         labelled = ~np.isnan(target)
@@ -283,5 +293,6 @@ def batch_head_gradients(
         else:
             raise ValueError(f"unknown head kind {kind!r}")
         losses[task] = loss.mean()
-        dZ[rows, start:stop] = loss_weight[task] * grad
-    return losses, dZ
+        counts[task] = count
+        G[rows, start:stop] = grad
+    return losses, counts, G

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stream_mtl.backends.base import StepResult
 from stream_mtl.backends.flat import ADAM_BETAS, ADAM_EPS, FlatBackend
 from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION
 
@@ -62,7 +63,8 @@ class TorchBackend(FlatBackend):
     >>> backend.grow_inputs(np.ones((2, 4)))
     >>> backend.set_head("y", "regression", 1)
     >>> X, targets = np.array([[1.0, -1.0]] * 8), np.ones((8, 1))
-    >>> losses = [backend.step_many(X, targets, np.ones(1), np.ones(1))[0] for _ in range(50)]
+    >>> step = lambda: backend.step_many(X, targets, np.ones(1), np.ones(1)).losses[0]
+    >>> losses = [step() for _ in range(50)]
     >>> bool(losses[0] > 0.4 and losses[-1] < 1e-3)
     True
     """
@@ -155,13 +157,13 @@ class TorchBackend(FlatBackend):
 
     def step_one(
         self, x: np.ndarray, targets: list, loss_weight: np.ndarray, trunk_scale: np.ndarray
-    ) -> list[float]:
+    ) -> StepResult:
         row = np.array([[np.nan if t is None else t for t in targets]], dtype=float)
-        return self.step_many(x[None, :], row, loss_weight, trunk_scale).tolist()
+        return self.step_many(x[None, :], row, loss_weight, trunk_scale)
 
     def step_many(
         self, X: np.ndarray, targets: np.ndarray, loss_weight: np.ndarray, trunk_scale: np.ndarray
-    ) -> np.ndarray:
+    ) -> StepResult:
         param = self._param.detach().requires_grad_(True)
         scale = None
         if np.any(trunk_scale != 1.0):
@@ -169,13 +171,30 @@ class TorchBackend(FlatBackend):
         Z = self._outputs(param, self._inputs(X), scale)
         T = torch.as_tensor(targets, dtype=self.torch_dtype).to(self.device, non_blocking=True)
         task_losses, task_counts = self._task_losses(Z, T)
+        means = task_losses / task_counts  # NaN where a task had no label
+        (raw,) = torch.autograd.grad(
+            (task_losses / task_counts.clamp(min=1)).sum(), Z, retain_graph=True
+        )
         weights = self._from_numpy(loss_weight)
         total = (weights * task_losses).sum() / len(X)
         total.backward()
         with torch.no_grad():
+            gram = self._task_gram(raw, param)
             self._apply_gradient(param.grad)
-            means = task_losses / task_counts
-        return self._to_numpy(means).astype(float)  # NaN where a task had no label
+        return StepResult(self._to_numpy(means).astype(float), self._to_numpy(gram))
+
+    def _task_gram(self, raw: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        """Per-task gradient inner products at the shared representation (see
+        `NumpyBackend._task_gram`), from the unweighted gradient at the head outputs."""
+        if not self.heads:
+            return raw.new_zeros((0, 0))
+        views = self._layout.views(param)
+        weight = torch.cat([views[f"head.{h.task}.weight"] for h in self.heads])
+        products = (raw.T @ raw) * (weight @ weight.T)
+        if self._segments is None:
+            return products
+        segments = self._from_numpy(self._segments)
+        return segments.T @ products @ segments
 
     def _task_losses(self, Z: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per task: the sum of its losses over labelled rows, and how many rows those are."""

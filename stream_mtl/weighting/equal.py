@@ -13,3 +13,6 @@ class Equal(WeightingStrategy):
     >>> strategy.step_weights().loss.tolist()
     [1.0, 1.0]
     """
+
+    def update(self, losses, labelled, step, grad_norms=None) -> list[tuple[int, str]]:
+        return []  # nothing to track: the weights never change

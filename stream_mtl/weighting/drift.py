@@ -1,0 +1,255 @@
+"""Drift-aware reweighting: a drift detector per task, and a fast, contained re-adaptation."""
+
+from __future__ import annotations
+
+import array
+import typing
+
+import numpy as np
+from river import base as river_base
+from river import drift
+
+from stream_mtl.weighting.base import StepWeights, WeightingStrategy, running_rate
+from stream_mtl.weighting.dwa import DWA
+
+RELAXED = 0.01  # below this a task's boost is over
+
+
+def check_detector(detector: object, where: str) -> None:
+    """Refuse anything but a continuous River drift detector (ADWIN, KSWIN, PageHinkley...)."""
+    if isinstance(detector, river_base.BinaryDriftDetector) or not isinstance(
+        detector, river_base.DriftDetector
+    ):
+        raise TypeError(
+            f"{where} must be a continuous river.drift detector such as drift.ADWIN(), "
+            f"drift.KSWIN() or drift.PageHinkley(), got {detector!r}"
+        )
+
+
+class DriftAware(WeightingStrategy):
+    """Wraps a weighting strategy with a drift detector on each task's loss.
+
+    Each task's per-step loss (labelled steps only) feeds its own `river.drift`
+    detector. When the detector fires in task k, and k's recent loss is above its
+    older level (a loss that falls because the model is learning is not a drift):
+
+    - k's head learning rate is multiplied by `head_lr_boost`, so that k re-fits fast;
+    - k's gradient into the shared trunk is multiplied by `trunk_damping`, so that k's
+      large post-drift errors do not drag the representation the other tasks share;
+    - the base strategy forgets its statistics of k (they describe the old concept);
+    - a `DriftEvent` is recorded by the learner, and further detections in k are
+      ignored for `cooldown` of k's labels, so one change is not reported twice.
+
+    Both factors stay at full strength while k's loss is still falling (its recent
+    running loss more than `settle_tolerance` below its older one) and then relax
+    back to 1 by a factor `1 - relax` per label of k.
+
+    Detectors are restored from checkpoints exactly, without pickle: each task keeps
+    the losses fed to its detector since it was created, and a restored detector is a
+    fresh one fed the same losses. To bound that memory, once `2 * replay` losses
+    are kept the detector is rebuilt from the last `replay` of them.
+
+    Parameters
+    ----------
+    base
+        The strategy that sets the loss weights; None means `DWA()`.
+    detector
+        The detector each task gets a copy of; None means `drift.ADWIN()`.
+    detectors
+        Per-task overrides: task name -> detector.
+    head_lr_boost
+        Factor on a drifted task's head learning rate, at full strength.
+    trunk_damping
+        Factor on a drifted task's gradient into the trunk, at full strength.
+    cooldown
+        Labels of a task during which a new detection in it is ignored.
+    settle_tolerance
+        How close the recent loss must come to the older one for k to count as settled.
+    relax
+        How fast the factors return to 1 once settled (share per label).
+    replay
+        Losses kept per task to restore its detector (see above).
+
+    >>> import numpy as np
+    >>> from river import drift
+    >>> strategy = DriftAware(detector=drift.ADWIN(delta=0.01))
+    >>> strategy.add_task("steady"); strategy.add_task("drifting")
+    >>> rng = np.random.default_rng(0)
+    >>> for step in range(1, 2101):
+    ...     shift = 3.0 if step > 2000 else 0.0
+    ...     losses = np.abs(rng.normal(size=2)) + np.array([0.0, shift])
+    ...     for task, detector in strategy.update(losses, np.array([True, True]), step):
+    ...         print(f"step {step}: drift in task {task} ({detector})")
+    step 2024: drift in task 1 (ADWIN)
+    >>> weights = strategy.step_weights()
+    >>> bool(weights.head_lr[1] > 1.0 and weights.trunk[1] < 1.0), float(weights.head_lr[0])
+    (True, 1.0)
+    """
+
+    _per_task: typing.ClassVar[dict[str, float]] = {
+        "_boost": 0.0,
+        "_cooling": 0.0,
+        "_since": 0.0,
+        "_recent": 0.0,
+        "_older": 0.0,
+        "_seen": 0.0,
+    }
+    RECENT_RATE = 0.05
+    OLDER_RATE = 0.005
+    MIN_HOLD = 50  # labels a boost lasts at least
+
+    def __init__(
+        self,
+        base: WeightingStrategy | None = None,
+        detector: river_base.DriftDetector | None = None,
+        detectors: dict[str, river_base.DriftDetector] | None = None,
+        head_lr_boost: float = 3.0,
+        trunk_damping: float = 0.2,
+        cooldown: int = 500,
+        settle_tolerance: float = 0.05,
+        relax: float = 0.01,
+        replay: int = 1000,
+    ) -> None:
+        if base is not None and not isinstance(base, WeightingStrategy):
+            raise TypeError(f"base must be a weighting strategy such as DWA(), got {base!r}")
+        if isinstance(base, DriftAware):
+            raise TypeError("DriftAware cannot wrap another DriftAware")
+        if detector is not None:
+            check_detector(detector, "detector")
+        for task, override in (detectors or {}).items():
+            check_detector(override, f"the detector of task {task!r}")
+        if head_lr_boost < 1 or not 0 <= trunk_damping <= 1:
+            raise ValueError(
+                f"need head_lr_boost >= 1 and 0 <= trunk_damping <= 1, "
+                f"got {head_lr_boost} and {trunk_damping}"
+            )
+        if cooldown < 0 or not 0 < relax <= 1 or replay < 1:
+            raise ValueError(
+                f"need cooldown >= 0, 0 < relax <= 1 and replay >= 1, "
+                f"got {cooldown}, {relax} and {replay}"
+            )
+        super().__init__()
+        self.base = base
+        self.detector = detector
+        self.detectors = dict(detectors or {})
+        self.head_lr_boost = head_lr_boost
+        self.trunk_damping = trunk_damping
+        self.cooldown = cooldown
+        self.settle_tolerance = settle_tolerance
+        self.relax = relax
+        self.replay = replay
+        self._base = base.clone() if base is not None else DWA()
+        self._template = detector if detector is not None else drift.ADWIN()
+        self._ones = np.ones(0)
+        self._detectors: list[river_base.DriftDetector] = []
+        self._fed: list[array.array] = []  # per task: losses fed since its detector was made
+
+    @property
+    def needs_grad_norms(self) -> bool:  # type: ignore[override]
+        return self._base.needs_grad_norms
+
+    def _fresh_detector(self, position: int) -> river_base.DriftDetector:
+        return self.detectors.get(self.tasks[position], self._template).clone()
+
+    def add_task(self, task: str) -> None:
+        self._base.add_task(task)
+        super().add_task(task)
+        self._detectors.append(self._fresh_detector(len(self.tasks) - 1))
+        self._fed.append(array.array("d"))
+
+    def update(
+        self,
+        losses: np.ndarray,
+        labelled: np.ndarray,
+        step: int,
+        grad_norms: np.ndarray | None = None,
+    ) -> list[tuple[int, str]]:
+        detections = []
+        values = losses.tolist()
+        for k in np.flatnonzero(labelled).tolist():
+            if self._observe_task(k, values[k]):
+                detections.append((k, type(self._detectors[k]).__name__))
+        for k, _ in detections:
+            self._base.reset_task(k)
+        self._base.update(losses, labelled, step, grad_norms)
+        self._refresh()
+        return detections
+
+    def _observe_task(self, k: int, loss: float) -> bool:
+        """Feed one loss of task k to its statistics and detector; whether it drifted."""
+        self._seen[k] += 1.0
+        self._recent[k] += running_rate(self.RECENT_RATE, self._seen[k]) * (loss - self._recent[k])
+        self._older[k] += running_rate(self.OLDER_RATE, self._seen[k]) * (loss - self._older[k])
+        if self._cooling[k] > 0:
+            self._cooling[k] -= 1.0
+        if self._boost[k] > 0:
+            self._since[k] += 1.0
+            settled = self._recent[k] >= self._older[k] * (1.0 - self.settle_tolerance)
+            if self._since[k] >= self.MIN_HOLD and settled:
+                self._boost[k] *= 1.0 - self.relax
+                if self._boost[k] < RELAXED:
+                    self._boost[k] = 0.0
+        detector = self._detectors[k]
+        detector.update(loss)
+        self._fed[k].append(loss)
+        if not detector.drift_detected:
+            if len(self._fed[k]) >= 2 * self.replay:
+                self._rebuild_detector(k, self._fed[k][-self.replay :])
+            return False
+        self._rebuild_detector(k, [])
+        if self._cooling[k] > 0 or self._recent[k] <= self._older[k]:
+            return False  # within the cool-down, or the loss fell: not a change to react to
+        self._boost[k] = 1.0
+        self._cooling[k] = float(self.cooldown)
+        self._since[k] = 0.0
+        self._older[k] = self._recent[k]  # settling is judged against the new level
+        return True
+
+    def _rebuild_detector(self, k: int, losses: typing.Iterable[float]) -> None:
+        """A fresh detector for task k fed `losses`; what follows a detection among them."""
+        detector = self._fresh_detector(k)
+        kept = array.array("d")
+        for loss in losses:
+            detector.update(loss)
+            kept.append(loss)
+            if detector.drift_detected:
+                detector, kept = self._fresh_detector(k), array.array("d")
+        self._detectors[k] = detector
+        self._fed[k] = kept
+
+    def _refresh(self) -> None:
+        loss = self._base.step_weights().loss
+        if len(self._ones) != len(loss):
+            self._ones = np.ones(len(loss))
+        if not any(self._boost):
+            self._weights = StepWeights(loss, self._ones, self._ones)
+            return
+        boost = np.array(self._boost)
+        self._weights = StepWeights(
+            loss,
+            1.0 - (1.0 - self.trunk_damping) * boost,
+            1.0 + (self.head_lr_boost - 1.0) * boost,
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        meta, arrays = super().state()
+        base_meta, base_arrays = self._base.state()
+        meta["base"] = base_meta
+        arrays.update({f"base.{name}": value for name, value in base_arrays.items()})
+        arrays.update(
+            {f"fed.{k}": np.frombuffer(fed, float).copy() for k, fed in enumerate(self._fed)}
+        )
+        return meta, arrays
+
+    def load_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        prefix = "base."
+        self._base.load_state(
+            meta["base"], {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+        )
+        super().load_state(meta, arrays)
+        self._detectors = [self._fresh_detector(k) for k in range(len(self.tasks))]
+        self._fed = [array.array("d") for _ in self.tasks]
+        for k in range(len(self.tasks)):
+            self._rebuild_detector(k, arrays[f"fed.{k}"].tolist())
