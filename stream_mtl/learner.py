@@ -36,6 +36,10 @@ from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION, Label, Task, task_f
 from stream_mtl.weighting import DriftAware, WeightingStrategy
 
 DTYPES = ("float32", "float64")
+# Task affinity is fed (and the tasks' gradient Gram matrix computed for it) on one step
+# in this many, unless the weighting needs gradient norms at every step: a running
+# average loses little by sampling, and the per-observation path stays fast.
+AFFINITY_EVERY = 8
 
 
 class DriftEvent(typing.NamedTuple):
@@ -300,9 +304,11 @@ class MultiTaskLearner(base.Estimator):
         targets = self._targets_one(labels)
         weights = self._weighting.step_weights()
         self._backend.set_head_lr_scale(weights.head_lr)
-        result = self._backend.step_one(encoded, targets, weights.loss, weights.trunk)
+        result = self._backend.step_one(
+            encoded, targets, weights.loss, weights.trunk, self._wants_gram()
+        )
         counts = [0 if t is None else 1 for t in targets]
-        self._after_step(result, np.array(counts, dtype=bool), counts)
+        self._after_step(result, counts, counts)
 
     def _targets_one(self, labels: list[Label | None]) -> list:
         targets: list = [None] * len(labels)
@@ -345,18 +351,19 @@ class MultiTaskLearner(base.Estimator):
                 rows[row] = layer_weights(rng, fan_in, width, 1, self.activation)[0]
         self._backend.grow_inputs(rows)
 
+    def _wants_gram(self) -> bool:
+        """Whether the next step must report the tasks' gradient Gram matrix."""
+        return self._weighting.needs_grad_norms or self._n_steps % AFFINITY_EVERY == 0
+
     def _after_step(
-        self, result: StepResult, labelled: np.ndarray, counts: typing.Sequence[int]
+        self, result: StepResult, labelled: typing.Sequence, counts: typing.Sequence[int]
     ) -> None:
         self._n_steps += 1
-        gram = result.gram
-        grad_norms = (
-            np.sqrt(np.maximum(np.diagonal(gram), 0.0))
-            if self._weighting.needs_grad_norms
-            else None
-        )
+        gram, grad_norms = result.gram, None
+        if gram is not None:
+            self._affinity.update(gram)
+            grad_norms = np.sqrt(np.maximum(np.diagonal(gram), 0.0))
         detections = self._weighting.update(result.losses, labelled, self._n_steps, grad_norms)
-        self._affinity.update(gram)
         n_learned = self._n_learned
         for position, count in enumerate(counts):
             n_learned[position] += int(count)
@@ -463,7 +470,9 @@ class MultiTaskLearner(base.Estimator):
             return
         weights = self._weighting.step_weights()
         self._backend.set_head_lr_scale(weights.head_lr)
-        result = self._backend.step_many(encoded, targets, weights.loss, weights.trunk)
+        result = self._backend.step_many(
+            encoded, targets, weights.loss, weights.trunk, self._wants_gram()
+        )
         self._after_step(result, counts > 0, counts)
 
     def _check_label_frame(

@@ -100,7 +100,7 @@ def test_the_weighting_hooks_act_the_same_on_both_backends():
         )
         targets[::4, 2] = np.nan
         results = [
-            b.step_many(X, targets, np.array([1.0, 0.5, 2.0]), np.array([0.2, 1.0, 1.0]))
+            b.step_many(X, targets, np.array([1.0, 0.5, 2.0]), np.array([0.2, 1.0, 1.0]), True)
             for b in backends
         ]
         np.testing.assert_allclose(results[0].losses, results[1].losses, rtol=1e-9)

@@ -28,16 +28,18 @@ class HeadSpec(typing.NamedTuple):
 class StepResult(typing.NamedTuple):
     """What one optimiser step reports back to the learner.
 
-    - `losses`: each task's mean loss over its labelled rows (NaN where it had none);
-    - `gram`: the (n_tasks x n_tasks) inner products of the tasks' unweighted loss
-      gradients with respect to the shared representation (what the heads read),
-      taken over the rows of the step; zero rows and columns for unlabelled tasks.
+    - `losses`: each task's mean loss over its labelled rows (NaN where it had none), a
+      list or an array;
+    - `gram` (when asked for, else None): the (n_tasks x n_tasks) inner products of
+      the tasks' unweighted loss gradients with respect to the shared representation
+      (what the heads read), taken over the rows of the step; zero rows and columns
+      for unlabelled tasks.
       Its diagonal gives per-task gradient norms (GradNorm), its normalised form the
       cosine similarity of tasks (task affinity).
     """
 
-    losses: np.ndarray
-    gram: np.ndarray
+    losses: typing.Sequence[float] | np.ndarray
+    gram: np.ndarray | None
 
 
 class Backend(typing.Protocol):
@@ -72,11 +74,13 @@ class Backend(typing.Protocol):
         targets: list,
         loss_weight: np.ndarray,
         trunk_scale: np.ndarray,
+        gram: bool = False,
     ) -> StepResult:
         """One optimiser step on one observation; the loss of each task (NaN if unlabelled).
 
         The loss is the sum over labelled tasks of `loss_weight[k] * loss_k`; the shared
-        trunk receives each task's gradient further multiplied by `trunk_scale[k]`.
+        trunk receives each task's gradient further multiplied by `trunk_scale[k]`. With
+        `gram`, the result also holds the tasks' gradient Gram matrix (see `StepResult`).
         """
 
     def step_many(
@@ -85,6 +89,7 @@ class Backend(typing.Protocol):
         targets: np.ndarray,
         loss_weight: np.ndarray,
         trunk_scale: np.ndarray,
+        gram: bool = False,
     ) -> StepResult:
         """One optimiser step on the mean loss over the batch's rows; per-task mean losses."""
 

@@ -130,13 +130,14 @@ class NumpyBackend(FlatBackend):
         targets: list,
         loss_weight: np.ndarray,
         trunk_scale: np.ndarray,
+        gram: bool = False,
     ) -> StepResult:
         outputs = self._layers(x)
         h = outputs[-1]
         z = self._head_weight @ h
         z += self._head_bias
         losses, raw, dz, dz_trunk = self._head_gradients(z, targets, loss_weight, trunk_scale)
-        gram = self._task_gram(np.outer(raw, raw))
+        task_gram = self._task_gram(np.outer(raw, raw)) if gram else None
         self._grad_head_bias[:] = dz
         np.multiply(dz[:, None], h[None, :], out=self._grad_head_weight)
         dh = dz_trunk @ self._head_weight
@@ -147,16 +148,23 @@ class NumpyBackend(FlatBackend):
             if layer:
                 dh = self._weights[layer] @ da
         self._apply_gradient()
-        return StepResult(np.array(losses), gram)
+        return StepResult(losses, task_gram)
 
     def _head_gradients(
         self, z: np.ndarray, targets: list, loss_weight: np.ndarray, trunk_scale: np.ndarray
-    ) -> tuple[list[float], np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[list[float], list[float], np.ndarray, np.ndarray]:
         """Per-task losses; the unweighted gradient at the head outputs; the weighted one
-        the heads learn from; and the one the trunk learns from (also trunk-scaled)."""
+        the heads learn from; and the one the trunk learns from (also trunk-scaled).
+
+        On Python floats: for a few single-output heads that is faster than NumPy calls.
+        """
         zs = z.tolist()
+        weights = loss_weight.tolist()
+        scales = trunk_scale.tolist()
         n_out = len(zs)
         raw = [0.0] * n_out
+        dz = [0.0] * n_out
+        dz_trunk = dz
         losses = [math.nan] * len(targets)
         for task, (kind, start, stop) in enumerate(self._slices):
             target = targets[task]
@@ -179,11 +187,19 @@ class NumpyBackend(FlatBackend):
                 grad = exp / total
                 grad[target] -= 1.0
                 raw[start:stop] = grad.tolist()
-        raw_array = np.array(raw)
-        column_task = self._column_task
-        dz = raw_array * loss_weight[column_task]
-        dz_trunk = dz * trunk_scale[column_task] if np.any(trunk_scale != 1.0) else dz
-        return losses, raw_array, dz.astype(self.dtype), dz_trunk.astype(self.dtype)
+            weight, scale = weights[task], scales[task]
+            for out in range(start, stop):
+                dz[out] = weight * raw[out]
+            if scale != 1.0:
+                if dz_trunk is dz:
+                    dz_trunk = list(dz)
+                for out in range(start, stop):
+                    dz_trunk[out] = scale * dz[out]
+            elif dz_trunk is not dz:
+                dz_trunk[start:stop] = dz[start:stop]
+        dz_array = np.array(dz, dtype=self.dtype)
+        trunk_array = dz_array if dz_trunk is dz else np.array(dz_trunk, dtype=self.dtype)
+        return losses, raw, dz_array, trunk_array
 
     def _task_gram(self, output_products: np.ndarray) -> np.ndarray:
         """Per-task gradient inner products at the shared representation, from the head
@@ -204,6 +220,7 @@ class NumpyBackend(FlatBackend):
         targets: np.ndarray,
         loss_weight: np.ndarray,
         trunk_scale: np.ndarray,
+        gram: bool = False,
     ) -> StepResult:
         n_rows = len(X)
         outputs = self._layers(X)
@@ -212,8 +229,10 @@ class NumpyBackend(FlatBackend):
         Z += self._head_bias
         losses, counts, G = batch_head_gradients(self._slices, Z, targets)
         column_task = self._column_task
-        raw = G / np.maximum(counts, 1)[column_task]
-        gram = self._task_gram(raw.T @ raw)
+        task_gram = None
+        if gram:
+            raw = G / np.maximum(counts, 1)[column_task]
+            task_gram = self._task_gram(raw.T @ raw)
         dZ = (G * (loss_weight[column_task] / n_rows)).astype(self.dtype)
         self._grad_head_bias[:] = dZ.sum(axis=0)
         np.matmul(dZ.T, H, out=self._grad_head_weight)
@@ -225,7 +244,7 @@ class NumpyBackend(FlatBackend):
             if layer:
                 dH = dA @ self._weights[layer].T
         self._apply_gradient()
-        return StepResult(losses, gram)
+        return StepResult(losses, task_gram)
 
     # -- optimiser ---------------------------------------------------------------------
 

@@ -156,13 +156,23 @@ class TorchBackend(FlatBackend):
     # -- steps -------------------------------------------------------------------------
 
     def step_one(
-        self, x: np.ndarray, targets: list, loss_weight: np.ndarray, trunk_scale: np.ndarray
+        self,
+        x: np.ndarray,
+        targets: list,
+        loss_weight: np.ndarray,
+        trunk_scale: np.ndarray,
+        gram: bool = False,
     ) -> StepResult:
         row = np.array([[np.nan if t is None else t for t in targets]], dtype=float)
-        return self.step_many(x[None, :], row, loss_weight, trunk_scale)
+        return self.step_many(x[None, :], row, loss_weight, trunk_scale, gram)
 
     def step_many(
-        self, X: np.ndarray, targets: np.ndarray, loss_weight: np.ndarray, trunk_scale: np.ndarray
+        self,
+        X: np.ndarray,
+        targets: np.ndarray,
+        loss_weight: np.ndarray,
+        trunk_scale: np.ndarray,
+        gram: bool = False,
     ) -> StepResult:
         param = self._param.detach().requires_grad_(True)
         scale = None
@@ -172,16 +182,18 @@ class TorchBackend(FlatBackend):
         T = torch.as_tensor(targets, dtype=self.torch_dtype).to(self.device, non_blocking=True)
         task_losses, task_counts = self._task_losses(Z, T)
         means = task_losses / task_counts  # NaN where a task had no label
-        (raw,) = torch.autograd.grad(
-            (task_losses / task_counts.clamp(min=1)).sum(), Z, retain_graph=True
-        )
+        raw = None
+        if gram:
+            (raw,) = torch.autograd.grad(
+                (task_losses / task_counts.clamp(min=1)).sum(), Z, retain_graph=True
+            )
         weights = self._from_numpy(loss_weight)
         total = (weights * task_losses).sum() / len(X)
         total.backward()
         with torch.no_grad():
-            gram = self._task_gram(raw, param)
+            task_gram = None if raw is None else self._to_numpy(self._task_gram(raw, param))
             self._apply_gradient(param.grad)
-        return StepResult(self._to_numpy(means).astype(float), self._to_numpy(gram))
+        return StepResult(self._to_numpy(means).astype(float), task_gram)
 
     def _task_gram(self, raw: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         """Per-task gradient inner products at the shared representation (see

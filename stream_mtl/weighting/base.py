@@ -77,22 +77,35 @@ class WeightingStrategy(base.Base):
 
     def update(
         self,
-        losses: np.ndarray,
-        labelled: np.ndarray,
+        losses: typing.Sequence[float],
+        labelled: typing.Sequence[bool],
         step: int,
-        grad_norms: np.ndarray | None = None,
+        grad_norms: typing.Sequence[float] | None = None,
     ) -> list[tuple[int, str]]:
         """Take the per-task losses of step `step` (NaN where unlabelled).
 
         `labelled[k]` says whether task k had labels; `grad_norms[k]` is the norm of task
-        k's loss gradient at the shared representation. Returns the drifts detected in
-        this step, as (task position, detector name); only drift-aware strategies have any.
+        k's loss gradient at the shared representation. Lists or arrays. Returns the
+        drifts detected in this step, as (task position, detector name); only
+        drift-aware strategies detect any.
         """
-        positions = np.flatnonzero(labelled).tolist()
-        if positions:
-            norms = grad_norms.tolist() if grad_norms is not None else []
-            self._observe(losses.tolist(), positions, norms)
-            self._refresh()
+        if isinstance(labelled, np.ndarray):
+            labelled = labelled.tolist()
+        positions = [k for k, flag in enumerate(labelled) if flag]
+        if not positions:
+            return []
+        if isinstance(losses, np.ndarray):
+            losses = losses.tolist()
+        if isinstance(grad_norms, np.ndarray):
+            grad_norms = grad_norms.tolist()
+        return self._update(losses, positions, grad_norms or [])
+
+    def _update(
+        self, losses: list[float], labelled: list[int], grad_norms: list[float]
+    ) -> list[tuple[int, str]]:
+        """`update` on plain lists, with `labelled` the positions of the labelled tasks."""
+        self._observe(losses, labelled, grad_norms)
+        self._refresh()
         return []
 
     def _refresh(self) -> None:

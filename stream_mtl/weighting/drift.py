@@ -9,7 +9,7 @@ import numpy as np
 from river import base as river_base
 from river import drift
 
-from stream_mtl.weighting.base import StepWeights, WeightingStrategy, running_rate
+from stream_mtl.weighting.base import StepWeights, WeightingStrategy
 from stream_mtl.weighting.dwa import DWA
 
 RELAXED = 0.01  # below this a task's boost is over
@@ -157,29 +157,25 @@ class DriftAware(WeightingStrategy):
         self._detectors.append(self._fresh_detector(len(self.tasks) - 1))
         self._fed.append(array.array("d"))
 
-    def update(
-        self,
-        losses: np.ndarray,
-        labelled: np.ndarray,
-        step: int,
-        grad_norms: np.ndarray | None = None,
+    def _update(
+        self, losses: list[float], labelled: list[int], grad_norms: list[float]
     ) -> list[tuple[int, str]]:
-        detections = []
-        values = losses.tolist()
-        for k in np.flatnonzero(labelled).tolist():
-            if self._observe_task(k, values[k]):
-                detections.append((k, type(self._detectors[k]).__name__))
+        detections = [
+            (k, type(self._detectors[k]).__name__)
+            for k in labelled
+            if self._observe_task(k, losses[k])
+        ]
         for k, _ in detections:
             self._base.reset_task(k)
-        self._base.update(losses, labelled, step, grad_norms)
+        self._base._update(losses, labelled, grad_norms)
         self._refresh()
         return detections
 
     def _observe_task(self, k: int, loss: float) -> bool:
         """Feed one loss of task k to its statistics and detector; whether it drifted."""
-        self._seen[k] += 1.0
-        self._recent[k] += running_rate(self.RECENT_RATE, self._seen[k]) * (loss - self._recent[k])
-        self._older[k] += running_rate(self.OLDER_RATE, self._seen[k]) * (loss - self._older[k])
+        seen = self._seen[k] = self._seen[k] + 1.0
+        self._recent[k] += max(self.RECENT_RATE, 1.0 / seen) * (loss - self._recent[k])
+        self._older[k] += max(self.OLDER_RATE, 1.0 / seen) * (loss - self._older[k])
         if self._cooling[k] > 0:
             self._cooling[k] -= 1.0
         if self._boost[k] > 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing
 
-from stream_mtl.weighting.base import WeightingStrategy, running_rate, softmax_times_count
+from stream_mtl.weighting.base import WeightingStrategy, softmax_times_count
 
 
 class DWA(WeightingStrategy):
@@ -58,10 +58,10 @@ class DWA(WeightingStrategy):
     def _observe(self, losses: list[float], labelled: list[int], grad_norms: list[float]) -> None:
         recent, older, seen = self._recent, self._older, self._seen
         for k in labelled:
-            seen[k] += 1.0
+            n = seen[k] = seen[k] + 1.0
             loss = losses[k]
-            recent[k] += running_rate(self.fast, seen[k]) * (loss - recent[k])
-            older[k] += running_rate(self.slow, seen[k]) * (loss - older[k])
+            recent[k] += max(self.fast, 1.0 / n) * (loss - recent[k])
+            older[k] += max(self.slow, 1.0 / n) * (loss - older[k])
 
     def _loss_weights(self) -> list[float]:
         scores = [

@@ -14,5 +14,5 @@ class Equal(WeightingStrategy):
     [1.0, 1.0]
     """
 
-    def update(self, losses, labelled, step, grad_norms=None) -> list[tuple[int, str]]:
+    def _update(self, losses, labelled, grad_norms) -> list[tuple[int, str]]:
         return []  # nothing to track: the weights never change
