@@ -1,13 +1,19 @@
-"""Seeded multi-task streams whose tasks share a latent, non-linear structure.
+"""Seeded multi-task streams whose tasks share a latent, non-linear structure, and drift.
 
 Every task's target is a mix of the same latent factors (saturating projections of
 the features and their pairwise products, which no linear model captures) plus a
 smaller part of its own. A model that shares what it learns across tasks should
 therefore learn each task faster than one model per task.
+
+A drift schedule changes chosen tasks' concepts at chosen steps: the task draws a
+new mix of the shared factors and a new part of its own, abruptly or gradually (over
+`width` observations, each drawn from the new concept with a probability that rises
+linearly, as MOA's concept-drift streams do). The true drift points are known.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,6 +28,15 @@ DEFAULT_TASKS = {
     "flag": BINARY,
 }
 N_CLASSES = 3
+
+
+class Drift(typing.NamedTuple):
+    """A change of task `task`'s concept at observation `at` (0-based), over `width`
+    observations (0: abrupt)."""
+
+    task: str
+    at: int
+    width: int = 0
 
 
 class SyntheticStream:
@@ -42,6 +57,8 @@ class SyntheticStream:
         Standard deviation of the noise on the regression targets' latent score.
     task_specific
         Weight of each task's own part relative to the shared part.
+    drifts
+        `Drift(task, at, width)`s: the concept changes, exposed again as `drift_points`.
     n
         Number of observations, or None for an endless stream.
     seed
@@ -52,6 +69,18 @@ class SyntheticStream:
     [['a', 'b', 'c', 'flag'], ['a', 'b', 'c', 'flag']]
     >>> [len(obs.y) for obs in SyntheticStream(n=5, label_share=0.25, seed=1)]
     [1, 1, 1, 1, 1]
+
+    An abrupt drift of task "a" at observation 3: its labels change, the others' do not.
+
+    >>> before = [obs.y for obs in SyntheticStream(n=6, seed=2)]
+    >>> drifting = SyntheticStream(n=6, seed=2, drifts=[Drift("a", at=3)])
+    >>> after = [obs.y for obs in drifting]
+    >>> [round(b["a"], 6) == round(a["a"], 6) for b, a in zip(before, after)]
+    [True, True, True, False, False, False]
+    >>> all(round(b["b"], 6) == round(a["b"], 6) for b, a in zip(before, after))
+    True
+    >>> drifting.drift_points
+    [Drift(task='a', at=3, width=0)]
     """
 
     def __init__(
@@ -62,6 +91,7 @@ class SyntheticStream:
         label_share: float = 1.0,
         noise: float = 0.1,
         task_specific: float = 0.3,
+        drifts: typing.Sequence[Drift] = (),
         n: int | None = None,
         seed: int = 0,
     ) -> None:
@@ -71,11 +101,18 @@ class SyntheticStream:
                 raise ValueError(f"task {name!r} has unknown kind {kind!r}")
         if not 0 < label_share <= 1:
             raise ValueError(f"label_share must be in (0, 1], got {label_share}")
+        drifts = sorted((Drift(*d) for d in drifts), key=lambda d: d.at)
+        for drift in drifts:
+            if drift.task not in self.tasks:
+                raise ValueError(f"drift of unknown task {drift.task!r}; tasks: {list(self.tasks)}")
+            if drift.at < 0 or drift.width < 0:
+                raise ValueError(f"a drift needs at >= 0 and width >= 0, got {drift}")
         self.n_features = n_features
         self.n_latent = n_latent
         self.label_share = label_share
         self.noise = noise
         self.task_specific = task_specific
+        self.drifts = drifts
         self.n = n
         self.seed = seed
 
@@ -83,16 +120,32 @@ class SyntheticStream:
         projection = structure.normal(size=(n_latent, n_features))
         self._projection = 1.5 * projection / np.linalg.norm(projection, axis=1, keepdims=True)
         n_shared = 2 * n_latent  # the factors and the products of neighbouring factors
-        self._mix = {}
-        self._own = {}
         self._offset = {}
+        # Per task, its concepts in order: (mix of the shared factors, its own part).
+        self._concepts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         for name, kind in self.tasks.items():
-            outputs = N_CLASSES if kind == MULTICLASS else 1
-            mix = structure.normal(size=(outputs, n_shared))
-            self._mix[name] = mix / np.linalg.norm(mix, axis=1, keepdims=True) * 2.0
-            own = structure.normal(size=(outputs, n_features))
-            self._own[name] = own / np.linalg.norm(own, axis=1, keepdims=True)
+            self._concepts[name] = [self._draw_concept(structure, kind, n_shared)]
             self._offset[name] = (structure.uniform(10, 100), structure.uniform(2, 20))
+        changes = np.random.default_rng([seed, 2])
+        for drift in drifts:
+            kind = self.tasks[drift.task]
+            self._concepts[drift.task].append(self._draw_concept(changes, kind, n_shared))
+
+    @property
+    def drift_points(self) -> list[Drift]:
+        """The true drifts, in the order they happen."""
+        return list(self.drifts)
+
+    def _draw_concept(
+        self, rng: np.random.Generator, kind: str, n_shared: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        outputs = N_CLASSES if kind == MULTICLASS else 1
+        mix = rng.normal(size=(outputs, n_shared))
+        own = rng.normal(size=(outputs, self.n_features))
+        return (
+            mix / np.linalg.norm(mix, axis=1, keepdims=True) * 2.0,
+            own / np.linalg.norm(own, axis=1, keepdims=True),
+        )
 
     def shared_factors(self, X: np.ndarray) -> np.ndarray:
         """The latent factors every task draws on, for feature rows `X`."""
@@ -101,13 +154,42 @@ class SyntheticStream:
         return np.concatenate([latent, products], axis=1)
 
     def scores(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Each task's noise-free score (before the link) for feature rows `X`."""
+        """Each task's noise-free score (before the link) for feature rows `X`, under its
+        first concept."""
         shared = self.shared_factors(X)
-        return {
-            name: shared @ self._mix[name].T
-            + self.task_specific * np.tanh(X @ self._own[name].T * 1.5)
-            for name in self.tasks
-        }
+        return {name: self._score(X, shared, name, 0) for name in self.tasks}
+
+    def _score(self, X: np.ndarray, shared: np.ndarray, name: str, concept: int) -> np.ndarray:
+        mix, own = self._concepts[name][concept]
+        return shared @ mix.T + self.task_specific * np.tanh(X @ own.T * 1.5)
+
+    def _concept_per_row(
+        self, rng: np.random.Generator, name: str, first: int, n_rows: int
+    ) -> np.ndarray:
+        """Which concept of task `name` each of observations first..first+n_rows-1 uses."""
+        steps = np.arange(first, first + n_rows)
+        concept = np.zeros(n_rows, dtype=int)
+        for drift in (d for d in self.drifts if d.task == name):
+            if drift.width == 0:
+                switched = steps >= drift.at
+            else:
+                share = np.clip((steps - drift.at + 1) / drift.width, 0.0, 1.0)
+                switched = rng.random(n_rows) < share
+            concept += switched
+        return concept
+
+    def _task_scores(
+        self, rng: np.random.Generator, name: str, X: np.ndarray, shared: np.ndarray, first: int
+    ) -> np.ndarray:
+        """Task `name`'s scores for observations first..first+len(X)-1, drifts included."""
+        if len(self._concepts[name]) == 1:
+            return self._score(X, shared, name, 0)
+        concept = self._concept_per_row(rng, name, first, len(X))
+        score = np.zeros((len(X), self._concepts[name][0][0].shape[0]))
+        for version in np.unique(concept).tolist():
+            rows = concept == version
+            score[rows] = self._score(X[rows], shared[rows], name, version)
+        return score
 
     def __iter__(self) -> Iterator[Observation]:
         rng = np.random.default_rng([self.seed, 1])
@@ -117,10 +199,10 @@ class SyntheticStream:
         while self.n is None or produced < self.n:
             block = 256 if self.n is None else min(256, self.n - produced)
             X = rng.normal(size=(block, self.n_features))
-            scores = self.scores(X)
+            shared = self.shared_factors(X)
             labels = {}
             for name, kind in self.tasks.items():
-                score = scores[name]
+                score = self._task_scores(rng, name, X, shared, produced)
                 if kind == REGRESSION:
                     mean, scale = self._offset[name]
                     noisy = score[:, 0] + self.noise * rng.normal(size=block)
