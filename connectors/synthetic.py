@@ -32,11 +32,13 @@ N_CLASSES = 3
 
 class Drift(typing.NamedTuple):
     """A change of task `task`'s concept at observation `at` (0-based), over `width`
-    observations (0: abrupt)."""
+    observations (0: abrupt). The task draws a new mix of the shared factors and, unless
+    `shared_only`, a new part of its own as well (which the shared trunk must learn)."""
 
     task: str
     at: int
     width: int = 0
+    shared_only: bool = False
 
 
 class SyntheticStream:
@@ -80,7 +82,7 @@ class SyntheticStream:
     >>> all(round(b["b"], 6) == round(a["b"], 6) for b, a in zip(before, after))
     True
     >>> drifting.drift_points
-    [Drift(task='a', at=3, width=0)]
+    [Drift(task='a', at=3, width=0, shared_only=False)]
     """
 
     def __init__(
@@ -128,8 +130,10 @@ class SyntheticStream:
             self._offset[name] = (structure.uniform(10, 100), structure.uniform(2, 20))
         changes = np.random.default_rng([seed, 2])
         for drift in drifts:
-            kind = self.tasks[drift.task]
-            self._concepts[drift.task].append(self._draw_concept(changes, kind, n_shared))
+            mix, own = self._draw_concept(changes, self.tasks[drift.task], n_shared)
+            if drift.shared_only:
+                own = self._concepts[drift.task][-1][1]
+            self._concepts[drift.task].append((mix, own))
 
     @property
     def drift_points(self) -> list[Drift]:
@@ -193,6 +197,7 @@ class SyntheticStream:
 
     def __iter__(self) -> Iterator[Observation]:
         rng = np.random.default_rng([self.seed, 1])
+        switching = np.random.default_rng([self.seed, 3])  # gradual drifts' draws, apart
         names = list(self.tasks)
         n_labelled = max(1, round(self.label_share * len(names)))
         produced = 0
@@ -202,7 +207,7 @@ class SyntheticStream:
             shared = self.shared_factors(X)
             labels = {}
             for name, kind in self.tasks.items():
-                score = self._task_scores(rng, name, X, shared, produced)
+                score = self._task_scores(switching, name, X, shared, produced)
                 if kind == REGRESSION:
                     mean, scale = self._offset[name]
                     noisy = score[:, 0] + self.noise * rng.normal(size=block)

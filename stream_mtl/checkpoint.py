@@ -7,6 +7,7 @@ and rebuilt only from classes of this library and of `river`.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import io
 import json
@@ -119,7 +120,7 @@ def _value_to_spec(value: object, name: str) -> object:
         return object_to_spec(value)
     if isinstance(value, dict):
         return {"dict": {str(k): _value_to_spec(v, k) for k, v in value.items()}}
-    if isinstance(value, tuple | list):
+    if isinstance(value, tuple | list | collections.deque):
         return {"list": [_value_to_spec(v, name) for v in value]}
     if value is None or isinstance(value, bool | int | float | str):
         return value

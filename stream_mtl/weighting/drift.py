@@ -30,8 +30,9 @@ class DriftAware(WeightingStrategy):
     """Wraps a weighting strategy with a drift detector on each task's loss.
 
     Each task's per-step loss (labelled steps only) feeds its own `river.drift`
-    detector. When the detector fires in task k, and k's recent loss is above its
-    older level (a loss that falls because the model is learning is not a drift):
+    detector. When the detector fires in task k, and k's recent loss is more than
+    `min_rise` above its older level (a loss that falls because the model is learning,
+    or a small wobble, is not a change to react to):
 
     - k's head learning rate is multiplied by `head_lr_boost`, so that k re-fits fast;
     - k's gradient into the shared trunk is multiplied by `trunk_damping`, so that k's
@@ -40,9 +41,10 @@ class DriftAware(WeightingStrategy):
     - a `DriftEvent` is recorded by the learner, and further detections in k are
       ignored for `cooldown` of k's labels, so one change is not reported twice.
 
-    Both factors stay at full strength while k's loss is still falling (its recent
-    running loss more than `settle_tolerance` below its older one) and then relax
-    back to 1 by a factor `1 - relax` per label of k.
+    Both factors stay at full strength until k's recent running loss is back within
+    `settle_tolerance` of its level before the drift (or for `max_hold` labels at most,
+    for a new concept that is harder than the old one), and then relax back to 1 by a
+    factor `1 - relax` per label of k.
 
     Detectors are restored from checkpoints exactly, without pickle: each task keeps
     the losses fed to its detector since it was created, and a restored detector is a
@@ -63,8 +65,14 @@ class DriftAware(WeightingStrategy):
         Factor on a drifted task's gradient into the trunk, at full strength.
     cooldown
         Labels of a task during which a new detection in it is ignored.
+    min_rise
+        How far (as a share) the recent loss must be above the older one for a detection
+        to count.
     settle_tolerance
-        How close the recent loss must come to the older one for k to count as settled.
+        How close (as a share) the recent loss must come to its pre-drift level for k to
+        count as settled.
+    max_hold
+        Labels after which the factors relax even if k has not settled.
     relax
         How fast the factors return to 1 once settled (share per label).
     replay
@@ -93,6 +101,7 @@ class DriftAware(WeightingStrategy):
         "_recent": 0.0,
         "_older": 0.0,
         "_seen": 0.0,
+        "_baseline": 0.0,
     }
     RECENT_RATE = 0.05
     OLDER_RATE = 0.005
@@ -103,11 +112,13 @@ class DriftAware(WeightingStrategy):
         base: WeightingStrategy | None = None,
         detector: river_base.DriftDetector | None = None,
         detectors: dict[str, river_base.DriftDetector] | None = None,
-        head_lr_boost: float = 3.0,
-        trunk_damping: float = 0.2,
+        head_lr_boost: float = 10.0,
+        trunk_damping: float = 0.5,
         cooldown: int = 500,
-        settle_tolerance: float = 0.05,
-        relax: float = 0.01,
+        min_rise: float = 0.5,
+        settle_tolerance: float = 0.1,
+        max_hold: int = 3000,
+        relax: float = 0.005,
         replay: int = 1000,
     ) -> None:
         if base is not None and not isinstance(base, WeightingStrategy):
@@ -135,7 +146,9 @@ class DriftAware(WeightingStrategy):
         self.head_lr_boost = head_lr_boost
         self.trunk_damping = trunk_damping
         self.cooldown = cooldown
+        self.min_rise = min_rise
         self.settle_tolerance = settle_tolerance
+        self.max_hold = max_hold
         self.relax = relax
         self.replay = replay
         self._base = base.clone() if base is not None else DWA()
@@ -180,8 +193,8 @@ class DriftAware(WeightingStrategy):
             self._cooling[k] -= 1.0
         if self._boost[k] > 0:
             self._since[k] += 1.0
-            settled = self._recent[k] >= self._older[k] * (1.0 - self.settle_tolerance)
-            if self._since[k] >= self.MIN_HOLD and settled:
+            settled = self._recent[k] <= self._baseline[k] * (1.0 + self.settle_tolerance)
+            if self._since[k] >= self.MIN_HOLD and (settled or self._since[k] >= self.max_hold):
                 self._boost[k] *= 1.0 - self.relax
                 if self._boost[k] < RELAXED:
                     self._boost[k] = 0.0
@@ -193,12 +206,12 @@ class DriftAware(WeightingStrategy):
                 self._rebuild_detector(k, self._fed[k][-self.replay :])
             return False
         self._rebuild_detector(k, [])
-        if self._cooling[k] > 0 or self._recent[k] <= self._older[k]:
-            return False  # within the cool-down, or the loss fell: not a change to react to
+        if self._cooling[k] > 0 or self._recent[k] <= self._older[k] * (1.0 + self.min_rise):
+            return False  # within the cool-down, or no clear rise: not a change to react to
         self._boost[k] = 1.0
         self._cooling[k] = float(self.cooldown)
         self._since[k] = 0.0
-        self._older[k] = self._recent[k]  # settling is judged against the new level
+        self._baseline[k] = self._older[k]  # the loss level before the drift
         return True
 
     def _rebuild_detector(self, k: int, losses: typing.Iterable[float]) -> None:

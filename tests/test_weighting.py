@@ -1,0 +1,212 @@
+"""Weighting strategies, drift-aware reweighting and task affinity, alone and in the learner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_same_state, model_state
+from river import drift
+
+from connectors.synthetic import Drift, SyntheticStream
+from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
+from stream_mtl.weighting import DWA, DriftAware, Equal, GradNorm, Uncertainty
+
+STRATEGIES = [Equal, Uncertainty, DWA, GradNorm, lambda: DriftAware(GradNorm())]
+TASKS = {"a": "regression", "b": "binary", "c": "multiclass"}
+
+
+def _model(weighting, backend: str = "numpy", **params) -> MultiTaskLearner:
+    tasks = {"a": Regression(), "b": Binary(), "c": Multiclass()}
+    return MultiTaskLearner(
+        tasks=tasks, hidden=(8,), weighting=weighting, backend=backend, seed=0, **params
+    )
+
+
+@pytest.mark.parametrize("make", STRATEGIES)
+def test_missing_labels_never_feed_a_strategys_statistics(make):
+    strategy = make()
+    for task in "abc":
+        strategy.add_task(task)
+    for step in range(1, 200):
+        strategy.update(np.array([0.5, 0.2, 1.0]), np.array([True] * 3), step, np.ones(3))
+    before = strategy.state()
+    losses = np.array([1e6, np.nan, 1e6])
+    strategy.update(losses, np.array([False, False, False]), 200, np.full(3, 1e6))
+    after = strategy.state()
+    assert before[0] == after[0]
+    for name in before[1]:
+        np.testing.assert_array_equal(before[1][name], after[1][name], err_msg=name)
+
+
+@pytest.mark.parametrize("make", STRATEGIES)
+def test_every_strategy_gives_one_positive_weight_per_task_in_the_learner(make):
+    model = _model(make())
+    for obs in SyntheticStream(tasks=TASKS, n=600, label_share=0.67, seed=3):
+        model.learn_one(obs.x, obs.y)
+    weights = model.task_weights
+    assert list(weights) == ["a", "b", "c"]
+    assert all(np.isfinite(w) and w > 0 for w in weights.values())
+
+
+@pytest.mark.parametrize("make", STRATEGIES)
+def test_every_strategy_acts_the_same_on_both_backends(make):
+    models = [_model(make(), backend, dtype="float64") for backend in ("numpy", "torch")]
+    for obs in SyntheticStream(tasks=TASKS, n=400, label_share=0.67, seed=4):
+        for model in models:
+            model.learn_one(obs.x, obs.y)
+    weights = [list(m.task_weights.values()) for m in models]
+    np.testing.assert_allclose(weights[0], weights[1], rtol=1e-6)
+    affinity = [m.task_affinity.to_numpy() for m in models]
+    np.testing.assert_allclose(affinity[0], affinity[1], rtol=1e-6, atol=1e-9)
+
+
+def test_uncertainty_gives_less_weight_to_the_noisier_task():
+    model = MultiTaskLearner(
+        tasks={"clean": Regression(), "noisy": Regression()}, hidden=(16,), seed=0,
+        weighting=Uncertainty(lr=0.02),
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        x = {"u": float(rng.normal())}
+        y = {"clean": 2 * x["u"], "noisy": 2 * x["u"] + 3 * float(rng.normal())}
+        model.learn_one(x, y)
+    assert model.task_weights["clean"] > 3 * model.task_weights["noisy"]
+
+
+def test_gradnorm_moves_weight_towards_the_task_that_learns_slowest():
+    model = MultiTaskLearner(
+        tasks={"easy": Regression(), "hard": Regression()}, hidden=(16,), seed=0,
+        weighting=GradNorm(),
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        x = {f"u{i}": float(v) for i, v in enumerate(rng.normal(size=4))}
+        hard = np.sin(3 * x["u0"]) * np.cos(3 * x["u1"]) + x["u2"] * x["u3"]
+        model.learn_one(x, {"easy": x["u0"], "hard": float(hard)})
+    assert model.task_weights["hard"] > model.task_weights["easy"]
+
+
+def _drifting_stream(n: int, at: int | None, seed: int = 0):
+    drifts = [Drift("d", at)] if at is not None else []
+    tasks = dict.fromkeys("abcd", "regression")
+    return SyntheticStream(tasks=tasks, drifts=drifts, n=n, seed=seed)
+
+
+def _learner(**params) -> MultiTaskLearner:
+    tasks = {t: Regression() for t in "abcd"}
+    return MultiTaskLearner(tasks=tasks, hidden=(32, 32), seed=0, **params)
+
+
+def test_a_drift_is_detected_in_the_drifting_task_soon_and_only_there():
+    model = _learner()
+    events = []
+    model.on_drift(events.append)
+    weights_after = None
+    for i, obs in enumerate(_drifting_stream(7000, at=5000)):
+        model.learn_one(obs.x, obs.y)
+        if i == 5200:
+            weights_after = model._weighting.step_weights()
+    assert [e.task for e in model.drift_events] == ["d"]
+    (event,) = model.drift_events
+    assert 5000 < event.step < 5000 + 300
+    assert event.detector == "ADWIN"
+    assert events == model.drift_events  # the callback saw it
+    assert weights_after.head_lr[3] > 1.0 and weights_after.trunk[3] < 1.0
+    assert list(weights_after.head_lr[:3]) == [1.0, 1.0, 1.0]
+    final = model._weighting.step_weights()
+    assert final.head_lr[3] == 1.0 and final.trunk[3] == 1.0  # relaxed back
+
+
+def test_no_drift_is_reported_on_a_stationary_stream():
+    model = _learner()
+    for obs in _drifting_stream(7000, at=None):
+        model.learn_one(obs.x, obs.y)
+    assert model.drift_events == []
+
+
+def test_a_per_task_detector_overrides_the_default():
+    detector = drift.PageHinkley(threshold=1.0, mode="up")
+    weighting = DriftAware(detector=drift.ADWIN(), detectors={"d": detector})
+    model = _learner(weighting=weighting)
+    for obs in _drifting_stream(6000, at=4000):
+        model.learn_one(obs.x, obs.y)
+    events = [e for e in model.drift_events if e.task == "d"]
+    assert {e.detector for e in events} == {"PageHinkley"}
+    assert any(4000 < e.step < 4300 for e in events)
+
+
+def test_drift_aware_checkpoints_restore_detectors_exactly(tmp_path):
+    weighting = DriftAware(GradNorm(), detectors={"d": drift.KSWIN(seed=1)}, replay=300)
+    uninterrupted, interrupted = _learner(weighting=weighting), _learner(weighting=weighting)
+    stream = list(_drifting_stream(5000, at=3000))
+    for obs in stream[:2900]:
+        uninterrupted.learn_one(obs.x, obs.y)
+        interrupted.learn_one(obs.x, obs.y)
+    interrupted.save(tmp_path / "m.ckpt")
+    restored = MultiTaskLearner.load(tmp_path / "m.ckpt")
+    for obs in stream[2900:]:
+        restored.learn_one(obs.x, obs.y)
+        uninterrupted.learn_one(obs.x, obs.y)
+    assert restored.drift_events == uninterrupted.drift_events
+    assert any(e.task == "d" for e in restored.drift_events)
+    assert_same_state(model_state(restored), model_state(uninterrupted))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: DriftAware(detector=drift.binary.DDM()), "continuous river.drift detector"),
+        (lambda: DriftAware(detectors={"d": "ADWIN"}), "the detector of task 'd'"),
+        (lambda: DriftAware(DriftAware()), "cannot wrap another DriftAware"),
+        (lambda: DriftAware(base=Regression()), "base must be a weighting strategy"),
+        (lambda: DriftAware(head_lr_boost=0.5), "head_lr_boost"),
+        (lambda: DWA(temperature=0), "temperature"),
+        (lambda: DWA(fast=0.001, slow=0.01), "slow < fast"),
+        (lambda: Uncertainty(lr=-1), "lr must be positive"),
+        (lambda: GradNorm(alpha=-1), "alpha"),
+    ],
+)
+def test_bad_strategy_parameters_are_clear_errors(make, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        make()
+
+
+def test_task_affinity_finds_related_and_unrelated_tasks():
+    tasks = {"y": Regression(), "y_again": Regression(), "noise": Regression()}
+    model = MultiTaskLearner(tasks=tasks, hidden=(16,), seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        x = {f"u{i}": float(v) for i, v in enumerate(rng.normal(size=3))}
+        y = float(np.tanh(x["u0"] + x["u1"]) + 0.3 * rng.normal())
+        model.learn_one(x, {"y": y, "y_again": y, "noise": float(rng.normal())})
+    affinity = model.task_affinity
+    assert list(affinity.index) == list(affinity.columns) == ["y", "y_again", "noise"]
+    assert affinity.loc["y", "y_again"] > 0.9
+    assert abs(affinity.loc["y", "noise"]) < 0.3
+    np.testing.assert_allclose(affinity.to_numpy(), affinity.to_numpy().T)
+
+
+def test_task_affinity_is_nan_for_tasks_never_labelled_together():
+    model = MultiTaskLearner(tasks={"a": Regression(), "b": Regression()}, hidden=(4,), seed=0)
+    for i in range(100):
+        model.learn_one({"u": i / 100}, {"a": i / 10} if i % 2 else {"b": -i / 10})
+    assert np.isnan(model.task_affinity.loc["a", "b"])
+    assert model.task_affinity.loc["a", "a"] == 1.0
+
+
+def test_a_gradual_drift_moves_labels_to_the_new_concept_over_its_width():
+    tasks = {"a": "regression"}
+    old = [obs.y["a"] for obs in SyntheticStream(tasks=tasks, n=3000, noise=0, seed=5)]
+    drifting = SyntheticStream(
+        tasks=tasks, n=3000, noise=0, seed=5, drifts=[Drift("a", at=1000, width=1000)]
+    )
+    new = [obs.y["a"] for obs in drifting]
+    changed = ~np.isclose(old, new)
+    assert not changed[:1000].any() and changed[2000:].all()
+    assert 0.35 < changed[1000:2000].mean() < 0.65
+    assert changed[1000:1200].mean() < changed[1800:2000].mean()
+
+
+def test_a_drift_of_an_unknown_task_is_a_clear_error():
+    with pytest.raises(ValueError, match="drift of unknown task 'z'"):
+        SyntheticStream(drifts=[Drift("z", at=10)])
