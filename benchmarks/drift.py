@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"{r['strategy']:<12}{delay:>7}{r['detected']:>5}/{args.seeds}"
             f"{r['false_alarms']:>7.1f}"
-            f"{r['recovery_alone']:>13.0f} / {r['recovery_aware']:<7.0f}{r['recovery_speedup']:>7.2f}"
+            f"{r['recovery_alone']:>13.0f} / {r['recovery_aware']:<7.0f}"
+            f"{r['recovery_speedup']:>7.2f}"
             f"{r['interference_alone']:>15.4f} / {r['interference_aware']:<9.4f}"
             f"{r['interference_ratio']:>7.2f}{100 * r['stationary_cost']:>16.2f}%"
             f"{'yes' if r['targets_met'] else 'no':>6}"
