@@ -1,42 +1,138 @@
-"""The `stream-mtl` command. The one core module that may import connectors."""
+"""The `stream-mtl` command. The one core module that may import connectors.
+
+- `stream-mtl demo`: prequential runs, with baselines, on a built-in drifting stream
+  and on the real data sets of ../shared/data where present;
+- `stream-mtl evaluate --source jsonl:PATH|csv:PATH --task NAME:KIND ...`: the same on
+  a user's own file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from stream_mtl import Binary, MultiTaskLearner, Regression
-from stream_mtl.evaluate import MeanPredictor, prequential
+from stream_mtl import MultiTaskLearner
+from stream_mtl.evaluate import Report, prequential
+from stream_mtl.tasks import TASK_KINDS, task_from_kind
 
 logger = logging.getLogger("stream_mtl")
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from connectors.synthetic import SyntheticStream
-
-    kinds = {"regression": Regression, "binary": Binary}
-    stream = SyntheticStream(n=args.n, label_share=args.label_share, seed=args.seed)
-    tasks = {name: kinds[kind]() for name, kind in stream.tasks.items()}
-    print(
-        f"Prequential run on a synthetic stream: {args.n:,} observations, "
-        f"{len(tasks)} tasks sharing a non-linear structure, "
-        f"{args.label_share:.0%} of tasks labelled per observation."
+def _evaluate_and_save(
+    title: str, tasks: dict[str, str], stream, folder: Path, args: argparse.Namespace, every: int
+) -> Report:
+    model = MultiTaskLearner(
+        tasks={name: task_from_kind(kind) for name, kind in tasks.items()},
+        hidden=tuple(args.hidden),
+        backend=args.backend,
+        seed=args.seed,
     )
-    model = MultiTaskLearner(tasks=tasks, hidden=(64, 64), backend=args.backend, seed=args.seed)
-    report = prequential(model, stream, every=args.every, progress=False)
-    baseline = prequential(MeanPredictor(tasks), stream, every=args.every, progress=False)
+    print(f"\n== {title}")
+    report = prequential(model, stream, every=every, progress=not args.no_progress, on_error="skip")
+    print(report.table())
+    print(
+        f"{report.n_observations:,} observations in {report.seconds:.1f} s; the model "
+        f"alone {report.throughput:,.0f} obs/s, {report.memory_bytes / 1024:,.0f} KiB"
+    )
+    if report.drift_events:
+        events = ", ".join(f"{e.task} at {e.step}" for e in report.drift_events)
+        print(f"drifts detected: {events}")
+    if report.rejected:
+        print(f"set aside: {sum(report.rejected.values())} ({dict(report.rejected)})")
+    path = report.save(folder)
+    print(f"report and plots in {path.parent}/")
+    return report
 
-    print(f"\n{'task':<8}{'metric':<10}{'model':>12}{'predict the mean':>19}")
-    for name in tasks:
-        for metric, value in report.metrics[name].items():
-            print(f"{name:<8}{metric:<10}{value:>12.4f}{baseline.metrics[name][metric]:>19.4f}")
-    print(f"\nmodel throughput: {report.throughput:,.0f} observations/s (test then train)")
-    path = report.save(Path(args.report))
-    print(f"report written to {path}")
+
+def _demo(args: argparse.Namespace) -> int:
+    from connectors import shared_data
+    from connectors.synthetic import DEFAULT_TASKS, Drift, SyntheticStream
+
+    started = time.perf_counter()
+    unknown = set(args.sets) - {"synthetic", *shared_data.DATA_SETS}
+    if unknown:
+        raise ValueError(
+            f"unknown --sets {sorted(unknown)}; expected synthetic or {shared_data.DATA_SETS}"
+        )
+    root = Path(args.report)
+    drift_at = args.n // 2
+    stream = SyntheticStream(
+        n=args.n, label_share=args.label_share, seed=args.seed, drifts=[Drift("c", drift_at)]
+    )
+    title = (
+        f"synthetic: {args.n:,} observations, {len(DEFAULT_TASKS)} tasks sharing a non-linear "
+        f"structure, {args.label_share:.0%} of tasks labelled per observation, "
+        f"abrupt drift of task 'c' at {drift_at:,}"
+    )
+    if "synthetic" in args.sets:
+        _evaluate_and_save(title, DEFAULT_TASKS, stream, root / "synthetic", args, args.every)
+    wanted = [name for name in shared_data.DATA_SETS if name in args.sets]
+    folder = shared_data.find_data_folder(args.data) if wanted else None
+    if wanted and folder is None:
+        print(
+            f"\nskipped {', '.join(wanted)}: no shared data folder found "
+            "(give --data DIR or set STREAM_MTL_DATA)"
+        )
+    elif wanted:
+        real = {
+            "sarcos": ("SARCOS test file: 7 joint torques, all labelled, file order", 250),
+            "landmine": ("Landmine: 29 fields, binary, one field per row, shuffled", 1000),
+            "school": ("School: 139 schools, exam scores, one school per row, shuffled", 1000),
+        }
+        for name in wanted:
+            title, every = real[name]
+            tasks, observations = getattr(shared_data, name)(folder)
+            _evaluate_and_save(title, tasks, observations, root / name, args, every)
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; reports in {root}/")
     return 0
+
+
+def _task_option(text: str) -> tuple[str, str]:
+    name, _, kind = text.partition(":")
+    if not name or kind not in TASK_KINDS:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME:KIND with KIND one of {sorted(TASK_KINDS)}, got {text!r}"
+        )
+    return name, kind
+
+
+def _hidden_option(text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.split(",") if w]
+    except ValueError:
+        widths = [0]
+    if any(w <= 0 for w in widths):
+        raise argparse.ArgumentTypeError(f"expected widths such as 64,64, got {text!r}")
+    return widths
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from connectors.files import open_source
+
+    tasks = dict(args.task)
+    source = open_source(args.source, labels=list(tasks))
+    report = _evaluate_and_save(args.source, tasks, source, Path(args.report), args, args.every)
+    unreadable = sum(source.rejected.values())
+    if unreadable:
+        print(f"unreadable lines: {unreadable} ({dict(source.rejected)})")
+    return 0 if report.n_observations else 1
+
+
+def _common_options(parser: argparse.ArgumentParser, every: int, report: str) -> None:
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
+    parser.add_argument(
+        "--hidden", type=_hidden_option, default=[64, 64], help="trunk widths (default 64,64)"
+    )
+    parser.add_argument(
+        "--every", type=int, default=every, help=f"rolling-window length (default {every})"
+    )
+    parser.add_argument("--report", default=report, help=f"report folder (default {report})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,21 +141,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser(
-        "demo", help="prequential evaluation on a built-in multi-task stream"
+        "demo", help="prequential runs on a built-in drifting stream and the shared data sets"
     )
-    demo.add_argument("--n", type=int, default=20_000, help="observations (default 20,000)")
+    demo.add_argument("--n", type=int, default=20_000, help="synthetic observations (20,000)")
     demo.add_argument(
         "--label-share",
         type=float,
         default=0.5,
-        help="share of tasks labelled in each observation (default 0.5)",
+        help="share of tasks labelled in each synthetic observation (default 0.5)",
     )
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
-    demo.add_argument("--every", type=int, default=1000, help="rolling-window length")
-    demo.add_argument("--report", default="reports/demo", help="folder for report.json")
+    demo.add_argument("--data", help="the shared data folder (default: ../shared/data)")
+    demo.add_argument(
+        "--sets",
+        type=lambda text: text.split(","),
+        default=["synthetic", "sarcos", "landmine", "school"],
+        help="which runs, comma-separated (default synthetic,sarcos,landmine,school)",
+    )
+    _common_options(demo, every=1000, report="reports/demo")
     demo.set_defaults(run=_demo)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="prequential run, with baselines, on a JSON Lines or CSV file"
+    )
+    evaluate.add_argument("--source", required=True, help="jsonl:PATH or csv:PATH")
+    evaluate.add_argument(
+        "--task",
+        type=_task_option,
+        action="append",
+        required=True,
+        help="NAME:KIND, one per task (KIND: regression, binary, multiclass)",
+    )
+    _common_options(evaluate, every=1000, report="reports/evaluate")
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 

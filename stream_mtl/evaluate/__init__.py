@@ -1,8 +1,17 @@
-"""Evaluation: prequential runs, their reports, and the baselines shown beside the model."""
+"""Evaluation: prequential runs, their reports and plots, and the baselines run beside the model."""
 
 from __future__ import annotations
 
-from stream_mtl.evaluate.baselines import MeanPredictor
-from stream_mtl.evaluate.prequential import Report, default_metrics, prequential
+from stream_mtl.evaluate.baselines import MeanPredictor, RiverLinear, SingleTaskModels
+from stream_mtl.evaluate.prequential import default_metrics, iter_prequential, prequential
+from stream_mtl.evaluate.report import Report
 
-__all__ = ["MeanPredictor", "Report", "default_metrics", "prequential"]
+__all__ = [
+    "MeanPredictor",
+    "Report",
+    "RiverLinear",
+    "SingleTaskModels",
+    "default_metrics",
+    "iter_prequential",
+    "prequential",
+]

@@ -1,51 +1,35 @@
-"""Prequential (test-then-train) evaluation: predict each observation, score it, then learn it."""
+"""Prequential (test-then-train) evaluation: predict each observation, score it, then learn it.
+
+The model and its baselines see the same stream in the same run: each observation is
+predicted by all of them, and once its labels are known (at once, after a fixed delay,
+or when a late label arrives by key) every prediction is scored and every one of them
+learns. Metrics are kept over the whole run and over a rolling window, side by side.
+"""
 
 from __future__ import annotations
 
 import collections
-import json
 import logging
+import math
 import time
 import typing
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 
+from river import base, utils
 from river import metrics as river_metrics
-from river import utils
+from tqdm import tqdm
 
+from stream_mtl import __version__
+from stream_mtl.checkpoint import object_to_spec
+from stream_mtl.evaluate.baselines import RiverLinear, SingleTaskModels
+from stream_mtl.evaluate.report import Report
 from stream_mtl.observation import Observation
 
 logger = logging.getLogger(__name__)
 
 Metrics = dict[str, list[river_metrics.base.Metric]]
-
-
-class Report(typing.NamedTuple):
-    """What a prequential run measured.
-
-    - `metrics`: task -> metric name -> value over the whole run;
-    - `windows`: one entry per `every` observations: the step and, per task, each metric
-      over the last `every` labels (a rolling window);
-    - `n_observations`, `seconds`, `throughput` (observations per second).
-    """
-
-    metrics: dict[str, dict[str, float]]
-    windows: list[dict]
-    n_observations: int
-    seconds: float
-    throughput: float
-    drift_events: list
-    task_weights: list[dict]
-
-    def save(self, folder: str | Path) -> Path:
-        """Write `report.json` into `folder` (created if needed); return its path."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "report.json"
-        content = self._asdict()
-        content["drift_events"] = [list(event) for event in self.drift_events]
-        path.write_text(json.dumps(content, indent=2))
-        return path
+BASELINES = ("single_task", "river_linear")
+MAX_REASONS = 20  # distinct rejection reasons kept in a report
 
 
 def default_metrics(model: typing.Any) -> Metrics:
@@ -60,6 +44,38 @@ def _rolling(metric: river_metrics.base.Metric, window: int) -> utils.Rolling:
     return utils.Rolling(type(metric), window_size=window, **params)
 
 
+class _Scores:
+    """One contender's metrics per task, over the whole run and over a rolling window."""
+
+    def __init__(self, metrics: Metrics, window: int) -> None:
+        self.overall = {name: [m.clone() for m in task] for name, task in metrics.items()}
+        self.rolling = {name: [_rolling(m, window) for m in task] for name, task in metrics.items()}
+
+    def update(self, y: dict, prediction: dict, proba: dict) -> None:
+        for name, label in y.items():
+            if name not in self.overall:
+                continue
+            for metric in (*self.overall[name], *self.rolling[name]):
+                if getattr(metric, "requires_labels", True):
+                    if prediction.get(name) is not None:
+                        metric.update(label, prediction[name])
+                elif proba.get(name):
+                    metric.update(label, proba[name])
+
+    def summary(self, rolling: bool = False) -> dict[str, dict[str, float]]:
+        scores = self.rolling if rolling else self.overall
+        return {name: {_metric_name(m): _value(m) for m in task} for name, task in scores.items()}
+
+
+def _metric_name(metric: river_metrics.base.Metric) -> str:
+    return type(metric.obj if isinstance(metric, utils.Rolling) else metric).__name__
+
+
+def _value(metric: river_metrics.base.Metric) -> float:
+    value = float(metric.get())
+    return value if math.isfinite(value) else float("nan")
+
+
 def _as_observation(item: object) -> Observation:
     if isinstance(item, Observation):
         return item
@@ -68,14 +84,213 @@ def _as_observation(item: object) -> Observation:
     raise TypeError(f"a stream yields (x, y) pairs or Observations, got {type(item).__name__}")
 
 
-def _update(
-    metric: river_metrics.base.Metric, label: object, prediction: object, proba: dict | None
-):
-    if getattr(metric, "requires_labels", True) or proba is None:
-        if prediction is not None:
-            metric.update(label, prediction)
-    else:
-        metric.update(label, proba)
+def _describe(obj: object) -> object:
+    if isinstance(obj, base.Base):
+        try:
+            return object_to_spec(obj)
+        except TypeError:
+            pass
+    return repr(obj)
+
+
+class _Run:
+    """The state of one prequential run; `iter_prequential` drives it."""
+
+    def __init__(self, model, stream, metrics, delay, every, baselines) -> None:
+        if delay is not None and (not isinstance(delay, int) or delay < 0):
+            raise ValueError(f"delay must be a non-negative integer, got {delay!r}")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        unknown = set(baselines) - set(BASELINES)
+        if unknown:
+            raise ValueError(f"unknown baselines {sorted(unknown)}; expected some of {BASELINES}")
+        self.model = model
+        self.tasks = dict(model.tasks)
+        self.every = every
+        self.delay = delay
+        metrics = metrics or default_metrics(model)
+        self.contenders: dict[str, typing.Any] = {"model": model}
+        if "single_task" in baselines:
+            self.contenders["single_task"] = SingleTaskModels(model)
+        if "river_linear" in baselines:
+            self.contenders["river_linear"] = RiverLinear(self.tasks)
+        self.scores = {name: _Scores(metrics, every) for name in self.contenders}
+        self.pending: collections.deque = collections.deque()
+        self.keyed: dict = {}
+        self.rejected: collections.Counter = collections.Counter()
+        self.windows: dict[str, list[dict]] = {name: [] for name in self.contenders}
+        self.task_weights: list[dict] = []
+        self.n = 0
+        self.seconds = {name: 0.0 for name in self.contenders}
+        self.started = time.perf_counter()
+        self.config = {
+            "library_version": __version__,
+            "model": _describe(model),
+            "stream": _describe(stream),
+            "metrics": {name: [type(m).__name__ for m in task] for name, task in metrics.items()},
+            "every": every,
+            "delay": delay,
+            "baselines": list(baselines),
+        }
+
+    def reject(self, reason: str) -> None:
+        if reason in self.rejected or len(self.rejected) < MAX_REASONS:
+            self.rejected[reason] += 1
+        else:
+            self.rejected["other reasons"] += 1
+        logger.debug("observation set aside: %s", reason)
+
+    def labels(self, y: dict | None) -> dict:
+        """Canonical labels of known tasks (absent ones dropped); raises naming the fault."""
+        labels = {}
+        for name, label in (y or {}).items():
+            if name not in self.tasks:
+                raise ValueError(f"unknown task {name!r}")
+            label = self.tasks[name].check_label(name, label)
+            if label is not None:
+                labels[name] = label
+        return labels
+
+    def predict(self, x: dict, wanted: list[str] | None) -> dict:
+        """Every contender's (prediction, probabilities) for `x`; baselines only for `wanted`."""
+        outputs = {}
+        for name, contender in self.contenders.items():
+            started = time.perf_counter()
+            if name == "model":
+                outputs[name] = (contender.predict_one(x), contender.predict_proba_one(x))
+            else:
+                outputs[name] = (
+                    contender.predict_one(x, wanted),
+                    contender.predict_proba_one(x, wanted),
+                )
+            self.seconds[name] += time.perf_counter() - started
+        return outputs
+
+    def score_and_learn(self, x: dict, y: dict, outputs: dict) -> None:
+        if not y:
+            return
+        for name, contender in self.contenders.items():
+            self.scores[name].update(y, *outputs[name])
+            started = time.perf_counter()
+            contender.learn_one(x, y)
+            self.seconds[name] += time.perf_counter() - started
+
+    def step(self, item: object) -> bool:
+        """Take one item of the stream; whether it was a new observation."""
+        obs = _as_observation(item)
+        if obs.x is None:  # a late label for features predicted earlier under this key
+            if obs.key not in self.keyed:
+                self.reject("late label for an unknown or expired key")
+                return False
+            x, outputs = self.keyed.pop(obs.key)
+            self.score_and_learn(x, self.labels(obs.y), outputs)
+            return False
+        y = self.labels(obs.y)
+        features_only = obs.key is not None and not obs.y
+        outputs = self.predict(obs.x, None if features_only else list(y))
+        self.n += 1
+        if features_only:
+            self.keyed[obs.key] = (obs.x, outputs)
+        elif self.delay:
+            self.pending.append((obs.x, y, outputs))
+            if len(self.pending) > self.delay:
+                self.score_and_learn(*self.pending.popleft())
+        else:
+            self.score_and_learn(obs.x, y, outputs)
+        return True
+
+    def checkpoint(self) -> None:
+        for name, scores in self.scores.items():
+            self.windows[name].append({"step": self.n, **scores.summary(rolling=True)})
+        weights = getattr(self.model, "task_weights", None)
+        if weights is not None:
+            self.task_weights.append({"step": self.n, **weights})
+
+    def finish(self) -> None:
+        while self.pending:
+            self.score_and_learn(*self.pending.popleft())
+
+    def report(self) -> Report:
+        seconds = time.perf_counter() - self.started
+        affinity = getattr(self.model, "task_affinity", None)
+        model_seconds = self.seconds["model"]
+        return Report(
+            config=self.config,
+            metrics=self.scores["model"].summary(),
+            windows=list(self.windows["model"]),
+            baselines={
+                name: {
+                    "metrics": self.scores[name].summary(),
+                    "windows": list(self.windows[name]),
+                    "throughput": self.n / self.seconds[name] if self.seconds[name] else 0.0,
+                }
+                for name in self.contenders
+                if name != "model"
+            },
+            n_observations=self.n,
+            seconds=seconds,
+            throughput=self.n / model_seconds if model_seconds else 0.0,
+            memory_bytes=int(getattr(self.model, "_raw_memory_usage", 0)),
+            drift_events=list(getattr(self.model, "drift_events", [])),
+            task_weights=list(self.task_weights),
+            task_affinity=(
+                {"tasks": list(affinity.index), "matrix": affinity.to_numpy().tolist()}
+                if affinity is not None
+                else None
+            ),
+            rejected=dict(self.rejected),
+        )
+
+
+def iter_prequential(
+    model: typing.Any,
+    stream: Iterable,
+    metrics: Metrics | None = None,
+    delay: int | None = None,
+    every: int = 1000,
+    progress: bool = True,
+    baselines: typing.Sequence[str] = BASELINES,
+    on_error: str = "raise",
+) -> Iterator[Report]:
+    """`prequential` as it goes: a `Report` of the run so far every `every` observations,
+    and a last one when the stream ends (after any delayed labels are learned).
+
+    >>> from connectors.synthetic import SyntheticStream
+    >>> from stream_mtl import MultiTaskLearner, Regression
+    >>> model = MultiTaskLearner(tasks={"a": Regression()}, hidden=(8,), seed=0)
+    >>> stream = SyntheticStream(tasks={"a": "regression"}, n=500, seed=0)
+    >>> [r.n_observations for r in iter_prequential(model, stream, every=200, progress=False)]
+    [200, 400, 500]
+    """
+    run = _Run(model, stream, metrics, delay, every, baselines)
+    for _ in _drive(run, stream, progress, on_error):
+        yield run.report()
+
+
+def _drive(run: _Run, stream: Iterable, progress: bool, on_error: str) -> Iterator[None]:
+    """Feed `stream` to `run`; pause at every checkpoint and at the end."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    total = len(stream) if hasattr(stream, "__len__") else None
+    every = run.every
+    with tqdm(
+        total=total, disable=not progress, unit="obs", mininterval=1.0, desc="prequential"
+    ) as bar:
+        for item in stream:
+            try:
+                new = run.step(item)
+            except (ValueError, TypeError) as error:
+                if on_error == "raise":
+                    raise
+                run.reject(str(error))
+                continue
+            if new and run.n % every == 0:
+                run.checkpoint()
+                bar.update(every)
+                yield
+        run.finish()
+        bar.update(run.n % every)
+    yield
 
 
 def prequential(
@@ -85,13 +300,23 @@ def prequential(
     delay: int | None = None,
     every: int = 1000,
     progress: bool = True,
+    baselines: typing.Sequence[str] = BASELINES,
+    on_error: str = "raise",
 ) -> Report:
     """Test then train on each observation of `stream`; return a `Report`.
 
-    `metrics` maps task -> River metrics (default: each task kind's). With an integer
-    `delay`, an observation's labels are learned `delay` observations after it was
-    predicted. Labels that arrive later as `Observation(x=None, key=k, y=...)` join the
-    features predicted under key `k`, and are scored against that prediction.
+    `metrics` maps task -> River metrics (default: each task kind's; see
+    `stream_mtl.tasks`), each kept over the whole run and over the last `every` labels.
+    With an integer `delay`, an observation's labels are scored and learned `delay`
+    observations after it was predicted. An `Observation` with a `key` and no labels
+    is predicted and kept; a later `Observation(x=None, key=k, y=...)` scores those
+    predictions and is learned.
+
+    `baselines` run beside the model, on the same stream in the same call:
+    `"single_task"` (one model of the same size per task) and `"river_linear"`
+    (River's linear model per task); pass `()` for none. With `on_error="skip"`, an
+    observation that is rejected (a NaN feature, a label of the wrong type, an
+    unknown task) is counted in `Report.rejected` by reason instead of stopping the run.
 
     >>> from connectors.synthetic import SyntheticStream
     >>> from stream_mtl import MultiTaskLearner, Regression
@@ -100,81 +325,10 @@ def prequential(
     >>> report = prequential(model, stream, every=250, progress=False)
     >>> sorted(report.metrics["a"]), len(report.windows), report.n_observations
     (['MAE', 'R2', 'RMSE'], 2, 500)
+    >>> sorted(report.baselines)
+    ['river_linear', 'single_task']
     """
-    if delay is not None and (not isinstance(delay, int) or delay < 0):
-        raise ValueError(f"delay must be a non-negative integer, got {delay!r}")
-    if every < 1:
-        raise ValueError(f"every must be at least 1, got {every}")
-    overall = metrics or default_metrics(model)
-    windowed = {
-        name: [_rolling(metric, every) for metric in task_metrics]
-        for name, task_metrics in overall.items()
-    }
-    has_proba = hasattr(model, "predict_proba_one")
-    pending: collections.deque = collections.deque()
-    keyed: dict = {}
-    windows: list[dict] = []
-    weights: list[dict] = []
-    n = 0
-    started = time.perf_counter()
-
-    def score_and_learn(x: dict, y: dict, prediction: dict, proba: dict | None) -> None:
-        for name, label in y.items():
-            if label is None or name not in overall:
-                continue
-            for metric in (*overall[name], *windowed[name]):
-                _update(metric, label, prediction.get(name), (proba or {}).get(name))
-        model.learn_one(x, y)
-
-    for item in stream:
-        obs = _as_observation(item)
-        if obs.x is None:  # a late label for features predicted earlier under this key
-            if obs.key in keyed:
-                x, prediction, proba = keyed.pop(obs.key)
-                score_and_learn(x, obs.y or {}, prediction, proba)
-            else:
-                logger.warning("late label for unknown key %r was set aside", obs.key)
-            continue
-        n += 1
-        prediction = model.predict_one(obs.x)
-        proba = model.predict_proba_one(obs.x) if has_proba else None
-        if obs.key is not None and not obs.y:
-            keyed[obs.key] = (obs.x, prediction, proba)
-        elif delay:
-            pending.append((obs.x, obs.y or {}, prediction, proba))
-            if len(pending) > delay:
-                score_and_learn(*pending.popleft())
-        else:
-            score_and_learn(obs.x, obs.y or {}, prediction, proba)
-        if n % every == 0:
-            windows.append(_window(n, windowed))
-            if hasattr(model, "task_weights"):
-                weights.append({"step": n, **model.task_weights})
-            if progress:
-                rate = n / (time.perf_counter() - started)
-                logger.info("%d observations, %.0f/s", n, rate)
-    while pending:
-        score_and_learn(*pending.popleft())
-    seconds = time.perf_counter() - started
-    return Report(
-        metrics={
-            name: {type(m).__name__: float(m.get()) for m in task_metrics}
-            for name, task_metrics in overall.items()
-        },
-        windows=windows,
-        n_observations=n,
-        seconds=seconds,
-        throughput=n / seconds if seconds else 0.0,
-        drift_events=list(getattr(model, "drift_events", [])),
-        task_weights=weights,
-    )
-
-
-def _window(step: int, windowed: dict) -> dict:
-    return {
-        "step": step,
-        **{
-            name: {type(m.obj).__name__: float(m.get()) for m in task_metrics}
-            for name, task_metrics in windowed.items()
-        },
-    }
+    run = _Run(model, stream, metrics, delay, every, baselines)
+    for _ in _drive(run, stream, progress, on_error):
+        pass
+    return run.report()

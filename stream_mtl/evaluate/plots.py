@@ -1,0 +1,153 @@
+"""PNG plots of a prequential report, readable at a glance.
+
+- `rolling_metrics.png`: per task, the first metric over the rolling window, for the
+  model and each baseline, with the drift events marked (vertical lines in the task's
+  panel). With many tasks, one panel of the mean over tasks.
+- `task_weights.png`: each task's loss weight over time.
+- `task_affinity.png`: the task-affinity heatmap at the end of the run.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+if typing.TYPE_CHECKING:
+    from stream_mtl.evaluate.report import Report
+
+MAX_PANELS = 12  # more tasks than this: one panel of the mean over tasks
+MAX_LABELLED = 30  # more tasks than this: the heatmap's axes go unlabelled
+COLOURS = {"model": "tab:blue", "single_task": "tab:orange", "river_linear": "tab:green"}
+
+
+def save_plots(report: Report, folder: Path) -> list[Path]:
+    """Write the plots that have data into `folder`; return their paths."""
+    paths = []
+    for name, plot in (
+        ("rolling_metrics.png", _rolling_metrics),
+        ("task_weights.png", _task_weights),
+        ("task_affinity.png", _task_affinity),
+    ):
+        figure = plot(report)
+        if figure is None:
+            continue
+        path = folder / name
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def _series(windows: list[dict], task: str, metric: str) -> tuple[list[int], list[float]]:
+    steps = [w["step"] for w in windows]
+    values = [w.get(task, {}).get(metric, math.nan) for w in windows]
+    return steps, values
+
+
+def _rolling_metrics(report: Report):
+    if not report.windows:
+        return None
+    tasks = list(report.metrics)
+    contenders = {"model": report.windows}
+    contenders.update({name: b["windows"] for name, b in report.baselines.items()})
+    many = len(tasks) > MAX_PANELS
+    panels = ["mean over tasks"] if many else tasks
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(5 * columns, 3.2 * rows), squeeze=False, sharex=True
+    )
+    window = report.config.get("every", "")
+    for index, panel in enumerate(panels):
+        axis = axes[index // columns][index % columns]
+        task = tasks[0] if many else panel
+        metric = next(iter(report.metrics[task]))
+        for name, windows in contenders.items():
+            if many:
+                steps = [w["step"] for w in windows]
+                values = [
+                    np.nanmean([w.get(t, {}).get(metric, math.nan) for t in tasks])
+                    if any(t in w for t in tasks)
+                    else math.nan
+                    for w in windows
+                ]
+            else:
+                steps, values = _series(windows, task, metric)
+            axis.plot(steps, values, label=name, color=COLOURS.get(name), linewidth=1.5)
+        for event in report.drift_events:
+            if many or event.task == task:
+                axis.axvline(event.step, color="tab:red", linestyle="--", linewidth=1)
+        axis.set_title(f"{panel}: {metric} (last {window} labels)", fontsize=10)
+        axis.grid(alpha=0.3)
+    for index in range(len(panels), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    for axis in axes[-1]:
+        axis.set_xlabel("observations")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if report.drift_events:
+        handles.append(plt.Line2D([], [], color="tab:red", linestyle="--"))
+        labels.append("drift detected (step)")
+    figure.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
+    figure.tight_layout(rect=(0, 0, 1, 0.93))
+    return figure
+
+
+def _task_weights(report: Report):
+    if not report.task_weights:
+        return None
+    tasks = [k for k in report.task_weights[0] if k != "step"]
+    steps = [w["step"] for w in report.task_weights]
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    if len(tasks) <= MAX_PANELS:
+        for task in tasks:
+            axis.plot(steps, [w[task] for w in report.task_weights], label=task, linewidth=1.5)
+        axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    else:
+        values = np.array([[w[t] for t in tasks] for w in report.task_weights])
+        for q, style in ((50, "-"), (10, ":"), (90, ":")):
+            axis.plot(steps, np.percentile(values, q, axis=1), style, color="tab:blue")
+        axis.set_title(f"{len(tasks)} tasks: median and 10th/90th percentile", fontsize=10)
+    for event in report.drift_events:
+        axis.axvline(event.step, color="tab:red", linestyle="--", linewidth=1)
+    axis.set_xlabel("observations")
+    axis.set_ylabel("loss weight")
+    axis.set_title("Task weights over time (red: drift detected)", fontsize=10)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def _task_affinity(report: Report):
+    affinity = report.task_affinity
+    if not affinity or len(affinity["tasks"]) < 2:
+        return None
+    tasks = affinity["tasks"]
+    matrix = np.array(affinity["matrix"], dtype=float)
+    size = min(10, 2 + 0.45 * len(tasks))
+    figure, axis = plt.subplots(figsize=(size + 1.5, size))
+    image = axis.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    if len(tasks) <= MAX_LABELLED:
+        axis.set_xticks(range(len(tasks)), tasks, rotation=90)
+        axis.set_yticks(range(len(tasks)), tasks)
+        if len(tasks) <= 10:
+            for i in range(len(tasks)):
+                for j in range(len(tasks)):
+                    if math.isfinite(matrix[i, j]):
+                        colour = "white" if abs(matrix[i, j]) > 0.6 else "black"
+                        axis.text(
+                            j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=colour
+                        )
+    else:
+        axis.set_xlabel("task")
+        axis.set_ylabel("task")
+    figure.colorbar(image, ax=axis, label="cosine of gradients")
+    axis.set_title("Task affinity at the end of the run", fontsize=10)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,142 @@
+"""Prequential evaluation: test then train, baselines in the same run, honest reports."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from river import metrics
+
+from connectors.synthetic import SyntheticStream
+from stream_mtl import Binary, MultiTaskLearner, Observation, Regression
+from stream_mtl.evaluate import iter_prequential, prequential
+
+TASKS = {"a": "regression", "flag": "binary"}
+
+
+def _model(**params) -> MultiTaskLearner:
+    return MultiTaskLearner(tasks={"a": Regression(), "flag": Binary()}, hidden=(8,), seed=0)
+
+
+def _stream(n: int = 600, seed: int = 0) -> list[Observation]:
+    return list(SyntheticStream(tasks=TASKS, n=n, label_share=0.5, seed=seed))
+
+
+def test_each_observation_is_predicted_before_it_is_learned():
+    observations = _stream()
+    by_hand, model = _model(), _model()
+    mae = metrics.MAE()
+    for obs in observations:
+        prediction = by_hand.predict_one(obs.x)
+        if "a" in obs.y:
+            mae.update(obs.y["a"], prediction["a"])
+        by_hand.learn_one(obs.x, obs.y)
+    report = prequential(model, observations, every=100, progress=False, baselines=())
+    assert report.metrics["a"]["MAE"] == pytest.approx(mae.get(), rel=1e-12)
+    assert model.n_learned == by_hand.n_learned
+
+
+def test_rolling_metrics_cover_the_last_window_beside_the_overall_ones():
+    observations = _stream(600)
+    report = prequential(_model(), observations, every=200, progress=False, baselines=())
+    assert [w["step"] for w in report.windows] == [200, 400, 600]
+    assert set(report.windows[-1]["flag"]) == {"Accuracy", "LogLoss", "ROCAUC"}
+    assert report.windows[-1]["a"]["MAE"] != report.metrics["a"]["MAE"]
+
+
+def test_baselines_run_on_the_same_stream_in_the_same_call():
+    observations = _stream(800)
+    report = prequential(_model(), observations, every=200, progress=False)
+    assert set(report.baselines) == {"single_task", "river_linear"}
+    for baseline in report.baselines.values():
+        assert set(baseline["metrics"]) == {"a", "flag"}
+        assert len(baseline["windows"]) == len(report.windows)
+        assert baseline["throughput"] > 0
+    assert report.baselines["single_task"]["metrics"]["a"]["MAE"] != report.metrics["a"]["MAE"]
+
+
+def test_a_fixed_delay_learns_each_label_that_many_observations_later():
+    observations = _stream(300)
+    model = _model()
+    learned_at = []
+    original = model.learn_one
+
+    def spy(x, y):
+        learned_at.append(len(seen))
+        original(x, y)
+
+    model.learn_one = spy
+    seen = []
+    original_predict = model.predict_one
+    model.predict_one = lambda x: seen.append(1) or original_predict(x)
+    prequential(model, observations, delay=50, every=100, progress=False, baselines=())
+    assert learned_at[:3] == [51, 52, 53]  # the first label is learned after 51 predictions
+    assert len(learned_at) == 300  # and every label is learned by the end
+
+
+def test_late_labels_join_their_features_by_key_and_unknown_keys_are_counted():
+    observations = _stream(200)
+    stream = []
+    for i, obs in enumerate(observations):
+        stream.append(Observation(obs.x, None, key=i))
+        if i >= 5:
+            stream.append(Observation(None, observations[i - 5].y, key=i - 5))
+    stream.append(Observation(None, {"a": 1.0}, key="never seen"))
+    model = _model()
+    report = prequential(model, stream, every=100, progress=False, on_error="skip")
+    assert report.n_observations == 200
+    assert sum(model.n_learned.values()) == sum(len(o.y) for o in observations[:-5])
+    assert report.rejected == {"late label for an unknown or expired key": 1}
+
+
+def test_bad_observations_are_set_aside_and_counted_when_asked():
+    stream = _stream(300)
+    stream[10] = Observation({"x0": math.nan}, {"a": 1.0})
+    stream[20] = Observation(stream[20].x, {"flag": "maybe"})
+    model = _model()
+    report = prequential(model, stream, every=100, progress=False, on_error="skip")
+    assert report.n_observations == 298
+    assert sum(report.rejected.values()) == 2
+    with pytest.raises(ValueError, match="x0"):
+        prequential(_model(), stream, every=100, progress=False)
+
+
+def test_the_iterator_form_yields_the_run_so_far_at_every_checkpoint():
+    observations = _stream(500)
+    reports = list(
+        iter_prequential(_model(), observations, every=200, progress=False, baselines=())
+    )
+    assert [r.n_observations for r in reports] == [200, 400, 500]
+    assert [len(r.windows) for r in reports] == [1, 2, 2]
+    final = prequential(_model(), observations, every=200, progress=False, baselines=())
+    assert reports[-1].metrics == final.metrics
+
+
+def test_a_saved_report_is_strict_json_that_opens_with_its_configuration(tmp_path):
+    report = prequential(_model(), _stream(400), every=100, progress=False)
+    path = report.save(tmp_path)
+    content = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert next(iter(content)) == "config"
+    assert content["config"]["every"] == 100
+    assert content["config"]["model"]["class"] == "stream_mtl.learner.MultiTaskLearner"
+    assert content["memory_bytes"] > 0
+    assert len(content["task_affinity"]["matrix"]) == 2
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "rolling_metrics.png", "task_affinity.png", "task_weights.png",
+    ]  # fmt: skip
+
+
+def test_a_long_run_shows_a_progress_bar(capsys):
+    prequential(_model(), _stream(300), every=100, progress=True, baselines=())
+    assert "prequential" in capsys.readouterr().err
+
+
+def test_the_report_table_sums_up_many_tasks():
+    tasks = {f"t{i}": "regression" for i in range(15)}
+    stream = SyntheticStream(tasks=tasks, n=300, label_share=1 / 15, seed=0)
+    model = MultiTaskLearner(tasks={t: Regression() for t in tasks}, hidden=(8,), seed=0)
+    table = prequential(model, stream, every=100, progress=False).table()
+    assert "mean of 15" in table and "model wins" in table
+    assert np.all([len(line) > 0 for line in table.splitlines()])
