@@ -14,5 +14,7 @@ class Equal(WeightingStrategy):
     [1.0, 1.0]
     """
 
-    def _update(self, losses, labelled, grad_norms) -> list[tuple[int, str]]:
+    def _update(
+        self, losses: list[float], labelled: list[int], grad_norms: list[float]
+    ) -> list[tuple[int, str]]:
         return []  # nothing to track: the weights never change
