@@ -59,9 +59,8 @@ class _FileSource:
         x = {
             name: record[name]
             for name in names
-            if name not in y and name not in self.labels and name not in skip
-            and record.get(name) is not None
-        }  # fmt: skip
+            if name not in self.labels and name not in skip and record.get(name) is not None
+        }
         return Observation(x, y or None, key=record.get(self.key) if self.key else None)
 
 

@@ -160,11 +160,9 @@ class NumpyBackend(FlatBackend):
         """
         zs = z.tolist()
         weights = loss_weight.tolist()
-        scales = trunk_scale.tolist()
         n_out = len(zs)
         raw = [0.0] * n_out
         dz = [0.0] * n_out
-        dz_trunk = dz
         losses = [math.nan] * len(targets)
         for task, (kind, start, stop) in enumerate(self._slices):
             target = targets[task]
@@ -187,19 +185,14 @@ class NumpyBackend(FlatBackend):
                 grad = exp / total
                 grad[target] -= 1.0
                 raw[start:stop] = grad.tolist()
-            weight, scale = weights[task], scales[task]
+            weight = weights[task]
             for out in range(start, stop):
                 dz[out] = weight * raw[out]
-            if scale != 1.0:
-                if dz_trunk is dz:
-                    dz_trunk = list(dz)
-                for out in range(start, stop):
-                    dz_trunk[out] = scale * dz[out]
-            elif dz_trunk is not dz:
-                dz_trunk[start:stop] = dz[start:stop]
         dz_array = np.array(dz, dtype=self.dtype)
-        trunk_array = dz_array if dz_trunk is dz else np.array(dz_trunk, dtype=self.dtype)
-        return losses, raw, dz_array, trunk_array
+        if not np.any(trunk_scale != 1.0):
+            return losses, raw, dz_array, dz_array
+        dz_trunk = np.array(dz) * trunk_scale[self._column_task]
+        return losses, raw, dz_array, dz_trunk.astype(self.dtype)
 
     def _task_gram(self, output_products: np.ndarray) -> np.ndarray:
         """Per-task gradient inner products at the shared representation, from the head

@@ -20,6 +20,7 @@ import typing
 from river import compose, linear_model, multiclass, preprocessing
 
 from stream_mtl.tasks import BINARY, REGRESSION, Label, Task
+from stream_mtl.weighting import Equal
 
 
 class MeanPredictor:
@@ -88,8 +89,6 @@ class SingleTaskModels:
     """
 
     def __init__(self, model: typing.Any) -> None:
-        from stream_mtl.weighting import Equal
-
         params = model._get_params()
         params["weighting"] = Equal()
         self.tasks = dict(model.tasks)

@@ -24,6 +24,7 @@ from stream_mtl.checkpoint import object_to_spec
 from stream_mtl.evaluate.baselines import RiverLinear, SingleTaskModels
 from stream_mtl.evaluate.report import Report
 from stream_mtl.observation import Observation
+from stream_mtl.tasks import REGRESSION
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ class _Run:
             raise ValueError(f"unknown baselines {sorted(unknown)}; expected some of {BASELINES}")
         self.model = model
         self.tasks = dict(model.tasks)
+        # Only classification tasks have probabilities: a regression-only model is spared
+        # the second forward pass that predict_proba_one would cost.
+        self.wants_proba = any(task.kind != REGRESSION for task in self.tasks.values())
         self.every = every
         self.delay = delay
         metrics = metrics or default_metrics(model)
@@ -157,7 +161,8 @@ class _Run:
         for name, contender in self.contenders.items():
             started = time.perf_counter()
             if name == "model":
-                outputs[name] = (contender.predict_one(x), contender.predict_proba_one(x))
+                proba = contender.predict_proba_one(x) if self.wants_proba else {}
+                outputs[name] = (contender.predict_one(x), proba)
             else:
                 outputs[name] = (
                     contender.predict_one(x, wanted),
