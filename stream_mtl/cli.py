@@ -3,13 +3,16 @@
 - `stream-mtl demo`: prequential runs, with baselines, on a built-in drifting stream
   and on the real data sets of ../shared/data where present;
 - `stream-mtl evaluate --source jsonl:PATH|csv:PATH --task NAME:KIND ...`: the same on
-  a user's own file.
+  a user's own file;
+- `stream-mtl run --source kafka://HOST:PORT/TOPIC --group G --task NAME:KIND ...
+  --checkpoint PATH`: learn from a Kafka topic until stopped, checkpointing as it goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -25,12 +28,7 @@ logger = logging.getLogger("stream_mtl")
 def _evaluate_and_save(
     title: str, tasks: dict[str, str], stream, folder: Path, args: argparse.Namespace, every: int
 ) -> Report:
-    model = MultiTaskLearner(
-        tasks={name: task_from_kind(kind) for name, kind in tasks.items()},
-        hidden=tuple(args.hidden),
-        backend=args.backend,
-        seed=args.seed,
-    )
+    model = _model_for(tasks, args)
     print(f"\n== {title}")
     report = prequential(model, stream, every=every, progress=not args.no_progress, on_error="skip")
     print(report.table())
@@ -122,12 +120,107 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0 if report.n_observations else 1
 
 
-def _common_options(parser: argparse.ArgumentParser, every: int, report: str) -> None:
+def _model_for(tasks: dict[str, str], args: argparse.Namespace) -> MultiTaskLearner:
+    return MultiTaskLearner(
+        tasks={name: task_from_kind(kind) for name, kind in tasks.items()},
+        hidden=tuple(args.hidden),
+        backend=args.backend,
+        device=getattr(args, "device", "cpu"),
+        seed=args.seed,
+    )
+
+
+def _kafka_source(topic: str, servers: str, api_version, args: argparse.Namespace):
+    from connectors.kafka import KafkaSource
+
+    return KafkaSource(
+        topic,
+        bootstrap_servers=servers,
+        group_id=args.group,
+        decoder=args.format,
+        api_version=api_version,
+        dead_letter_topic=args.dead_letter_topic,
+        idle_timeout=args.idle_exit,
+        bootstrap_timeout_ms=int(args.connect_timeout * 1000),
+        **_session_options(args.session_timeout),
+    )
+
+
+def _session_options(seconds: float | None) -> dict:
+    """How long the group waits for a silent member (a crashed one) before reassigning."""
+    if seconds is None:
+        return {}
+    milliseconds = int(seconds * 1000)
+    return {"session_timeout_ms": milliseconds, "heartbeat_interval_ms": milliseconds // 3}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
+    from connectors.kafka import KafkaSink, parse_api_version, parse_kafka_url
+    from connectors.learning_loop import LearningLoop
+
+    servers, topic = parse_kafka_url(args.source)
+    api_version = parse_api_version(args.api_version)
+    tasks = dict(args.task or [])
+    if not tasks and not Path(args.checkpoint).exists():
+        raise ValueError("give the tasks with --task NAME:KIND (or a --checkpoint to resume)")
+    try:
+        source = _kafka_source(topic, servers, api_version, args)
+    except KafkaError as error:
+        raise ValueError(f"no Kafka broker answers at {servers}: {error}") from None
+    sink = (
+        KafkaSink(args.predictions_topic, servers, api_version=api_version)
+        if args.predictions_topic
+        else None
+    )
+    loop = LearningLoop.resume_or_start(
+        args.checkpoint,
+        lambda: _model_for(tasks, args),
+        source,
+        checkpoint_every=args.checkpoint_every,
+        sink=sink,
+        label_wait=args.label_wait,
+        log_every=args.log_every,
+    )
+    for name, kind in tasks.items():
+        known = loop.model.tasks.get(name)
+        if known is None:
+            loop.model.add_task(name, task_from_kind(kind))
+        elif known.kind != kind:
+            raise ValueError(f"task {name!r} is {known.kind} in the checkpoint, not {kind}")
+
+    def stop(number: int, _frame: object) -> None:
+        logger.info("%s: checkpointing and stopping", signal.Signals(number).name)
+        loop.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logger.info(
+        "learning from %s as group %r; checkpoint %s", args.source, args.group, args.checkpoint
+    )
+    loop.run()
+    stats = loop.stats()
+    logger.info(
+        "stopped: %s consumed, %s learned, %s set aside; checkpoint %s",
+        f"{stats['consumed']:,}",
+        f"{stats['learned']:,}",
+        f"{stats['set_aside']:,}",
+        args.checkpoint,
+    )
+    return 0
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
     parser.add_argument(
         "--hidden", type=_hidden_option, default=[64, 64], help="trunk widths (default 64,64)"
     )
+
+
+def _common_options(parser: argparse.ArgumentParser, every: int, report: str) -> None:
+    _model_options(parser)
     parser.add_argument(
         "--every", type=int, default=every, help=f"rolling-window length (default {every})"
     )
@@ -175,12 +268,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_options(evaluate, every=1000, report="reports/evaluate")
     evaluate.set_defaults(run=_evaluate)
+
+    run = commands.add_parser(
+        "run", help="learn from a Kafka topic until stopped, with checkpoints and exactly-once"
+    )
+    run.add_argument("--source", required=True, help="kafka://HOST:PORT/TOPIC")
+    run.add_argument("--group", default="stream-mtl", help="consumer group (default stream-mtl)")
+    run.add_argument(
+        "--task",
+        type=_task_option,
+        action="append",
+        help="NAME:KIND, one per task; not needed to resume from a checkpoint",
+    )
+    run.add_argument("--checkpoint", required=True, help="checkpoint file, resumed if present")
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10_000,
+        help="messages between checkpoints (default 10,000); also on idle and on stop",
+    )
+    run.add_argument("--predictions-topic", help="send each prediction here, key preserved")
+    run.add_argument("--dead-letter-topic", help="send malformed messages here, with the reason")
+    run.add_argument("--api-version", help="broker version, e.g. 0.9 (default: detected)")
+    run.add_argument("--format", default="json", choices=["json", "msgpack"])
+    run.add_argument(
+        "--label-wait",
+        type=int,
+        default=100_000,
+        help="later features messages a features-only message waits for its labels "
+        "(default 100,000)",
+    )
+    run.add_argument(
+        "--idle-exit", type=float, help="stop after the topic is idle this many seconds"
+    )
+    run.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the broker at start (default 30)",
+    )
+    run.add_argument(
+        "--session-timeout",
+        type=float,
+        help="seconds before the group gives a silent member's partitions to another "
+        "(default: kafka-python's)",
+    )
+    run.add_argument("--log-every", type=float, default=10.0, help="seconds between log lines")
+    _model_options(run)
+    run.add_argument("--device", default="cpu", help="torch backend: cpu, cuda, cuda:N, auto")
+    run.set_defaults(run=_run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    verbose = args.verbose or args.command == "run"  # a long-running job logs its progress
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per connection
     try:
         return args.run(args)
     except (ValueError, TypeError, FileNotFoundError) as error:

@@ -67,6 +67,7 @@ class FeatureEncoder:
         self._fast_keys: tuple | None = None
         self._fast_columns: np.ndarray | slice = np.zeros(0, dtype=np.intp)
         self._fast_is_all = False
+        self._checked_keys: tuple | None = None  # the last all-numeric schema check_one saw
 
     @property
     def n_features(self) -> int:
@@ -75,12 +76,19 @@ class FeatureEncoder:
     # -- one observation -------------------------------------------------------------
 
     def check_one(self, x: object) -> None:
-        """Raise a `TypeError`/`ValueError` naming the fault if `x` cannot be encoded."""
-        self._parse(x)
+        """Raise a `TypeError`/`ValueError` naming the fault if `x` cannot be encoded.
+
+        A stream that keeps one all-numeric schema is checked at the cost of one array.
+        """
+        if self._fast_values(x, self._checked_keys) is not None:
+            return
+        parsed = self._parse(x)
+        if all(parsed.scaled) and type(x) is dict and len(parsed.names) == len(x):
+            self._checked_keys = tuple(x)
 
     def transform_one(self, x: Mapping) -> np.ndarray:
         """Encode `x` with the current statistics; unknown features are ignored."""
-        fast = self._fast_values(x)
+        fast = self._fast_values(x, self._fast_keys)
         if fast is not None:
             scaled = self.moments.scale(self._fast_columns, fast)
             return self._dense(self._fast_columns, scaled)
@@ -93,9 +101,10 @@ class FeatureEncoder:
         values[numeric] = self.moments.scale(columns[numeric], values[numeric])
         return self._dense(columns, values)
 
-    def _fast_values(self, x: object) -> np.ndarray | None:
-        """The values of `x` as an array when `x` has the cached all-numeric schema."""
-        if type(x) is not dict or tuple(x) != self._fast_keys:
+    @staticmethod
+    def _fast_values(x: object, keys: tuple | None) -> np.ndarray | None:
+        """The values of `x` as an array when `x` has the all-numeric schema `keys`."""
+        if type(x) is not dict or tuple(x) != keys:
             return None
         values = list(x.values())
         if not set(map(type, values)) <= _NUMBER_TYPES:
@@ -106,7 +115,7 @@ class FeatureEncoder:
             finite = False
         array = np.array(values, dtype=float)
         if not finite and not np.isfinite(array).all():
-            self._raise_not_finite(list(x), array)
+            FeatureEncoder._raise_not_finite(list(x), array)
         return array
 
     def _dense(self, columns: np.ndarray | slice, values: np.ndarray) -> np.ndarray:
@@ -122,7 +131,7 @@ class FeatureEncoder:
         `x` is checked in full before anything changes, so a rejected `x` leaves the
         encoder as it was.
         """
-        fast = self._fast_values(x)
+        fast = self._fast_values(x, self._fast_keys)
         if fast is not None:
             scaled = self.moments.update_and_scale(self._fast_columns, fast)
             return self._dense(self._fast_columns, scaled)
@@ -246,6 +255,8 @@ class FeatureEncoder:
             )
         if X.shape[1] == 0:
             raise ValueError("features are empty: the frame has no columns")
+        if all(dtype == np.float64 for dtype in X.dtypes):  # all numbers: one array
+            return self._parse_float_frame(X)
         parsed = []
         for name in X.columns:
             _check_name(name)
@@ -265,6 +276,22 @@ class FeatureEncoder:
             else:
                 parsed.extend(self._indicator_columns(name, column.to_numpy(dtype=object)))
         return parsed
+
+    def _parse_float_frame(
+        self, X: pd.DataFrame
+    ) -> list[tuple[FeatureName, np.ndarray, int, bool]]:
+        values = X.to_numpy()
+        finite = np.isfinite(values)
+        if not finite.all():
+            row, column = (int(i[0]) for i in np.nonzero(~finite))
+            what = "NaN" if math.isnan(values[row, column]) else "infinite"
+            raise ValueError(
+                f"feature {X.columns[column]!r} is {what} in row {row}; "
+                "features must be finite numbers"
+            )
+        for name in X.columns:
+            _check_name(name)
+        return [(name, values[:, j], 0, True) for j, name in enumerate(X.columns)]
 
     @staticmethod
     def _indicator_columns(name: FeatureName, values: np.ndarray) -> list:

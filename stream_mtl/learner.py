@@ -289,6 +289,28 @@ class MultiTaskLearner(base.Estimator):
 
     # -- one observation ---------------------------------------------------------------
 
+    def check_one(self, x: dict | None, y: dict | None = None) -> None:
+        """Raise the error `learn_one(x, y)` would raise, naming the fault; change nothing.
+
+        A stream consumer uses it to set a bad record aside before batching the rest.
+        `x=None` checks labels alone (a late label), `y=None` features alone.
+
+        >>> from stream_mtl import MultiTaskLearner, Regression
+        >>> model = MultiTaskLearner(tasks={"price": Regression()}, hidden=(4,))
+        >>> model.check_one({"age": float("nan")}, {"price": 1.0})
+        Traceback (most recent call last):
+        ...
+        ValueError: feature 'age' is NaN; features must be finite numbers
+        >>> model.check_one({"age": 3}, {"margin": 1.0})
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown task 'margin'; this model's tasks are ['price']
+        """
+        if y is not None:
+            self._check_labels(y)
+        if x is not None:
+            self._encoder.check_one(x)
+
     def learn_one(self, x: dict, y: dict) -> None:
         """Learn from one observation; `y` may label any subset of the tasks.
 
@@ -451,6 +473,27 @@ class MultiTaskLearner(base.Estimator):
         return rows
 
     # -- many observations -------------------------------------------------------------
+
+    def check_many(
+        self, X: pd.DataFrame | np.ndarray | None, Y: pd.DataFrame | Mapping | None = None
+    ) -> None:
+        """Raise the error `learn_many(X, Y)` would raise, naming the fault; change nothing.
+
+        Either may be None: a stream consumer checks a poll's features and labels at once
+        before it falls back to checking record by record.
+
+        >>> import pandas as pd
+        >>> from stream_mtl import MultiTaskLearner, Regression
+        >>> model = MultiTaskLearner(tasks={"price": Regression()}, hidden=(4,))
+        >>> model.check_many(pd.DataFrame({"age": [1.0, 2.0]}), pd.DataFrame({"price": [1, "x"]}))
+        Traceback (most recent call last):
+        ...
+        TypeError: label 'x' for regression task 'price' is a str; expected a number (row 1)
+        """
+        if Y is not None:
+            self._check_label_frame(Y, len(X) if X is not None else len(Y))
+        if X is not None:
+            self._encoder._parse_frame(X)
 
     def learn_many(self, X: pd.DataFrame | np.ndarray, Y: pd.DataFrame | Mapping) -> None:
         """Learn from a mini-batch in one optimiser step on the mean loss over its rows.

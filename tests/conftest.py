@@ -44,3 +44,13 @@ def trained_model() -> MultiTaskLearner:
     for _ in range(50):
         model.learn_one(*mixed_observation(rng))
     return model
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """A real Kafka broker for the session (see tests/kafka_broker.py); never skipped:
+    a broker that cannot start fails the tests that need it."""
+    from kafka_broker import running_broker
+
+    with running_broker() as broker:
+        yield broker

@@ -24,6 +24,7 @@ from stream_mtl.checkpoint import object_to_spec
 from stream_mtl.evaluate.baselines import RiverLinear, SingleTaskModels
 from stream_mtl.evaluate.report import Report
 from stream_mtl.observation import Observation
+from stream_mtl.pending import PendingFeatures
 from stream_mtl.tasks import REGRESSION
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class _Run:
             self.contenders["river_linear"] = RiverLinear(self.tasks)
         self.scores = {name: _Scores(metrics, every) for name in self.contenders}
         self.pending: collections.deque = collections.deque()
-        self.keyed: dict = {}
+        self.keyed = PendingFeatures()
         self.rejected: collections.Counter = collections.Counter()
         self.windows: dict[str, list[dict]] = {name: [] for name in self.contenders}
         self.task_weights: list[dict] = []
@@ -184,18 +185,19 @@ class _Run:
         """Take one item of the stream; whether it was a new observation."""
         obs = _as_observation(item)
         if obs.x is None:  # a late label for features predicted earlier under this key
-            if obs.key not in self.keyed:
+            y = self.labels(obs.y)  # checked before the held features are claimed
+            held = self.keyed.claim(obs.key)
+            if held is None:
                 self.reject("late label for an unknown or expired key")
                 return False
-            x, outputs = self.keyed.pop(obs.key)
-            self.score_and_learn(x, self.labels(obs.y), outputs)
+            self.score_and_learn(held.x, y, held.extra)
             return False
         y = self.labels(obs.y)
         features_only = obs.key is not None and not obs.y
         outputs = self.predict(obs.x, None if features_only else list(y))
         self.n += 1
         if features_only:
-            self.keyed[obs.key] = (obs.x, outputs)
+            self.keyed.hold(obs.key, obs.x, outputs)
         elif self.delay:
             self.pending.append((obs.x, y, outputs))
             if len(self.pending) > self.delay:

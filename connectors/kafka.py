@@ -1,0 +1,396 @@
+"""Kafka: a resumable source of observations, a sink for predictions, a dead-letter topic.
+
+`KafkaSource` consumes a topic in a consumer group with manual offsets. It reports its
+`position` (the next offset of every partition it owns) and commits only a position it
+is given - the one a checkpoint has just stored - so that a restart from that checkpoint
+(`seek`) neither loses nor repeats a message. When partitions are reassigned in the
+group, each partition starts at the later of the checkpoint's position and the group's
+committed offset, and an `on_revoke` callback lets the owner checkpoint and commit
+before partitions are handed over.
+
+A message that cannot be read goes to the dead-letter topic (when one is given) with
+its reason, topic, partition, offset and original bytes; it is counted in `rejected`,
+and the consumer goes on. `KafkaSink` sends JSON (or msgpack) values with their keys.
+
+kafka-python talks to brokers older than 0.10 only when told their version: pass
+`api_version=(0, 9)` for those; by default the version is detected.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import logging
+import time
+import typing
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from connectors.messages import (
+    DECODERS,
+    ENCODERS,
+    Decoder,
+    Encoder,
+    MalformedMessage,
+    codec,
+    observation_from_message,
+)
+from stream_mtl.observation import Observation
+
+logger = logging.getLogger(__name__)
+
+Position = dict[str, int]  # partition number (as text, for JSON) -> next offset to read
+
+
+class Message(typing.NamedTuple):
+    """One consumed message: its observation and where it came from."""
+
+    observation: Observation
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+def parse_kafka_url(url: str) -> tuple[str, str]:
+    """`kafka://HOST:PORT[,HOST:PORT...]/TOPIC` -> (bootstrap servers, topic).
+
+    >>> parse_kafka_url("kafka://localhost:9092/events")
+    ('localhost:9092', 'events')
+    >>> parse_kafka_url("kafka://localhost:9092")
+    Traceback (most recent call last):
+    ...
+    ValueError: expected kafka://HOST:PORT/TOPIC, got 'kafka://localhost:9092'
+    """
+    parts = urlsplit(url)
+    topic = parts.path.strip("/")
+    if parts.scheme != "kafka" or not parts.netloc or not topic or "/" in topic:
+        raise ValueError(f"expected kafka://HOST:PORT/TOPIC, got {url!r}")
+    return parts.netloc, topic
+
+
+def parse_api_version(text: str | None) -> tuple[int, ...] | None:
+    """`"0.9"` -> (0, 9); None or `"auto"` -> None (detect).
+
+    >>> parse_api_version("0.9"), parse_api_version("auto")
+    ((0, 9), None)
+    """
+    if text is None or text == "auto":
+        return None
+    try:
+        version = tuple(int(part) for part in text.split("."))
+    except ValueError:
+        version = ()
+    if len(version) < 2:
+        raise ValueError(f"expected a broker version such as 0.9 or 2.8, got {text!r}")
+    return version
+
+
+class KafkaSink:
+    """Sends values (JSON by default) with their keys to one topic.
+
+    >>> KafkaSink("predictions", bootstrap_servers="localhost:9092", encoder="xml")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown message format 'xml'; expected one of ['json', 'msgpack']
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        bootstrap_servers: str = "localhost:9092",
+        encoder: str | Encoder = "json",
+        api_version: tuple[int, ...] | None = None,
+        **producer_config: typing.Any,
+    ) -> None:
+        self.topic = topic
+        self.encode = codec(encoder, ENCODERS)
+        self.n_sent = 0
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            api_version=api_version,
+            acks="all",
+            linger_ms=5,
+            **producer_config,
+        )
+
+    def send(self, key: bytes | str | None, value: object) -> None:
+        """Queue one record; `flush` (or a checkpoint) makes it durable."""
+        if isinstance(key, str):
+            key = key.encode()
+        self._producer.send(self.topic, value=self.encode(value), key=key)
+        self.n_sent += 1
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        self._producer.flush(timeout)
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+def dead_letter(
+    reason: str, topic: str, partition: int, offset: int, key: bytes | None, value: bytes
+) -> dict:
+    """The record a dead-letter topic receives for one rejected message.
+
+    >>> dead_letter("not valid JSON", "events", 2, 41, b"k", b"{oops")["value"]
+    '{oops'
+    """
+    try:
+        text, encoding = value.decode(), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(value).decode(), "base64"
+    return {
+        "reason": reason,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": None if key is None else key.decode(errors="replace"),
+        "value": text,
+        "value_encoding": encoding,
+    }
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.source._revoked(revoked, lost=False)
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self.source._revoked(lost, lost=True)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.source._assigned(assigned)
+
+
+class KafkaSource:
+    """Observations from a Kafka topic, resumable from a checkpoint's position.
+
+    Iterate it for observations, or call `batches()` for one list of `Message`s per
+    poll. Both stop after `idle_timeout` seconds without a message (None: run until
+    `stop()`). The position advances as messages are handed out, so a checkpoint taken
+    after they are learned holds exactly what was learned.
+
+    >>> source = KafkaSource("events", bootstrap_servers="localhost:9092", decoder="yaml")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown message format 'yaml'; expected one of ['json', 'msgpack']
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        bootstrap_servers: str = "localhost:9092",
+        group_id: str = "stream-mtl",
+        decoder: str | Decoder = "json",
+        api_version: tuple[int, ...] | None = None,
+        dead_letter_topic: str | None = None,
+        max_poll_records: int = 500,
+        poll_timeout: float = 0.5,
+        idle_timeout: float | None = None,
+        keep_dead_letters: int = 100,
+        **consumer_config: typing.Any,
+    ) -> None:
+        self.topic = topic
+        self.decode = codec(decoder, DECODERS)
+        self.group_id = group_id
+        self.max_poll_records = max_poll_records
+        self.poll_timeout = poll_timeout
+        self.idle_timeout = idle_timeout
+        self.keep_dead_letters = keep_dead_letters
+        self.rejected: collections.Counter = collections.Counter()
+        self.dead_letters: collections.deque = collections.deque(maxlen=keep_dead_letters)
+        self.n_consumed = 0
+        self.on_revoke: Callable[[set[TopicPartition]], None] | None = None
+        self._next: dict[int, int] = {}
+        self._start_at: Position = {}
+        self._newly_assigned: set[TopicPartition] = set()
+        self._stopping = False
+        self._dead_letter_sink = (
+            KafkaSink(dead_letter_topic, bootstrap_servers, api_version=api_version)
+            if dead_letter_topic
+            else None
+        )
+        config = {
+            "auto_offset_reset": "earliest",
+            "max_poll_records": max_poll_records,
+            **consumer_config,
+            "enable_auto_commit": False,
+        }
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            api_version=api_version,
+            **config,
+        )
+        self._consumer.subscribe([topic], listener=_Rebalance(self))
+
+    def __repr__(self) -> str:
+        return f"KafkaSource({self.topic!r}, group_id={self.group_id!r})"
+
+    # -- positions ---------------------------------------------------------------------
+
+    @property
+    def position(self) -> Position:
+        """The next offset to read in each owned partition: what a checkpoint stores."""
+        return {str(partition): offset for partition, offset in sorted(self._next.items())}
+
+    def seek(self, position: Position) -> None:
+        """Start each partition at `position` when it is assigned (unless the group has
+        committed a later offset, written by another member after this position)."""
+        self._start_at = {str(p): int(offset) for p, offset in position.items()}
+        # Until a partition is assigned, the position to checkpoint is the one sought.
+        self._next.update({int(p): offset for p, offset in self._start_at.items()})
+        self._newly_assigned |= self._consumer.assignment()
+
+    def commit(self, position: Position | None = None, wait: bool = True) -> None:
+        """Commit `position` (default: the current one) for the partitions still owned;
+        `wait=False` sends the commit without waiting for the broker's answer."""
+        position = self.position if position is None else position
+        owned = {tp.partition for tp in self._consumer.assignment()}
+        offsets = {
+            TopicPartition(self.topic, int(p)): OffsetAndMetadata(offset, "", -1)
+            for p, offset in position.items()
+            if int(p) in owned
+        }
+        if offsets and wait:
+            self._consumer.commit(offsets)
+        elif offsets:
+            self._consumer.commit_async(offsets)
+
+    def committed(self) -> Position:
+        """The group's committed offsets for the partitions this source owns."""
+        found = {}
+        for tp in self._consumer.assignment():
+            offset = self._consumer.committed(tp)
+            if offset is not None:
+                found[str(tp.partition)] = offset
+        return found
+
+    def _assigned(self, assigned: set[TopicPartition]) -> None:
+        # Called on kafka-python's IO thread, where nothing may block: the start offsets
+        # are settled after the poll returns (`_settle_assignment`).
+        logger.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+        self._newly_assigned |= assigned
+
+    def _revoked(self, revoked: set[TopicPartition], lost: bool) -> None:
+        logger.info(
+            "%s partitions %s",
+            "lost" if lost else "revoked",
+            sorted(tp.partition for tp in revoked),
+        )
+        if not lost and self.on_revoke is not None:
+            self.on_revoke(revoked)
+        for tp in revoked:
+            self._next.pop(tp.partition, None)
+        self._newly_assigned -= revoked
+
+    def _settle_assignment(self, records: dict) -> None:
+        """Start newly assigned partitions at the later of the checkpoint's position and
+        the group's committed offset; records fetched from before that are read again."""
+        assigned, self._newly_assigned = self._newly_assigned, set()
+        owned = self._consumer.assignment()
+        for tp in assigned & owned:
+            wanted = self._start_at.get(str(tp.partition))
+            committed = self._consumer.committed(tp)
+            if wanted is not None and (committed is None or wanted > committed):
+                self._consumer.seek(tp, wanted)
+                self._next[tp.partition] = wanted
+                records.pop(tp, None)
+            elif committed is not None:
+                self._next[tp.partition] = committed
+                if wanted is not None and wanted < committed:
+                    logger.info(
+                        "partition %d: the group committed %d, later than the checkpoint's "
+                        "%d; starting at %d",
+                        tp.partition,
+                        committed,
+                        wanted,
+                        committed,
+                    )
+
+    # -- consuming ---------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Observation]:
+        for batch in self.batches():
+            for message in batch:
+                yield message.observation
+
+    def batches(self) -> Iterator[list[Message]]:
+        """One list of well-formed messages per poll; malformed ones are set aside.
+
+        An empty list means a poll found nothing new to learn: the caller may checkpoint
+        or log.
+        """
+        idle_since = time.monotonic()
+        while not self._stopping:
+            records = self._consumer.poll(
+                timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_poll_records
+            )
+            if self._newly_assigned:
+                self._settle_assignment(records)
+            batch = [self._read(record) for part in records.values() for record in part]
+            batch = [message for message in batch if message is not None]
+            if records:
+                idle_since = time.monotonic()
+            elif (
+                self.idle_timeout is not None and time.monotonic() - idle_since >= self.idle_timeout
+            ):
+                return
+            yield batch
+
+    def _read(self, record: typing.Any) -> Message | None:
+        self.n_consumed += 1
+        self._next[record.partition] = record.offset + 1
+        try:
+            obs = observation_from_message(self.decode(record.value), _text(record.key))
+        except MalformedMessage as error:
+            self.set_aside(str(error), record.partition, record.offset, record.key, record.value)
+            return None
+        return Message(obs, record.partition, record.offset, record.key, record.value)
+
+    def set_aside(
+        self, reason: str, partition: int, offset: int, key: bytes | None, value: bytes
+    ) -> None:
+        """Count a rejected message and send it to the dead-letter topic with `reason`.
+
+        The count is by the reason's first part (before any colon), so that messages
+        rejected for the same cause share a count.
+        """
+        self.rejected[reason.split(":")[0]] += 1
+        record = dead_letter(reason, self.topic, partition, offset, key, value or b"")
+        self.dead_letters.append(record)
+        if self._dead_letter_sink is not None:
+            self._dead_letter_sink.send(key, record)
+        logger.debug("set aside partition %d offset %d: %s", partition, offset, reason)
+
+    def flush(self) -> None:
+        """Make the dead letters sent so far durable (before offsets are committed)."""
+        if self._dead_letter_sink is not None:
+            self._dead_letter_sink.flush()
+
+    def stop(self) -> None:
+        """Make `batches()` return after the current poll (safe from a signal handler)."""
+        self._stopping = True
+
+    def close(self) -> None:
+        """Flush the dead letters and leave the group, committing nothing more."""
+        self.on_revoke = None  # leaving the group revokes: the owner has checkpointed already
+        self.flush()
+        if self._dead_letter_sink is not None:
+            self._dead_letter_sink.close()
+        self._consumer.close(autocommit=False)
+
+
+def _text(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return base64.b64encode(key).decode()

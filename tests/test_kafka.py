@@ -1,0 +1,344 @@
+"""The Kafka path against a real broker: exactly once, restarts, dead letters, predictions.
+
+The broker is a real Apache Kafka 0.9 (tests/kafka_broker.py), or the one named by
+KAFKA_BOOTSTRAP_SERVERS. Each test uses its own topics and consumer group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+from connectors.kafka import KafkaSink, KafkaSource
+from connectors.learning_loop import LearningLoop
+from connectors.messages import encode_json, encode_msgpack, message_from_observation
+from connectors.synthetic import SyntheticStream
+from stream_mtl import Binary, MultiTaskLearner, Regression
+
+pytestmark = [pytest.mark.integration]
+
+TASKS = {"a": "regression", "flag": "binary"}
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def synthetic_messages(n: int, seed: int = 0) -> list[dict]:
+    stream = SyntheticStream(tasks=TASKS, n_features=6, n=n, seed=seed)
+    return [message_from_observation(obs) for obs in stream]
+
+
+def produce(kafka, topic: str, values: list[bytes], keys: list[str] | None = None) -> list:
+    """Send `values` (keys round-robin over partitions by key hash); their (partition, offset)."""
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, api_version=kafka.api_version)
+    keys = keys or [f"k{i}" for i in range(len(values))]
+    futures = [producer.send(topic, value=v, key=k.encode()) for k, v in zip(keys, values)]
+    producer.flush()
+    placed = [(meta.partition, meta.offset) for meta in (f.get(30) for f in futures)]
+    producer.close()
+    return placed
+
+
+def drain(kafka, topic: str, expected: int, seconds: float = 60.0) -> list:
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=kafka.bootstrap,
+        api_version=kafka.api_version,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=unique("reader"),
+    )
+    records, deadline = [], time.monotonic() + seconds
+    while len(records) < expected and time.monotonic() < deadline:
+        for part in consumer.poll(500).values():
+            records.extend(part)
+    time.sleep(0.5)  # anything beyond what was expected
+    for part in consumer.poll(500).values():
+        records.extend(part)
+    consumer.close()
+    return records
+
+
+def committed(kafka, topic: str, group: str, partitions: int) -> dict[str, int]:
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka.bootstrap, api_version=kafka.api_version, group_id=group
+    )
+    found = {}
+    for p in range(partitions):
+        offset = consumer.committed(TopicPartition(topic, p))
+        if offset is not None:
+            found[str(p)] = offset
+    consumer.close()
+    return found
+
+
+def end_offsets(placed: list) -> dict[str, int]:
+    ends: dict[str, int] = {}
+    for partition, offset in placed:
+        ends[str(partition)] = max(ends.get(str(partition), 0), offset + 1)
+    return ends
+
+
+def new_model(backend: str = "numpy") -> MultiTaskLearner:
+    return MultiTaskLearner(
+        tasks={"a": Regression(), "flag": Binary()}, hidden=(16,), backend=backend, seed=0
+    )
+
+
+def source_for(kafka, topic: str, group: str, **options) -> KafkaSource:
+    return KafkaSource(
+        topic,
+        bootstrap_servers=kafka.bootstrap,
+        group_id=group,
+        api_version=kafka.api_version,
+        idle_timeout=options.pop("idle_timeout", 3.0),
+        **options,
+    )
+
+
+def test_every_message_is_learned_exactly_once_in_batches(kafka, tmp_path):
+    topic, group = unique("events"), unique("group")
+    kafka.create_topic(topic, partitions=3)
+    messages = synthetic_messages(20_000)
+    placed = produce(kafka, topic, [encode_json(m) for m in messages])
+    seen: list[tuple[int, int]] = []
+    loop = LearningLoop(
+        new_model("torch"),
+        source_for(kafka, topic, group),
+        tmp_path / "model.ckpt",
+        checkpoint_every=3000,
+        on_learned=lambda batch: seen.extend((m.partition, m.offset) for m in batch),
+    )
+    assert loop.batch_learning
+    loop.run()
+
+    assert len(seen) == len(set(seen)) == 20_000
+    assert set(seen) == set(placed)
+    assert loop.model.n_learned == {"a": 20_000, "flag": 20_000}
+    model, extra = MultiTaskLearner.load_with_extra(tmp_path / "model.ckpt")
+    assert extra["position"] == end_offsets(placed) == committed(kafka, topic, group, 3)
+    assert model.n_learned == {"a": 20_000, "flag": 20_000}
+    assert loop.n_checkpoints >= 6
+
+
+def test_msgpack_messages_are_decoded(kafka, tmp_path):
+    topic, group = unique("packed"), unique("group")
+    kafka.create_topic(topic)
+    produce(kafka, topic, [encode_msgpack(m) for m in synthetic_messages(300)])
+    loop = LearningLoop(
+        new_model(), source_for(kafka, topic, group, decoder="msgpack"), tmp_path / "m.ckpt"
+    )
+    loop.run()
+    assert loop.model.n_learned == {"a": 300, "flag": 300}
+
+
+def malformed(kind: str, message: dict) -> bytes:
+    if kind == "bad JSON":
+        return b'{"x": {"x0": 1.0'
+    if kind == "NaN feature":
+        return json.dumps({"x": {**message["x"], "x0": float("nan")}, "y": message["y"]}).encode()
+    if kind == "unknown task":
+        return encode_json({"x": message["x"], "y": {**message["y"], "margin": 1.0}})
+    if kind == "wrong label type":
+        return encode_json({"x": message["x"], "y": {**message["y"], "a": "high"}})
+    raise AssertionError(kind)
+
+
+REASONS = {
+    "bad JSON": "not valid JSON",
+    "NaN feature": "feature 'x0' is NaN",
+    "unknown task": "unknown task 'margin'",
+    "wrong label type": "label 'high' for regression task 'a'",
+}
+
+
+def test_malformed_messages_go_to_the_dead_letter_topic_with_their_reason(kafka, tmp_path):
+    topic, dead, group = unique("dirty"), unique("dead"), unique("group")
+    kafka.create_topic(topic, partitions=2)
+    kafka.create_topic(dead)
+    rng = random.Random(0)
+    messages = synthetic_messages(5000)
+    bad = dict(zip(sorted(rng.sample(range(5000), 50)), list(REASONS) * 13))
+    values = [malformed(bad[i], m) if i in bad else encode_json(m) for i, m in enumerate(messages)]
+    placed = produce(kafka, topic, values)
+    loop = LearningLoop(
+        new_model("torch"),
+        source_for(kafka, topic, group, dead_letter_topic=dead),
+        tmp_path / "m.ckpt",
+        checkpoint_every=1000,
+    )
+    loop.run()
+
+    assert loop.model.n_learned == {"a": 4950, "flag": 4950}
+    letters = [json.loads(record.value) for record in drain(kafka, dead, 50)]
+    assert len(letters) == 50
+    by_place = {(letter["partition"], letter["offset"]): letter for letter in letters}
+    for i, kind in bad.items():
+        letter = by_place[placed[i]]
+        assert REASONS[kind] in letter["reason"], (kind, letter["reason"])
+        assert letter["topic"] == topic and letter["key"] == f"k{i}"
+        assert letter["value"] == values[i].decode()
+    assert sum(loop.source.rejected.values()) == 50
+
+
+def test_predictions_land_on_the_output_topic_with_their_keys(kafka, tmp_path):
+    topic, out, group = unique("split"), unique("predictions"), unique("group")
+    kafka.create_topic(topic)
+    kafka.create_topic(out)
+    messages = synthetic_messages(400)
+    values, keys = [], []
+    for i, m in enumerate(messages):  # features now, their labels 25 messages later
+        values.append(encode_json({"x": m["x"], "key": f"order-{i}"}))
+        keys.append(f"order-{i}")
+        if i >= 25:
+            values.append(encode_json({"y": messages[i - 25]["y"], "key": f"order-{i - 25}"}))
+            keys.append(f"order-{i - 25}")
+    produce(kafka, topic, values, keys)
+    sink = KafkaSink(out, kafka.bootstrap, api_version=kafka.api_version)
+    loop = LearningLoop(new_model(), source_for(kafka, topic, group), tmp_path / "m", sink=sink)
+    loop.run()
+
+    records = drain(kafka, out, 400)
+    assert len(records) == 400
+    assert [r.key.decode() for r in records] == [f"order-{i}" for i in range(400)]
+    first = json.loads(records[0].value)
+    assert first["key"] == "order-0" and set(first["prediction"]) == {"a", "flag"}
+    assert loop.model.n_learned == {"a": 375, "flag": 375}
+    assert len(loop.pending) == 25  # the last features, still waiting for labels
+    _, extra = MultiTaskLearner.load_with_extra(tmp_path / "m")
+    assert len(extra["pending"]["held"]) == 25
+
+
+def test_labels_for_a_key_never_seen_are_set_aside(kafka, tmp_path):
+    topic, group = unique("orphans"), unique("group")
+    kafka.create_topic(topic)
+    produce(kafka, topic, [encode_json({"y": {"a": 1.0}, "key": "nobody"})])
+    loop = LearningLoop(new_model(), source_for(kafka, topic, group), tmp_path / "m")
+    loop.run()
+    assert loop.source.dead_letters[0]["reason"] == "labels for an unknown or expired key"
+
+
+def run_command(kafka, topic: str, group: str, checkpoint: Path, *options: str):
+    command = [
+        sys.executable,
+        "-m",
+        "stream_mtl.cli",
+        "run",
+        "--source",
+        f"kafka://{kafka.bootstrap}/{topic}",
+        "--group",
+        group,
+        "--task",
+        "a:regression",
+        "--task",
+        "flag:binary",
+        "--hidden",
+        "16",
+        "--checkpoint",
+        str(checkpoint),
+        "--log-every",
+        "1",
+        "--session-timeout",
+        "6",
+        *options,
+    ]
+    if kafka.api_version:
+        command += ["--api-version", ".".join(map(str, kafka.api_version))]
+    log = (checkpoint.parent / f"run-{time.monotonic_ns()}.log").open("w")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_a_consumer_killed_at_a_random_point_resumes_and_learns_each_message_once(kafka, tmp_path):
+    topic, group = unique("crash"), unique("group")
+    kafka.create_topic(topic, partitions=3)
+    messages = synthetic_messages(20_000, seed=1)
+    placed = produce(kafka, topic, [encode_json(m) for m in messages])
+    checkpoint = tmp_path / "model.ckpt"
+
+    first = run_command(kafka, topic, group, checkpoint, "--checkpoint-every", "700")
+    wait_for(checkpoint.exists, 60, "the first checkpoint")
+    time.sleep(random.Random(7).uniform(0.2, 2.0))
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+    _, at_kill = MultiTaskLearner.load_with_extra(checkpoint)
+    assert sum(at_kill["position"].values()) < 20_000, "killed too late to test a restart"
+
+    ends = end_offsets(placed)
+    second = run_command(kafka, topic, group, checkpoint, "--checkpoint-every", "700")
+    wait_for(lambda: committed(kafka, topic, group, 3) == ends, 120, "the topic to be drained")
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(30) == 0
+
+    model, extra = MultiTaskLearner.load_with_extra(checkpoint)
+    assert extra["position"] == ends
+    assert extra["learned"] == ends  # every message of every partition, once
+    assert model.n_learned == {"a": 20_000, "flag": 20_000}
+    # The running mean of the regression targets is a fingerprint of which labels were
+    # learned: one lost and one learned twice would move it.
+    targets = np.array([m["y"]["a"] for m in messages])
+    assert model._targets.mean[0] == pytest.approx(targets.mean(), rel=1e-9)
+
+
+def test_sigterm_leaves_a_checkpoint_and_committed_offsets_that_agree(kafka, tmp_path):
+    topic, group = unique("term"), unique("group")
+    kafka.create_topic(topic, partitions=2)
+    produce(kafka, topic, [encode_json(m) for m in synthetic_messages(20_000, seed=2)])
+    checkpoint = tmp_path / "model.ckpt"
+    process = run_command(kafka, topic, group, checkpoint, "--checkpoint-every", "100000")
+    log = max(tmp_path.glob("run-*.log"))
+    wait_for(lambda: "consumed" in log.read_text(), 60, "the consumer to start learning")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+
+    model, extra = MultiTaskLearner.load_with_extra(checkpoint)
+    assert extra["position"] == committed(kafka, topic, group, 2)
+    learned = sum(extra["position"].values())
+    assert 0 < learned < 20_000
+    assert model.n_learned == {"a": learned, "flag": learned}
+    assert "SIGTERM: checkpointing and stopping" in log.read_text()
+
+
+def test_a_missing_broker_is_a_clear_error(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream_mtl.cli",
+            "run",
+            "--source",
+            "kafka://127.0.0.1:9/events",
+            "--task",
+            "a:regression",
+            "--checkpoint",
+            str(tmp_path / "m"),
+            "--connect-timeout",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 2
+    assert "no Kafka broker answers at 127.0.0.1:9" in done.stderr
