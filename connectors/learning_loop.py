@@ -116,8 +116,7 @@ class LearningLoop:
         self.window = window
         self.errors: dict[str, RollingError] = {}  # by task, from its first scored label
         if source is not None:
-            # On kafka-python's IO thread, during a rebalance: the commit is sent, not awaited.
-            source.on_revoke = lambda _revoked: self.checkpoint(wait=False)
+            source.on_revoke = self._on_revoke
 
     @classmethod
     def resume_or_start(
@@ -177,6 +176,14 @@ class LearningLoop:
     def stop(self) -> None:
         """Stop after the current poll (safe to call from a signal handler)."""
         self.source.stop()
+
+    def _on_revoke(self, _revoked: set) -> None:
+        # Called on kafka-python's IO thread during a rebalance, while `run` waits in a
+        # poll: the commit is sent, not awaited (nothing may block that thread).
+        if self._in_batch:  # never checkpoint a position whose messages are not learned
+            logger.warning("partitions revoked while a batch is learned: not checkpointing")
+            return
+        self.checkpoint(wait=False)
 
     def checkpoint(self, wait: bool = True) -> None:
         """Write the model and position, then commit the position; no-op if nothing moved.
@@ -389,7 +396,8 @@ def features_frame(xs: list[dict]) -> pd.DataFrame:
 
 
 def labels_frame(ys: list[dict]) -> pd.DataFrame:
-    """The label dicts `ys` as a DataFrame with one column per task named, None if absent."""
+    """The label dicts `ys` as a DataFrame with one column per task named, missing
+    (None or NaN, which the learner skips) where a row has no label for it."""
     tasks = dict.fromkeys(name for y in ys for name in y)
     return pd.DataFrame({name: [y.get(name) for y in ys] for name in tasks})
 

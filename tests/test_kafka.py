@@ -342,3 +342,44 @@ def test_a_missing_broker_is_a_clear_error(tmp_path):
     )
     assert done.returncode == 2
     assert "no Kafka broker answers at 127.0.0.1:9" in done.stderr
+
+
+def test_partitions_handed_to_a_new_group_member_are_learned_once_overall(kafka, tmp_path):
+    import threading
+
+    topic, group = unique("shared"), unique("group")
+    kafka.create_topic(topic, partitions=4)
+    placed = produce(kafka, topic, [encode_json(m) for m in synthetic_messages(16_000, seed=3)])
+    seen: dict[str, list] = {"first": [], "second": []}
+    loops = {
+        name: LearningLoop(
+            new_model(),
+            source_for(
+                kafka,
+                topic,
+                group,
+                idle_timeout=4.0,
+                max_poll_records=100,
+                session_timeout_ms=6000,
+                heartbeat_interval_ms=300,  # the first member hears of the second soon
+            ),
+            tmp_path / f"{name}.ckpt",
+            checkpoint_every=500,
+            on_learned=lambda batch, name=name: seen[name].extend(
+                (m.partition, m.offset) for m in batch
+            ),
+        )
+        for name in seen
+    }
+    first = threading.Thread(target=loops["first"].run)
+    first.start()
+    wait_for(lambda: len(seen["first"]) > 500, 60, "the first member to learn")
+    second = threading.Thread(target=loops["second"].run)
+    second.start()
+    first.join(120)
+    second.join(120)
+
+    learned = seen["first"] + seen["second"]
+    assert seen["second"], "the rebalance gave the second member nothing"
+    assert len(learned) == len(set(learned)) == 16_000
+    assert set(learned) == set(placed)

@@ -1,0 +1,102 @@
+"""Connectors without a broker: River sources, message decoding, held features, batch frames."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from river import datasets
+from river.datasets import synth
+
+from connectors.learning_loop import features_frame, labels_frame
+from connectors.messages import (
+    MalformedMessage,
+    decode_json,
+    decode_msgpack,
+    encode_msgpack,
+    observation_from_message,
+)
+from connectors.river import RiverSource
+from stream_mtl import MultiTaskLearner
+from stream_mtl.evaluate import prequential
+from stream_mtl.pending import PendingFeatures
+from stream_mtl.tasks import task_from_kind
+
+
+def test_a_multi_output_river_data_set_is_a_stream_with_one_task_per_output():
+    source = RiverSource(datasets.SolarFlare())
+    assert source.tasks == dict.fromkeys(
+        ["c-class-flares", "m-class-flares", "x-class-flares"], "regression"
+    )
+    model = MultiTaskLearner(
+        tasks={name: task_from_kind(kind) for name, kind in source.tasks.items()}, hidden=(8,)
+    )
+    report = prequential(model, source, progress=False, baselines=())
+    assert report.n_observations == len(source) == 1066
+    assert model.n_learned == dict.fromkeys(source.tasks, 1066)
+
+
+def test_an_endless_river_generator_needs_n():
+    with pytest.raises(ValueError, match="endless: give n"):
+        RiverSource(synth.Agrawal(seed=0))
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{oops", "not valid JSON"),
+        (b"[1, 2]", "a message must be an object, got list"),
+        (b'{"x": {"a": 1}, "Y": {"t": 1}}', "unknown field(s) ['Y']"),
+        (b'{"x": [1, 2]}', '"x" must be an object, got list'),
+        (b'{"key": "k"}', 'a message needs features "x", labels "y", or both'),
+        (b'{"x": {"a": 1}, "key": {"id": 1}}', '"key" must be a string, a number or a list'),
+        (b'{"x": {"a": 1}, "time": "noon"}', '"time" must be a number'),
+    ],
+)
+def test_a_malformed_message_is_refused_with_its_reason(raw, reason):
+    with pytest.raises(MalformedMessage, match=re.escape(reason)):
+        observation_from_message(decode_json(raw))
+
+
+def test_a_list_key_becomes_a_tuple_so_that_late_labels_find_their_features():
+    obs = observation_from_message({"x": {"a": 1.0}, "key": ["shop", 7]})
+    assert obs.key == ("shop", 7)
+
+
+def test_msgpack_garbage_is_a_malformed_message():
+    assert decode_msgpack(encode_msgpack({"x": {"a": 1}})) == {"x": {"a": 1}}
+    with pytest.raises(MalformedMessage, match="not valid msgpack"):
+        decode_msgpack(b"\xc1\xff")
+
+
+def test_held_features_survive_a_checkpoint_through_json():
+    pending = PendingFeatures(max_wait=10)
+    pending.hold(("shop", 7), {"a": 1.0}, {"price": 3.0})
+    pending.hold("order-2", {"a": 2.0})
+    restored = PendingFeatures(max_wait=10)
+    restored.load_state(json.loads(json.dumps(pending.state())))
+    assert restored.claim(("shop", 7)).extra == {"price": 3.0}
+    assert restored.claim("order-2").x == {"a": 2.0}
+    assert len(restored) == 0
+
+
+def test_at_most_max_pending_features_are_held_oldest_dropped_first():
+    pending = PendingFeatures(max_pending=2)
+    for key in "abc":
+        pending.hold(key, {"f": 1.0})
+    assert "a" not in pending and "b" in pending and "c" in pending
+    assert pending.n_expired == 1
+
+
+def test_a_batch_frame_keeps_bools_as_indicators_not_numbers():
+    frame = features_frame([{"a": 1.0, "flag": True}, {"a": 2.0, "flag": False}])
+    assert frame["flag"].dtype == bool
+    assert features_frame([{"a": 1.0}, {"a": 2}])["a"].dtype == float
+
+
+def test_a_labels_frame_has_a_column_per_task_named_and_a_gap_where_absent():
+    frame = labels_frame([{"a": 1.0}, {"b": "x"}])
+    assert list(frame.columns) == ["a", "b"]
+    assert frame["a"].isna().tolist() == [False, True]
+    assert frame["b"].isna().tolist() == [True, False]
