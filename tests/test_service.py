@@ -1,0 +1,122 @@
+"""OnlineModel: snapshot predictions from many threads while one thread learns."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from stream_mtl import Binary, MultiTaskLearner, Regression
+from stream_mtl.service import OnlineModel, QueueFull
+
+
+def new_model(hidden=(16,)) -> MultiTaskLearner:
+    return MultiTaskLearner(tasks={"a": Regression(), "flag": Binary()}, hidden=hidden, seed=0)
+
+
+def observation(rng: np.random.Generator) -> tuple[dict, dict]:
+    x = {f"x{j}": float(v) for j, v in enumerate(rng.normal(size=6))}
+    return x, {"a": 3.0 * x["x0"] - x["x1"], "flag": x["x2"] > 0}
+
+
+def test_eight_threads_predict_while_one_learns_and_every_prediction_is_from_one_snapshot():
+    snapshots: dict[int, MultiTaskLearner] = {}
+    service = OnlineModel(
+        new_model(),
+        snapshot_every=200,
+        on_snapshot=lambda s: snapshots.__setitem__(id(s), s),
+    )
+    snapshots[id(service.snapshot)] = service.snapshot
+    probe = observation(np.random.default_rng(1))[0]
+    seen: list[list] = [[] for _ in range(8)]
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def predict(out: list) -> None:
+        try:
+            while not done.is_set():
+                snapshot = service.snapshot
+                out.append((id(snapshot), snapshot.predict_one(probe), service.predict(probe)))
+                time.sleep(0.0005)  # requests arrive; they do not spin
+        except BaseException as error:  # any failure fails the test below
+            errors.append(error)
+
+    threads = [threading.Thread(target=predict, args=(out,)) for out in seen]
+    for thread in threads:
+        thread.start()
+    rng = np.random.default_rng(0)
+    for _ in range(10_000):
+        service.learn(*observation(rng))
+    service.close()
+    done.set()
+    for thread in threads:
+        thread.join()
+
+    assert not errors
+    assert service.model.n_learned == {"a": 10_000, "flag": 10_000}
+    assert service.n_snapshots >= 10_000 // 200
+    records = [record for out in seen for record in out]
+    assert len(records) > 1000
+    distinct = {(r[1]["a"], r[1]["flag"]) for r in records}
+    assert len(distinct) > 10, "predictions never moved while learning"
+    for snapshot_id, from_snapshot, _ in records[:: max(1, len(records) // 2000)]:
+        # Every prediction is exactly what one published snapshot says: none is torn.
+        assert snapshots[snapshot_id].predict_one(probe) == from_snapshot
+
+
+def test_a_bad_observation_raises_in_the_callers_thread_and_is_never_queued():
+    service = OnlineModel(new_model())
+    with pytest.raises(ValueError, match="feature 'x0' is NaN"):
+        service.learn({"x0": float("nan")}, {"a": 1.0})
+    with pytest.raises(ValueError, match="unknown task 'margin'"):
+        service.learn({"x0": 1.0}, {"margin": 1.0})
+    with pytest.raises(TypeError, match="regression task 'a'"):
+        service.learn({"x0": 1.0}, {"a": "high"})
+    service.close()
+    assert service.n_queued == 0 and service.learn_errors == 0
+    assert service.model.n_learned == {"a": 0, "flag": 0}
+
+
+def test_a_full_queue_refuses_after_the_wait_and_nothing_is_lost():
+    service = OnlineModel(new_model(hidden=(512, 512)), queue_size=4, block_timeout=0.001)
+    rng = np.random.default_rng(0)
+    refused = 0
+    for _ in range(300):
+        try:
+            service.learn(*observation(rng))
+        except QueueFull as error:
+            assert "learn queue is full (4 observations waiting)" in str(error)
+            refused += 1
+    service.close()
+    assert refused > 0
+    assert service.n_refused == refused
+    assert service.model.n_learned["a"] == 300 - refused == service.n_queued
+
+
+def test_labels_join_the_features_predicted_under_their_key():
+    service = OnlineModel(new_model())
+    service.predict({"x0": 1.0, "x1": 2.0}, key="order-7")
+    service.learn_label("order-7", {"a": 5.0})
+    with pytest.raises(KeyError, match="no features are held under key 'order-7'"):
+        service.learn_label("order-7", {"a": 5.0})  # joined once only
+    with pytest.raises(KeyError, match="'nobody'"):
+        service.learn_label("nobody", {"a": 1.0})
+    service.close()
+    assert service.model.n_learned == {"a": 1, "flag": 0}
+
+
+def test_close_checkpoints_and_a_restart_goes_on_from_there(tmp_path):
+    path = tmp_path / "service.ckpt"
+    service = OnlineModel(new_model(), checkpoint=path, checkpoint_every=0.05)
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        service.learn(*observation(rng))
+    service.close()
+    restored = MultiTaskLearner.load(path)
+    assert restored.n_learned == {"a": 500, "flag": 500}
+    probe = observation(rng)[0]
+    assert restored.predict_one(probe) == service.predict(probe)
+    with pytest.raises(RuntimeError, match="closed"):
+        service.learn(*observation(rng))
