@@ -211,6 +211,37 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from stream_mtl.http_app import create_app
+    except ImportError as error:
+        raise ValueError(
+            f"stream-mtl serve needs the serve extra ({error.name} is missing): "
+            "pip install 'stream-mtl[serve]'"
+        ) from None
+    from stream_mtl.service import OnlineModel
+
+    path = Path(args.checkpoint)
+    tasks = dict(args.task or [])
+    if path.exists():
+        model = MultiTaskLearner.load(path)
+        for name, kind in tasks.items():
+            if name not in model.tasks:
+                model.add_task(name, task_from_kind(kind))
+    elif tasks:
+        model = _model_for(tasks, args)
+    else:
+        raise ValueError(f"no checkpoint at {str(path)!r}: give the tasks with --task NAME:KIND")
+    service = OnlineModel(model, checkpoint=path, checkpoint_every=args.checkpoint_every)
+    logger.info("serving %s on http://%s:%d", sorted(model.tasks), args.host, args.port)
+    # uvicorn turns SIGTERM and SIGINT into a shutdown, which closes the service:
+    # the queue is learned and a checkpoint written before the process exits.
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
@@ -317,12 +348,27 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(run)
     run.add_argument("--device", default="cpu", help="torch backend: cpu, cuda, cuda:N, auto")
     run.set_defaults(run=_run)
+
+    serve = commands.add_parser(
+        "serve", help="an HTTP service that predicts and keeps learning (needs the serve extra)"
+    )
+    serve.add_argument("--checkpoint", required=True, help="checkpoint file, loaded if present")
+    serve.add_argument(
+        "--task", type=_task_option, action="append", help="NAME:KIND, for a new model"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--checkpoint-every", type=float, default=60.0, help="seconds between checkpoints (60)"
+    )
+    _model_options(serve)
+    serve.set_defaults(run=_serve)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    verbose = args.verbose or args.command == "run"  # a long-running job logs its progress
+    verbose = args.verbose or args.command in ("run", "serve")  # long-running: log progress
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

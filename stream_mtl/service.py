@@ -26,6 +26,7 @@ import typing
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
+from stream_mtl.evaluate.rolling_error import RollingError
 from stream_mtl.learner import MultiTaskLearner
 from stream_mtl.pending import PendingFeatures
 
@@ -65,6 +66,7 @@ class OnlineModel:
         label_wait: int = 100_000,
         label_max_age: float | None = 3600.0,
         on_snapshot: Callable[[MultiTaskLearner], None] | None = None,
+        window: int = 1000,
     ) -> None:
         if checkpoint_every is not None and checkpoint is None:
             raise ValueError("checkpoint_every needs a checkpoint path")
@@ -82,6 +84,8 @@ class OnlineModel:
         self.n_refused = 0
         self.n_snapshots = 0
         self.learn_errors = 0
+        self.window = window
+        self.errors: dict[str, RollingError] = {}  # by task: test-then-train, on the learner
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._pending = PendingFeatures(max_wait=label_wait, max_pending=label_wait)
         self._pending_lock = threading.Lock()
@@ -161,6 +165,7 @@ class OnlineModel:
                 break
             if item is not None:
                 try:
+                    self._score(*item)
                     self.model.learn_one(*item)
                     since_snapshot += 1
                 except (ValueError, TypeError) as error:  # checked when offered; rare
@@ -176,6 +181,19 @@ class OnlineModel:
             if self.checkpoint_every is not None and now - checkpoint_at >= self.checkpoint_every:
                 self.save()
                 checkpoint_at = now
+
+    def _score(self, x: dict, y: dict) -> None:
+        """Each task's rolling error: the live model's prediction, then its label."""
+        prediction = self.model.predict_one(x)
+        for name, label in y.items():
+            if name not in self.errors:
+                self.errors[name] = RollingError(self.model.tasks[name].kind, self.window)
+            self.errors[name].update(label, prediction.get(name))
+
+    @property
+    def alive(self) -> bool:
+        """Whether the learner thread is running."""
+        return self._thread.is_alive()
 
     def _copy(self) -> MultiTaskLearner:
         # The weighting strategy (and its drift detectors) is left out: predicting needs

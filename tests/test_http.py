@@ -1,0 +1,201 @@
+"""`stream-mtl serve` as a real server on a loopback port, talked to by a real HTTP client."""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = [pytest.mark.integration]
+
+sys.path.insert(0, str(Path(__file__).parent))
+from kafka_broker import free_port  # noqa: E402
+
+
+def start_server(checkpoint: Path, *tasks: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "stream_mtl.cli", "serve", "--checkpoint", str(checkpoint)]
+    command += ["--port", str(port), "--hidden", "16", "--checkpoint-every", "3600"]
+    for task in tasks:
+        command += ["--task", task]
+    log = checkpoint.with_suffix(f".{port}.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, checkpoint.with_suffix(f".{port}.log").read_text()
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("the server did not answer in 60 s")
+
+
+def stop_server(process: subprocess.Popen) -> bool:
+    """SIGTERM; whether the server shut down by it (uvicorn re-raises the signal once it
+    has shut down gracefully, so the exit status is the signal's)."""
+    process.send_signal(signal.SIGTERM)
+    return process.wait(30) in (0, -signal.SIGTERM)
+
+
+def observation(rng: np.random.Generator) -> dict:
+    x = {f"x{j}": float(v) for j, v in enumerate(rng.normal(size=4))}
+    return {"x": x, "y": {"a": 2.0 * x["x0"] + x["x1"], "flag": x["x2"] > 0}}
+
+
+def learned(client: httpx.Client) -> dict:
+    tasks = client.get("/tasks").json()["tasks"]
+    return {name: task["labels_learned"] for name, task in tasks.items()}
+
+
+def wait_until_learned(client: httpx.Client, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while learned(client)["a"] < count:
+        assert time.monotonic() < deadline, learned(client)
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    checkpoint = tmp_path_factory.mktemp("serve") / "model.ckpt"
+    process, url = start_server(checkpoint, "a:regression", "flag:binary")
+    with httpx.Client(base_url=url, timeout=10) as client:
+        yield client
+    assert stop_server(process)
+
+
+def test_learn_then_predict_round_trip(server):
+    rng = np.random.default_rng(0)
+    before = learned(server)["a"]
+    for _ in range(300):
+        response = server.post("/learn", json=observation(rng))
+        assert response.status_code == 202, response.text
+    wait_until_learned(server, before + 300)
+    one = server.post("/predict", json={"x": {"x0": 1.0, "x1": 0.5, "x2": 1.0, "x3": 0.0}})
+    assert one.status_code == 200
+    assert set(one.json()) == {"a", "flag"} and isinstance(one.json()["flag"], bool)
+    many = server.post("/predict", json={"x": [{"x0": 1.0}, {"x0": -1.0}]}).json()
+    assert len(many["predictions"]) == 2
+
+
+def test_labels_sent_later_by_key_are_learned_once(server):
+    before = learned(server)["a"]
+    assert server.post("/predict", json={"x": {"x0": 0.3}, "key": "order-1"}).status_code == 200
+    assert server.post("/learn", json={"key": "order-1", "y": {"a": 1.0}}).status_code == 202
+    again = server.post("/learn", json={"key": "order-1", "y": {"a": 1.0}})
+    assert again.status_code == 404 and "order-1" in again.json()["detail"]
+    wait_until_learned(server, before + 1)
+
+
+BAD_REQUESTS = [
+    ("/predict", b"{not json", 400, "not valid JSON"),
+    ("/predict", b"[1, 2]", 400, "must be a JSON object"),
+    ("/predict", b'{"x": {"x0": 1}, "extra": 1}', 400, "unknown field(s) ['extra']"),
+    ("/predict", b'{"x": 3}', 400, '"x" must be a non-empty object'),
+    ("/predict", b'{"x": [{"x0": 1}, 5]}', 400, '"x[1]" must be a non-empty object'),
+    ("/predict", b'{"x": {"x0": NaN}}', 422, "feature 'x0' is NaN"),
+    ("/predict", b'{"x": {"x0": [1]}}', 422, "feature 'x0' has a value of type list"),
+    ("/learn", b'{"x": {"x0": 1}}', 400, '"y" must be a non-empty object'),
+    ("/learn", b'{"x": {"x0": 1}, "y": {"margin": 1}}', 422, "unknown task 'margin'"),
+    ("/learn", b'{"x": {"x0": 1}, "y": {"a": "high"}}', 422, "regression task 'a'"),
+    ("/learn", b'{"x": {"x0": 1}, "y": {"flag": 7}}', 422, "binary task 'flag'"),
+    ("/learn", b'{"x": {"x0": Infinity}, "y": {"a": 1}}', 422, "feature 'x0' is infinite"),
+    ("/learn", b'{"y": {"a": 1}}', 400, 'need the "key"'),
+    ("/learn", b'{"y": {"a": 1}, "key": {"id": 1}}', 400, '"key" must be a string'),
+    ("/learn", b'{"y": {"a": 1}, "key": "nobody"}', 404, "'nobody'"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "detail"), BAD_REQUESTS)
+def test_a_bad_request_gets_a_4xx_naming_the_fault_and_nothing_is_learned(
+    server, path, body, status, detail
+):
+    before = learned(server)
+    response = server.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert detail in response.json()["detail"]
+    time.sleep(0.05)
+    assert learned(server) == before
+
+
+def test_metrics_are_prometheus_text_with_requests_latency_queue_and_tasks(server):
+    server.post("/predict", json={"x": {"x0": 1.0}})
+    families = {f.name: f for f in text_string_to_metric_families(server.get("/metrics").text)}
+    requests = {
+        (s.labels["endpoint"], s.labels["status"]): s.value
+        for s in families["stream_mtl_requests"].samples
+        if s.name == "stream_mtl_requests_total"
+    }
+    assert requests[("/predict", "200")] >= 1
+    assert families["stream_mtl_request_seconds"].type == "histogram"
+    assert "stream_mtl_learn_queue_depth" in families
+    learned_per_task = {
+        s.labels["task"]: s.value for s in families["stream_mtl_labels_learned"].samples
+    }
+    assert set(learned_per_task) == {"a", "flag"}
+    errors = {s.labels["task"]: s.value for s in families["stream_mtl_rolling_error"].samples}
+    assert set(errors) == {"a", "flag"} and all(math.isfinite(v) for v in errors.values())
+    assert "stream_mtl_drift_events" in families
+
+
+def test_eight_threads_predict_while_one_learns_10000_requests(server):
+    rng = np.random.default_rng(1)
+    learns = [observation(rng) for _ in range(2000)]
+    before = learned(server)["a"]
+    failures: list[str] = []
+    counts = [0] * 8
+    done = threading.Event()
+
+    def predict(slot: int) -> None:
+        with httpx.Client(base_url=str(server.base_url), timeout=10) as client:
+            while not done.is_set() and counts[slot] < 1000:
+                response = client.post("/predict", json={"x": learns[counts[slot]]["x"]})
+                body = response.json()
+                if response.status_code != 200 or not math.isfinite(body.get("a", math.nan)):
+                    failures.append(f"{response.status_code} {response.text}")
+                counts[slot] += 1
+
+    threads = [threading.Thread(target=predict, args=(slot,)) for slot in range(8)]
+    for thread in threads:
+        thread.start()
+    with httpx.Client(base_url=str(server.base_url), timeout=10) as client:
+        for body in learns:
+            response = client.post("/learn", json=body)
+            if response.status_code != 202:
+                failures.append(f"{response.status_code} {response.text}")
+    for thread in threads:
+        thread.join()
+    assert not failures[:5]
+    assert sum(counts) + len(learns) == 10_000
+    wait_until_learned(server, before + 2000)
+
+
+def test_sigterm_checkpoints_and_a_restart_predicts_the_same(tmp_path):
+    checkpoint = tmp_path / "model.ckpt"
+    process, url = start_server(checkpoint, "a:regression")
+    rng = np.random.default_rng(2)
+    probe = {"x": {"x0": 0.5, "x1": -0.2, "x2": 0.1, "x3": 1.0}}
+    with httpx.Client(base_url=url) as client:
+        for _ in range(200):
+            body = observation(rng)
+            client.post("/learn", json={"x": body["x"], "y": {"a": body["y"]["a"]}})
+        wait_until_learned(client, 200)
+        before = client.post("/predict", json=probe).json()
+    assert stop_server(process)
+    assert checkpoint.exists()
+
+    process, url = start_server(checkpoint)
+    with httpx.Client(base_url=url) as client:
+        assert learned(client) == {"a": 200}
+        assert client.post("/predict", json=probe).json() == before
+    assert stop_server(process)
