@@ -234,7 +234,10 @@ def _serve(args: argparse.Namespace) -> int:
         model = _model_for(tasks, args)
     else:
         raise ValueError(f"no checkpoint at {str(path)!r}: give the tasks with --task NAME:KIND")
-    service = OnlineModel(model, checkpoint=path, checkpoint_every=args.checkpoint_every)
+    # block_timeout=0: a full learn queue answers 503 at once; the event loop never waits.
+    service = OnlineModel(
+        model, checkpoint=path, checkpoint_every=args.checkpoint_every, block_timeout=0
+    )
     logger.info("serving %s on http://%s:%d", sorted(model.tasks), args.host, args.port)
     # uvicorn turns SIGTERM and SIGINT into a shutdown, which closes the service:
     # the queue is learned and a checkpoint written before the process exits.

@@ -6,7 +6,8 @@ changed once published and is swapped in (one reference assignment) after every
 prediction therefore never waits for a learning step and never sees half of one.
 Learning happens on one background thread, fed by a bounded queue; when the queue is
 full, `learn` blocks for at most `block_timeout` seconds and then raises `QueueFull` (or
-raises at once with `block_timeout=0`). Every input is checked when it is offered, so a
+raises at once with `block_timeout=0`, as the HTTP service does: its event loop must
+never block). Every input is checked when it is offered, so a
 bad one raises in the caller's thread, naming the fault, and is never queued.
 
 Features predicted under a key are held (bounded in count and age) until
@@ -140,7 +141,7 @@ class OnlineModel:
         if self._closed:
             raise RuntimeError("this OnlineModel is closed")
         try:
-            self._queue.put(item, timeout=self.block_timeout if self.block_timeout > 0 else None)
+            self._queue.put(item, block=self.block_timeout > 0, timeout=self.block_timeout)
         except queue.Full:
             self.n_refused += 1
             raise QueueFull(

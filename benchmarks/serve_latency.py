@@ -1,0 +1,219 @@
+"""Predict latency of a live model, in process and over HTTP, with learning on and off.
+
+The reference model (20 features, (64, 64), 3 regression tasks, NumPy backend) after a
+warm-up. Requests come at a fixed offered rate (an open loop: each is sent at its
+scheduled time, and its latency counts from then), and are answered:
+
+- in process: `OnlineModel.predict` in this thread, while another thread offers
+  `learn` as fast as the queue takes it ("learning on"), or with no learning;
+- over HTTP: `stream-mtl serve` on a loopback port, a keep-alive httpx client here, and
+  for "learning on" a second process posting `/learn` as fast as it is answered.
+
+Off and on take turns over rounds; p50 and p99 are over all rounds' requests. The rate
+at which the model learned meanwhile is reported beside them. Bounded: a fixed number of
+requests per turn. Prints a table, writes benchmarks/results/serve_latency.json.
+
+Usage: python -m benchmarks.serve_latency [--rounds 3] [--requests 3000] [--rate 1000]
+       [--http-requests 1500] [--http-rate 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from benchmarks.throughput import TASKS, make_stream, write_result
+from stream_mtl import MultiTaskLearner, Regression
+from stream_mtl.service import OnlineModel, QueueFull
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from kafka_broker import free_port  # noqa: E402  (test infrastructure, shared)
+
+
+def observations(n: int, seed: int) -> list[tuple[dict, dict]]:
+    X, Y = make_stream(n, seed=seed)
+    return [
+        ({f"x{j}": float(v) for j, v in enumerate(x)}, dict(zip(TASKS, map(float, y))))
+        for x, y in zip(X, Y)
+    ]
+
+
+def paced(n: int, rate: float, call) -> np.ndarray:
+    """Latencies (s) of `n` calls offered at `rate` per second, from each scheduled time."""
+    latencies = np.empty(n)
+    start = time.perf_counter()
+    for i in range(n):
+        due = start + i / rate
+        wait = due - time.perf_counter()
+        if wait > 3e-4:
+            time.sleep(wait - 2e-4)  # sleep most of the wait: the GIL stays free
+        while time.perf_counter() < due:
+            pass
+        call(i)
+        latencies[i] = time.perf_counter() - due
+    return latencies
+
+
+def in_process_turn(learning: bool, n: int, rate: float, data: list) -> tuple[np.ndarray, float]:
+    model = MultiTaskLearner(
+        tasks={t: Regression() for t in TASKS}, hidden=(64, 64), backend="numpy", seed=0
+    )
+    service = OnlineModel(model, queue_size=1000, block_timeout=1.0)
+    for x, y in data[:2000]:  # warm-up
+        service.learn(x, y)
+    while service.queue_depth:
+        time.sleep(0.01)
+    service.block_timeout = 0  # the feeder is refused at once when the queue is full
+    stop = threading.Event()
+
+    def feed() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                service.learn(*data[i % len(data)])
+                i += 1
+            except QueueFull:
+                time.sleep(0.0005)
+
+    feeder = threading.Thread(target=feed)
+    learned_before = model.n_learned[TASKS[0]]
+    started = time.perf_counter()
+    if learning:
+        feeder.start()
+    latencies = paced(n, rate, lambda i: service.predict(data[i % len(data)][0]))
+    stop.set()
+    if learning:
+        feeder.join()
+    learn_rate = (model.n_learned[TASKS[0]] - learned_before) / (time.perf_counter() - started)
+    service.close()
+    return latencies, learn_rate
+
+
+def _post_learns_forever(url: str, data: list, stop) -> None:
+    with httpx.Client(base_url=url, timeout=10) as client:
+        i = 0
+        while not stop.is_set():
+            x, y = data[i % len(data)]
+            client.post("/learn", json={"x": x, "y": y})
+            i += 1
+
+
+def http_turn(
+    url: str, learning: bool, n: int, rate: float, data: list
+) -> tuple[np.ndarray, float]:
+    stop = multiprocessing.Event()
+    feeder = multiprocessing.Process(target=_post_learns_forever, args=(url, data, stop))
+    with httpx.Client(base_url=url, timeout=10) as client:
+
+        def learned() -> int:
+            return client.get("/tasks").json()["tasks"][TASKS[0]]["labels_learned"]
+
+        before, started = learned(), time.perf_counter()
+        if learning:
+            feeder.start()
+        latencies = paced(n, rate, lambda i: client.post("/predict", json={"x": data[i][0]}))
+        stop.set()
+        if learning:
+            feeder.join()
+        learn_rate = (learned() - before) / (time.perf_counter() - started)
+    return latencies, learn_rate
+
+
+def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "stream_mtl.cli", "serve", "--port", str(port)]
+    command += ["--checkpoint", str(folder / "model.ckpt"), "--checkpoint-every", "3600"]
+    command += [arg for task in TASKS for arg in ("--task", f"{task}:regression")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise RuntimeError("the server did not start")
+
+
+def summary(latencies: list[np.ndarray], rates: list[float]) -> dict:
+    every = np.concatenate(latencies) * 1e6
+    return {
+        "p50_us": float(np.percentile(every, 50)),
+        "p99_us": float(np.percentile(every, 99)),
+        "requests": int(every.size),
+        "learned_per_second": float(np.median(rates)),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=3000, help="in process, per turn")
+    parser.add_argument("--rate", type=float, default=1000.0, help="in process, requests/s")
+    parser.add_argument("--http-requests", type=int, default=1500, help="per turn")
+    parser.add_argument("--http-rate", type=float, default=500.0, help="requests/s")
+    parser.add_argument("--out", default=str(HERE / "results" / "serve_latency.json"))
+    args = parser.parse_args(argv)
+    data = observations(5000, seed=0)
+    turns: dict[str, tuple[list, list]] = {
+        f"{where}_{mode}": ([], [])
+        for where in ("in_process", "http")
+        for mode in ("no_learning", "learning")
+    }
+    for _ in range(args.rounds):
+        for learning in (False, True):
+            latencies, rate = in_process_turn(learning, args.requests, args.rate, data)
+            name = f"in_process_{'learning' if learning else 'no_learning'}"
+            turns[name][0].append(latencies)
+            turns[name][1].append(rate)
+    with tempfile.TemporaryDirectory() as folder:
+        process, url = start_server(Path(folder))
+        try:
+            paced(
+                300, args.http_rate, lambda i: httpx.post(f"{url}/predict", json={"x": data[i][0]})
+            )
+            for _ in range(args.rounds):
+                for learning in (False, True):
+                    latencies, rate = http_turn(
+                        url, learning, args.http_requests, args.http_rate, data
+                    )
+                    name = f"http_{'learning' if learning else 'no_learning'}"
+                    turns[name][0].append(latencies)
+                    turns[name][1].append(rate)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+    results = {name: summary(*values) for name, values in turns.items()}
+    print(f"{'':<24}{'p50 µs':>9}{'p99 µs':>9}{'learned/s':>11}")
+    for name, r in results.items():
+        print(f"{name:<24}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{r['learned_per_second']:>11.0f}")
+    inside = results["in_process_learning"]["p99_us"]
+    ratio = inside / results["in_process_no_learning"]["p99_us"]
+    print(
+        f"\nin process with learning: p99 {inside:.0f} µs (target < 200), {ratio:.2f}x the "
+        f"p99 without (target <= 2); over HTTP at {args.http_rate:.0f}/s with learning: p99 "
+        f"{results['http_learning']['p99_us'] / 1000:.2f} ms (target < 5)"
+    )
+    return write_result(
+        {
+            "rates": {"in_process": args.rate, "http": args.http_rate},
+            "results": results,
+            "in_process_p99_ratio": ratio,
+        },
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()
