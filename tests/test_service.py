@@ -79,8 +79,9 @@ def test_a_bad_observation_raises_in_the_callers_thread_and_is_never_queued():
     assert service.model.n_learned == {"a": 0, "flag": 0}
 
 
-def test_a_full_queue_refuses_after_the_wait_and_nothing_is_lost():
-    service = OnlineModel(new_model(hidden=(512, 512)), queue_size=4, block_timeout=0.001)
+@pytest.mark.parametrize("block_timeout", [0, 0.001])
+def test_a_full_queue_refuses_after_the_wait_and_nothing_is_lost(block_timeout):
+    service = OnlineModel(new_model(hidden=(512, 512)), queue_size=4, block_timeout=block_timeout)
     rng = np.random.default_rng(0)
     refused = 0
     for _ in range(300):
