@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +36,7 @@ from stream_mtl.service import OnlineModel, QueueFull
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from kafka_broker import free_port  # noqa: E402  (test infrastructure, shared)
+from serve_process import start_server, stop_server  # noqa: E402  (shared with the tests)
 
 
 def observations(n: int, seed: int) -> list[tuple[dict, dict]]:
@@ -130,22 +128,6 @@ def http_turn(
     return latencies, learn_rate
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "stream_mtl.cli", "serve", "--port", str(port)]
-    command += ["--checkpoint", str(folder / "model.ckpt"), "--checkpoint-every", "3600"]
-    command += [arg for task in TASKS for arg in ("--task", f"{task}:regression")]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError("the server did not start")
-
-
 def summary(latencies: list[np.ndarray], rates: list[float]) -> dict:
     every = np.concatenate(latencies) * 1e6
     return {
@@ -178,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
             turns[name][0].append(latencies)
             turns[name][1].append(rate)
     with tempfile.TemporaryDirectory() as folder:
-        process, url = start_server(Path(folder))
+        tasks = [f"{task}:regression" for task in TASKS]
+        process, url = start_server(Path(folder) / "model.ckpt", *tasks)
         try:
             paced(
                 300, args.http_rate, lambda i: httpx.post(f"{url}/predict", json={"x": data[i][0]})
@@ -192,8 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                     turns[name][0].append(latencies)
                     turns[name][1].append(rate)
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
+            stop_server(process)
     results = {name: summary(*values) for name, values in turns.items()}
     print(f"{'':<24}{'p50 µs':>9}{'p99 µs':>9}{'learned/s':>11}")
     for name, r in results.items():

@@ -263,15 +263,6 @@ class KafkaSource:
         elif offsets:
             self._consumer.commit_async(offsets)
 
-    def committed(self) -> Position:
-        """The group's committed offsets for the partitions this source owns."""
-        found = {}
-        for tp in self._consumer.assignment():
-            offset = self._consumer.committed(tp)
-            if offset is not None:
-                found[str(tp.partition)] = offset
-        return found
-
     def _assigned(self, assigned: set[TopicPartition]) -> None:
         # Called on kafka-python's IO thread, where nothing may block: the start offsets
         # are settled after the poll returns (`_settle_assignment`).

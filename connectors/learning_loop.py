@@ -101,7 +101,7 @@ class LearningLoop:
         self.checkpoint_every = checkpoint_every
         self.sink = sink
         if batch_learning is None:
-            batch_learning = getattr(model, "backend", "numpy") == "torch"
+            batch_learning = model.backend == "torch"
         self.batch_learning = batch_learning
         self.pending = PendingFeatures(label_wait, max_pending)
         self.log_every = log_every
@@ -114,8 +114,7 @@ class LearningLoop:
         self._last_log = (time.monotonic(), 0)
         self.window = window
         self.errors: dict[str, RollingError] = {}  # by task, from its first scored label
-        if source is not None:
-            source.on_revoke = self._on_revoke
+        source.on_revoke = self._on_revoke
 
     @classmethod
     def resume_or_start(

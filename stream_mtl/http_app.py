@@ -31,7 +31,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from stream_mtl.service import OnlineModel, QueueFull
+from stream_mtl.service import OnlineModel, QueueFull, UnknownKey
 
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5)
 
@@ -170,8 +170,8 @@ def create_app(service: OnlineModel) -> FastAPI:
     async def wrong_type(_request: Request, error: TypeError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=422)
 
-    @app.exception_handler(KeyError)
-    async def unknown_key(_request: Request, error: KeyError) -> JSONResponse:
+    @app.exception_handler(UnknownKey)
+    async def unknown_key(_request: Request, error: UnknownKey) -> JSONResponse:
         return JSONResponse({"detail": error.args[0]}, status_code=404)
 
     @app.exception_handler(QueueFull)
@@ -184,12 +184,9 @@ def create_app(service: OnlineModel) -> FastAPI:
         x = body.get("x")
         if isinstance(x, list):
             rows = [_features(row, f"x[{i}]") for i, row in enumerate(x)]
-            for row in rows:
-                service.snapshot.check_one(row)
             return {"predictions": [_clean(service.predict(row)) for row in rows]}
-        x = _features(x)
-        service.snapshot.check_one(x)
-        return _clean(service.predict(x, key=_key(body)))
+        # predict checks x (and raises naming the fault) before it holds anything
+        return _clean(service.predict(_features(x), key=_key(body)))
 
     @app.post("/learn", status_code=202)
     async def learn(request: Request) -> dict:

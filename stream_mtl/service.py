@@ -40,6 +40,10 @@ class QueueFull(RuntimeError):
     """The learn queue stayed full for the whole wait: the observation was not queued."""
 
 
+class UnknownKey(KeyError):
+    """`learn_label` for a key with no features held (never sent, or expired)."""
+
+
 class OnlineModel:
     """A `MultiTaskLearner` shared between threads: snapshot predictions, queued learning.
 
@@ -134,7 +138,7 @@ class OnlineModel:
         if held is None or (
             self.label_max_age is not None and time.monotonic() - held.extra > self.label_max_age
         ):
-            raise KeyError(f"no features are held under key {key!r} (never sent, or expired)")
+            raise UnknownKey(f"no features are held under key {key!r} (never sent, or expired)")
         self._offer((held.x, y))
 
     def _offer(self, item: tuple) -> None:

@@ -140,3 +140,22 @@ def test_the_report_table_sums_up_many_tasks():
     table = prequential(model, stream, every=100, progress=False).table()
     assert "mean of 15" in table and "model wins" in table
     assert np.all([len(line) > 0 for line in table.splitlines()])
+
+
+def test_features_whose_labels_never_come_are_counted_once_they_expire(monkeypatch):
+    import functools
+    import importlib
+
+    from stream_mtl.pending import PendingFeatures
+
+    module = importlib.import_module("stream_mtl.evaluate.prequential")
+
+    monkeypatch.setattr(module, "PendingFeatures", functools.partial(PendingFeatures, max_wait=3))
+    observations = _stream(10)
+    stream = [Observation(obs.x, None, key=i) for i, obs in enumerate(observations)]
+    stream.append(Observation(None, {"a": 1.0}, key=0))  # too late: key 0 has expired
+    report = prequential(_model(), stream, progress=False, baselines=(), on_error="skip")
+    assert report.rejected == {
+        module.EXPIRED: 7,  # 10 held, the last 3 still waiting
+        "late label for an unknown or expired key": 1,
+    }

@@ -3,49 +3,18 @@
 from __future__ import annotations
 
 import math
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from serve_process import start_server, stop_server
 
 pytestmark = [pytest.mark.integration]
 
-sys.path.insert(0, str(Path(__file__).parent))
-from kafka_broker import free_port  # noqa: E402
-
-
-def start_server(checkpoint: Path, *tasks: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "stream_mtl.cli", "serve", "--checkpoint", str(checkpoint)]
-    command += ["--port", str(port), "--hidden", "16", "--checkpoint-every", "3600"]
-    for task in tasks:
-        command += ["--task", task]
-    log = checkpoint.with_suffix(f".{port}.log").open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, checkpoint.with_suffix(f".{port}.log").read_text()
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("the server did not answer in 60 s")
-
-
-def stop_server(process: subprocess.Popen) -> bool:
-    """SIGTERM; whether the server shut down by it (uvicorn re-raises the signal once it
-    has shut down gracefully, so the exit status is the signal's)."""
-    process.send_signal(signal.SIGTERM)
-    return process.wait(30) in (0, -signal.SIGTERM)
+SMALL = ("--hidden", "16")
 
 
 def observation(rng: np.random.Generator) -> dict:
@@ -68,7 +37,7 @@ def wait_until_learned(client: httpx.Client, count: int) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     checkpoint = tmp_path_factory.mktemp("serve") / "model.ckpt"
-    process, url = start_server(checkpoint, "a:regression", "flag:binary")
+    process, url = start_server(checkpoint, "a:regression", "flag:binary", options=SMALL)
     with httpx.Client(base_url=url, timeout=10) as client:
         yield client
     assert stop_server(process)
@@ -182,7 +151,7 @@ def test_eight_threads_predict_while_one_learns_10000_requests(server):
 
 def test_sigterm_checkpoints_and_a_restart_predicts_the_same(tmp_path):
     checkpoint = tmp_path / "model.ckpt"
-    process, url = start_server(checkpoint, "a:regression")
+    process, url = start_server(checkpoint, "a:regression", options=SMALL)
     rng = np.random.default_rng(2)
     probe = {"x": {"x0": 0.5, "x1": -0.2, "x2": 0.1, "x3": 1.0}}
     with httpx.Client(base_url=url) as client:
@@ -194,7 +163,7 @@ def test_sigterm_checkpoints_and_a_restart_predicts_the_same(tmp_path):
     assert stop_server(process)
     assert checkpoint.exists()
 
-    process, url = start_server(checkpoint)
+    process, url = start_server(checkpoint, options=SMALL)
     with httpx.Client(base_url=url) as client:
         assert learned(client) == {"a": 200}
         assert client.post("/predict", json=probe).json() == before

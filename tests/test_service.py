@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stream_mtl import Binary, MultiTaskLearner, Regression
-from stream_mtl.service import OnlineModel, QueueFull
+from stream_mtl.service import OnlineModel, QueueFull, UnknownKey
 
 
 def new_model(hidden=(16,)) -> MultiTaskLearner:
@@ -100,9 +100,9 @@ def test_labels_join_the_features_predicted_under_their_key():
     service = OnlineModel(new_model())
     service.predict({"x0": 1.0, "x1": 2.0}, key="order-7")
     service.learn_label("order-7", {"a": 5.0})
-    with pytest.raises(KeyError, match="no features are held under key 'order-7'"):
+    with pytest.raises(UnknownKey, match="no features are held under key 'order-7'"):
         service.learn_label("order-7", {"a": 5.0})  # joined once only
-    with pytest.raises(KeyError, match="'nobody'"):
+    with pytest.raises(UnknownKey, match="'nobody'"):
         service.learn_label("nobody", {"a": 1.0})
     service.close()
     assert service.model.n_learned == {"a": 1, "flag": 0}

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 Metrics = dict[str, list[river_metrics.base.Metric]]
 BASELINES = ("single_task", "river_linear")
 MAX_REASONS = 20  # distinct rejection reasons kept in a report
+EXPIRED = "features whose labels never came (held too long)"
 
 
 def default_metrics(model: typing.Any) -> Metrics:
@@ -217,6 +218,12 @@ class _Run:
         while self.pending:
             self.score_and_learn(*self.pending.popleft())
 
+    def _rejected_and_expired(self) -> dict[str, int]:
+        rejected = dict(self.rejected)
+        if self.keyed.n_expired:
+            rejected[EXPIRED] = self.keyed.n_expired
+        return rejected
+
     def report(self) -> Report:
         seconds = time.perf_counter() - self.started
         affinity = getattr(self.model, "task_affinity", None)
@@ -245,7 +252,7 @@ class _Run:
                 if affinity is not None
                 else None
             ),
-            rejected=dict(self.rejected),
+            rejected=self._rejected_and_expired(),
         )
 
 
