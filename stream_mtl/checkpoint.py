@@ -20,7 +20,7 @@ import numpy as np
 from river import base
 
 FORMAT = "stream-mtl-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: heads at every depth, second-order heads, Hedge mixture
 _META_KEY = "__meta__"
 _SPEC_MODULES = ("stream_mtl.", "river.")
 

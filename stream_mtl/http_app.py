@@ -4,7 +4,8 @@
   `{"x": [{...}, ...]}` -> `{"predictions": [{...}, ...]}`.
 - `POST /learn`: `{"x": {...}, "y": {...}}`, or `{"key": ..., "y": {...}}` for labels of
   features predicted earlier under that key -> 202.
-- `GET /tasks`: kinds, weights, labels learned, rolling error, drift events, affinity.
+- `GET /tasks`: kinds, weights, labels learned, the mixture of heads, rolling error, drift
+  events, affinity.
 - `GET /healthz`, `GET /metrics` (Prometheus text).
 
 A request that is not an object of the right shape, or that the model refuses, gets a
@@ -206,12 +207,14 @@ def create_app(service: OnlineModel) -> FastAPI:
         model = service.snapshot  # consistent, and never changed under us
         weights = service.model.task_weights
         affinity = model.task_affinity
+        mixture = model.mixture
         return {
             "tasks": {
                 name: {
                     "kind": task.kind,
                     "weight": weights.get(name),
                     "labels_learned": model.n_learned.get(name, 0),
+                    "mixture": mixture.get(name, {}),
                     "rolling_error": _clean(
                         service.errors[name].get() if name in service.errors else None
                     ),

@@ -30,9 +30,10 @@ from stream_mtl.checkpoint import (
     object_to_spec,
     save_checkpoint,
 )
+from stream_mtl.decision import OnlineThreshold
 from stream_mtl.features import FeatureEncoder
 from stream_mtl.moments import RunningMoments
-from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION, Label, Task, task_from_kind
+from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION, Label, Task
 from stream_mtl.weighting import DriftAware, WeightingStrategy
 
 DTYPES = ("float32", "float64")
@@ -51,7 +52,15 @@ class DriftEvent(typing.NamedTuple):
 
 
 class MultiTaskLearner(base.Estimator):
-    """An online multi-task model: a shared MLP trunk and one head per task.
+    """An online multi-task model: a shared MLP trunk, and per task a mixture of heads.
+
+    Each task's prediction is a Hedge mixture of heads at every depth (Sahoo et al.,
+    IJCAI 2018): a linear head on the scaled inputs learned by a second-order rule
+    (recursive least squares with forgetting for regression, an online Newton step for
+    classification), which is good after a few dozen observations, and a head on each
+    trunk layer's output, learned with the trunk by `optimizer`. The mixture moves
+    toward the heads of lower recent loss, with a floor so every head keeps learning:
+    a short stream is served by the fast linear head, a long one by the deep ones.
 
     Parameters
     ----------
@@ -80,6 +89,16 @@ class MultiTaskLearner(base.Estimator):
         `"relu"` or `"tanh"`, for the trunk's layers.
     mixed_precision
         Torch backend only: matrix products in bf16 (autocast), weights in float32.
+    forgetting
+        One linear head on the inputs per factor, each forgetting its second-order state
+        at that rate (1 forgets nothing; 0.999 weighs the last ~1,000 labels of a task
+        most, 0.99 the last ~100): the mixture finds the memory each task needs.
+    hedge_discount
+        Hedge's beta: after each label, a head's mixture weight is multiplied by
+        `hedge_discount ** g`, g the slope of the mixture's loss along that head.
+    hedge_floor
+        Share of each task's mixture spread evenly over its heads at least, so that the
+        mixture can always move back to a head (every head learns whatever its weight).
 
     Examples
     --------
@@ -93,6 +112,8 @@ class MultiTaskLearner(base.Estimator):
     ...     y = {"price": 10.0 + i % 7, "churn": i % 2 == 0, "segment": "ab"[i % 2]}
     ...     model.learn_one(x, y)
     >>> prediction = model.predict_one({"age": 3, "plan": "pro"})
+    >>> model.mixture["price"]  # which heads the price relies on
+    {'linear(0.999)': ..., 'linear(0.99)': ..., 'layer1': ...}
     >>> round(prediction["price"]), prediction["churn"], prediction["segment"]
     (13, False, 'b')
     >>> model.n_learned
@@ -115,6 +136,9 @@ class MultiTaskLearner(base.Estimator):
         seed: int | None = None,
         activation: str = "relu",
         mixed_precision: bool = False,
+        forgetting: tuple[float, ...] = (0.999, 0.99),
+        hedge_discount: float = 0.9,
+        hedge_floor: float = 0.01,
     ) -> None:
         self.tasks = dict(tasks or {})
         self.hidden = tuple(hidden)
@@ -127,6 +151,9 @@ class MultiTaskLearner(base.Estimator):
         self.seed = seed
         self.activation = activation
         self.mixed_precision = mixed_precision
+        self.forgetting = tuple(forgetting)
+        self.hedge_discount = hedge_discount
+        self.hedge_floor = hedge_floor
         self._check_params()
 
         self._encoder = FeatureEncoder()
@@ -140,12 +167,15 @@ class MultiTaskLearner(base.Estimator):
         self._n_steps = 0
         self.drift_events: list[DriftEvent] = []
         self._drift_callbacks: list[typing.Callable[[DriftEvent], None]] = []
+        self._thresholds: dict[int, OnlineThreshold] = {}  # binary task position -> tuner
         self._weighting = weighting.clone() if weighting is not None else DriftAware()
         self._affinity = TaskAffinity()
         rng = np.random.default_rng(seed)
         self._backend = make_backend(
-            backend, self.hidden, activation, optimizer, float(lr), dtype, device, mixed_precision
-        )
+            backend, self.hidden, activation, optimizer, float(lr), dtype, device, mixed_precision,
+            forgetting=self.forgetting, hedge_discount=float(hedge_discount),
+            hedge_floor=float(hedge_floor),
+        )  # fmt: skip
         self._backend.load_trunk(initial_trunk(rng, self.hidden, activation))
         self._feature_seed = int(rng.integers(2**32))
         for name, task in self.tasks.items():
@@ -168,6 +198,16 @@ class MultiTaskLearner(base.Estimator):
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {DTYPES}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; expected {ACTIVATIONS}")
+        if not self.forgetting or not all(
+            isinstance(f, int | float) and 0.5 <= f <= 1.0 for f in self.forgetting
+        ):
+            raise ValueError(
+                f"forgetting must be a tuple of factors in [0.5, 1], got {self.forgetting!r}"
+            )
+        if not 0.0 < self.hedge_discount < 1.0:
+            raise ValueError(f"hedge_discount must be in (0, 1), got {self.hedge_discount!r}")
+        if not 0.0 <= self.hedge_floor < 1.0:
+            raise ValueError(f"hedge_floor must be in [0, 1), got {self.hedge_floor!r}")
         if self.weighting is not None and not isinstance(self.weighting, WeightingStrategy):
             raise TypeError(
                 f"weighting must be a weighting strategy such as Equal(), got {self.weighting!r}"
@@ -229,6 +269,8 @@ class MultiTaskLearner(base.Estimator):
         if task.kind == MULTICLASS:
             self._classes[name] = []
             self._class_index[name] = {}
+        if task.kind == BINARY and isinstance(task.threshold, str):
+            self._thresholds[len(self._task_names) - 1] = OnlineThreshold(task.threshold)
         self._weighting.add_task(name)
         self._affinity.add_task()
         self._backend.set_head(name, task.kind, 0 if task.kind == MULTICLASS else 1)
@@ -238,6 +280,28 @@ class MultiTaskLearner(base.Estimator):
         """Each task's loss weight for the next step."""
         weights = self._weighting.step_weights().loss
         return {name: float(w) for name, w in zip(self._task_names, weights)}
+
+    @property
+    def mixture(self) -> dict[str, dict[str, float]]:
+        """Each task's mixture weight per head - `"linear(f)"`, the linear head on the
+        inputs with forgetting factor f, or `"layer{d}"`, the head on trunk layer d - which
+        depth its predictions rely on now."""
+        names = self._backend.head_names
+        alpha = self._backend.hedge.alpha.tolist()
+        return {task: dict(zip(names, row)) for task, row in zip(self._task_names, alpha)}
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Each binary task's decision threshold on P(True) as of now."""
+        return {
+            name: self._threshold(position)
+            for position, (name, task) in enumerate(zip(self._task_names, self._task_objects))
+            if task.kind == BINARY
+        }
+
+    def _threshold(self, position: int) -> float:
+        tuner = self._thresholds.get(position)
+        return tuner.threshold if tuner is not None else self._task_objects[position].threshold
 
     @property
     def task_affinity(self) -> pd.DataFrame:
@@ -325,11 +389,14 @@ class MultiTaskLearner(base.Estimator):
             return  # nothing to learn from; the feature statistics have been updated
         targets = self._targets_one(labels)
         weights = self._weighting.step_weights()
-        self._backend.set_head_lr_scale(weights.head_lr)
         result = self._backend.step_one(
             encoded, targets, weights.loss, weights.trunk, self._wants_gram()
         )
         counts = [0 if t is None else 1 for t in targets]
+        for position, tuner in self._thresholds.items():
+            if targets[position] is not None:
+                column = self._backend.columns.slices[position][1]
+                tuner.update(result.predictions[:, column], [targets[position] == 1.0])
         self._after_step(result, counts, counts)
 
     def _targets_one(self, labels: list[Label | None]) -> list:
@@ -390,13 +457,17 @@ class MultiTaskLearner(base.Estimator):
         for position, count in enumerate(counts):
             n_learned[position] += int(count)
         for position, detector in detections:
+            self._backend.restart_task(position)
             event = DriftEvent(self._n_steps, self._task_names[position], detector)
             self.drift_events.append(event)
             for callback in self._drift_callbacks:
                 callback(event)
 
     def predict_one(self, x: dict) -> dict[str, Label | None]:
-        """Each task's prediction for `x`: a number, a bool or a class (None before any class)."""
+        """Each task's prediction for `x`: a number, a bool or a class (None before any class).
+
+        A binary task predicts True where P(True) is above its threshold (see `Binary`).
+        """
         outputs = self._backend.forward_one(self._encoder.transform_one(x)).tolist()
         prediction: dict[str, Label | None] = {}
         mean, std = self._targets.mean, self._targets.stdev
@@ -407,7 +478,7 @@ class MultiTaskLearner(base.Estimator):
                 prediction[name] = outputs[start] * float(std[position]) + float(mean[position])
                 start += 1
             elif kind == BINARY:
-                prediction[name] = outputs[start] > 0.0
+                prediction[name] = outputs[start] > self._threshold(position)
                 start += 1
             else:
                 classes = self._classes[name]
@@ -431,7 +502,7 @@ class MultiTaskLearner(base.Estimator):
                 columns[name] = values.astype(float).tolist()
                 start += 1
             elif task.kind == BINARY:
-                columns[name] = (outputs[:, start] > 0).tolist()
+                columns[name] = (outputs[:, start] > self._threshold(position)).tolist()
                 start += 1
             else:
                 classes = self._classes[name]
@@ -454,20 +525,13 @@ class MultiTaskLearner(base.Estimator):
             if task.kind == REGRESSION:
                 start += 1
             elif task.kind == BINARY:
-                p_true = 1.0 / (1.0 + np.exp(-outputs[:, start].astype(float)))
-                for row, p in zip(rows, p_true.tolist()):
+                for row, p in zip(rows, outputs[:, start].astype(float).tolist()):
                     row[name] = {False: 1.0 - p, True: p}
                 start += 1
             else:
                 classes = self._classes[name]
-                logits = outputs[:, start : start + len(classes)].astype(float)
+                probabilities = outputs[:, start : start + len(classes)].astype(float)
                 start += len(classes)
-                if not classes:
-                    for row in rows:
-                        row[name] = {}
-                    continue
-                exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-                probabilities = exp / exp.sum(axis=1, keepdims=True)
                 for row, p in zip(rows, probabilities.tolist()):
                     row[name] = dict(zip(classes, p))
         return rows
@@ -512,10 +576,14 @@ class MultiTaskLearner(base.Estimator):
         if not counts.any():
             return
         weights = self._weighting.step_weights()
-        self._backend.set_head_lr_scale(weights.head_lr)
         result = self._backend.step_many(
             encoded, targets, weights.loss, weights.trunk, self._wants_gram()
         )
+        for position, tuner in self._thresholds.items():
+            rows = ~np.isnan(targets[:, position])
+            if rows.any():
+                column = self._backend.columns.slices[position][1]
+                tuner.update(result.predictions[rows, column], targets[rows, position] == 1.0)
         self._after_step(result, counts > 0, counts)
 
     def _check_label_frame(
@@ -625,9 +693,13 @@ class MultiTaskLearner(base.Estimator):
                 "seed": self.seed,
                 "activation": self.activation,
                 "mixed_precision": self.mixed_precision,
+                "forgetting": list(self.forgetting),
+                "hedge_discount": self.hedge_discount,
+                "hedge_floor": self.hedge_floor,
             },
             "tasks": [
-                [name, task.kind] for name, task in zip(self._task_names, self._task_objects)
+                [name, object_to_spec(task)]
+                for name, task in zip(self._task_names, self._task_objects)
             ],
             "classes": self._classes,
             "n_learned": self._n_learned,
@@ -642,6 +714,9 @@ class MultiTaskLearner(base.Estimator):
         arrays.update({f"weighting.{k}": v for k, v in weighting_arrays.items()})
         arrays.update({f"affinity.{k}": v for k, v in self._affinity.state().items()})
         arrays.update({f"backend.{k}": v for k, v in self._backend.state().items()})
+        arrays.update(
+            {f"threshold.{self._task_names[k]}": t.state() for k, t in self._thresholds.items()}
+        )
         return meta, arrays
 
     @classmethod
@@ -650,12 +725,15 @@ class MultiTaskLearner(base.Estimator):
     ) -> MultiTaskLearner:
         params = dict(meta["params"])
         params["hidden"] = tuple(params["hidden"])
+        params["forgetting"] = tuple(params["forgetting"])
         params["backend"] = backend or params["backend"]
         params["device"] = device or (params["device"] if backend is None else "cpu")
         if params["backend"] != "torch":
             params["mixed_precision"] = False  # a torch-only option
         weighting = object_from_spec(meta["weighting"]["spec"])
-        tasks = {name: task_from_kind(kind) for name, kind in meta["tasks"]}
+        tasks = {name: object_from_spec(spec) for name, spec in meta["tasks"]}
+        if not all(isinstance(task, Task) for task in tasks.values()):
+            raise TypeError("checkpoint tasks must be Regression, Binary or Multiclass")
         model = cls(tasks=tasks, weighting=weighting, **params)
         model._feature_seed = int(meta["feature_seed"])
 
@@ -671,6 +749,8 @@ class MultiTaskLearner(base.Estimator):
             model._class_index[name] = {label: i for i, label in enumerate(classes)}
             model._backend.set_head(name, MULTICLASS, len(classes))
         model._backend.load_state(section("backend."))
+        for position, tuner in model._thresholds.items():
+            tuner.load_state(arrays[f"threshold.{model._task_names[position]}"])
         model._n_learned = [int(n) for n in meta["n_learned"]]
         model._n_steps = int(meta["n_steps"])
         model.drift_events = [DriftEvent(*event) for event in meta["drift_events"]]

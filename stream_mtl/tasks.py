@@ -14,6 +14,8 @@ import typing
 import numpy as np
 from river import base, metrics
 
+from stream_mtl.decision import RULES
+
 Label = float | bool | int | str
 
 REGRESSION = "regression"
@@ -103,6 +105,15 @@ class Regression(Task):
 class Binary(Task):
     """A yes/no target: labels are `True`/`False` (or 0/1); predictions are `bool`.
 
+    Parameters
+    ----------
+    threshold
+        How `predict_one` turns P(True) into a decision: `"f1"` (the default) predicts
+        True above the threshold that maximised F1 over the task's recent predictions,
+        so a rare label is still predicted; `"prior"` above the recent share of
+        positives; a number in (0, 1) above that number. Probabilities are the same
+        whatever the rule (see `stream_mtl.decision`).
+
     >>> Binary().check_label("churn", 1)
     True
     >>> Binary().check_label("churn", "yes")
@@ -112,6 +123,18 @@ class Binary(Task):
     """
 
     kind = BINARY
+
+    def __init__(self, threshold: str | float = "f1") -> None:
+        if isinstance(threshold, str):
+            if threshold not in RULES:
+                raise ValueError(
+                    f"unknown threshold {threshold!r}; expected 'f1', 'prior' or a number"
+                )
+        elif isinstance(threshold, bool) or not (
+            isinstance(threshold, numbers.Real) and 0.0 < threshold < 1.0
+        ):
+            raise ValueError(f"threshold must be 'f1', 'prior' or in (0, 1), got {threshold!r}")
+        self.threshold = threshold
 
     def check_label(self, task: str, label: object) -> bool | None:
         if type(label) is bool:  # the common case, checked cheaply
@@ -133,7 +156,7 @@ class Binary(Task):
         )
 
     def default_metrics(self) -> list[metrics.base.Metric]:
-        return [metrics.Accuracy(), metrics.LogLoss(), metrics.ROCAUC()]
+        return [metrics.Accuracy(), metrics.F1(), metrics.LogLoss(), metrics.ROCAUC()]
 
     def check_label_column(self, task: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if values.dtype.kind == "b":
@@ -204,8 +227,8 @@ TASK_KINDS: dict[str, type[Task]] = {
 def task_from_kind(kind: str) -> Task:
     """The task object for a kind name (`"regression"`, `"binary"`, `"multiclass"`).
 
-    >>> task_from_kind("binary")
-    Binary ()
+    >>> task_from_kind("multiclass")
+    Multiclass ()
     """
     try:
         return TASK_KINDS[kind]()

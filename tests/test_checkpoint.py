@@ -53,6 +53,13 @@ def test_a_checkpoint_keeps_added_tasks_classes_and_counts(tmp_path, trained_mod
     assert restored._get_params().keys() == trained_model._get_params().keys()
 
 
+def test_a_checkpoint_keeps_each_tasks_settings(tmp_path):
+    model = MultiTaskLearner(tasks={"b": Binary(threshold=0.3)}, hidden=(4,), seed=0)
+    model.save(tmp_path / "m.ckpt")
+    restored = MultiTaskLearner.load(tmp_path / "m.ckpt")
+    assert restored.tasks["b"].threshold == 0.3 and restored.thresholds == {"b": 0.3}
+
+
 def test_extra_data_travels_with_the_checkpoint(tmp_path, trained_model):
     trained_model.save(tmp_path / "m.ckpt", extra={"offsets": {"topic-0": 41}})
     _, extra = MultiTaskLearner.load_with_extra(tmp_path / "m.ckpt")

@@ -25,8 +25,8 @@ def test_demo_prints_the_model_beside_its_baselines_and_writes_report_and_plots(
     assert next(iter(report)) == "config"
     assert report["n_observations"] == 3000
     assert set(report["metrics"]) == {"a", "b", "c", "flag"}
-    assert set(report["baselines"]) == {"single_task", "river_linear"}
-    for plot in ("rolling_metrics.png", "task_weights.png", "task_affinity.png"):
+    assert set(report["baselines"]) == {"single_task", "linear", "river_linear"}
+    for plot in ("rolling_metrics.png", "task_weights.png", "depth.png", "task_affinity.png"):
         assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -42,14 +42,14 @@ def test_rolling_metrics_cover_the_last_window_beside_the_overall_ones():
     observations = _stream(600)
     report = prequential(_model(), observations, every=200, progress=False, baselines=())
     assert [w["step"] for w in report.windows] == [200, 400, 600]
-    assert set(report.windows[-1]["flag"]) == {"Accuracy", "LogLoss", "ROCAUC"}
+    assert set(report.windows[-1]["flag"]) == {"Accuracy", "F1", "LogLoss", "ROCAUC"}
     assert report.windows[-1]["a"]["MAE"] != report.metrics["a"]["MAE"]
 
 
 def test_baselines_run_on_the_same_stream_in_the_same_call():
     observations = _stream(800)
     report = prequential(_model(), observations, every=200, progress=False)
-    assert set(report.baselines) == {"single_task", "river_linear"}
+    assert set(report.baselines) == {"single_task", "linear", "river_linear"}
     for baseline in report.baselines.values():
         assert set(baseline["metrics"]) == {"a", "flag"}
         assert len(baseline["windows"]) == len(report.windows)

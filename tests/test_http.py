@@ -57,6 +57,14 @@ def test_learn_then_predict_round_trip(server):
     assert len(many["predictions"]) == 2
 
 
+def test_tasks_show_each_tasks_mixture_of_heads(server):
+    tasks = server.get("/tasks").json()["tasks"]
+    for task in tasks.values():
+        heads = task["mixture"]
+        assert set(heads) >= {"linear(0.999)", "linear(0.99)"}
+        assert sum(heads.values()) == pytest.approx(1.0)
+
+
 def test_labels_sent_later_by_key_are_learned_once(server):
     before = learned(server)["a"]
     assert server.post("/predict", json={"x": {"x0": 0.3}, "key": "order-1"}).status_code == 200

@@ -65,8 +65,14 @@ def test_an_absent_task_is_not_trained():
     model.learn_one({"a": 1.0}, {"price": 3.0})
     model.learn_one({"a": 1.0}, {"price": 4.0, "churn": None, "segment": float("nan")})
     assert model.n_learned == {"price": 2, "churn": 0, "segment": 0}
-    heads = model._backend.state()
-    assert not heads["param.head.churn.weight"].any() and not heads["param.head.churn.bias"].any()
+    fresh = MultiTaskLearner(tasks=mixed_tasks(), hidden=(4,), seed=0)
+    fresh.learn_one({"a": 1.0}, {})
+    trained, untrained = model._backend.state(), fresh._backend.state()
+    churn = [name for name in trained if ".churn." in name]
+    assert len(churn) == 10  # the head on the trunk, its Adam moments; the two linear heads
+    for name in churn:
+        np.testing.assert_array_equal(trained[name], untrained[name])
+    assert model.mixture["churn"] == fresh.mixture["churn"]
 
 
 def test_an_observation_without_labels_updates_only_feature_statistics(trained_model):
@@ -136,7 +142,10 @@ def test_learn_many_takes_dataframes_with_missing_labels():
     predictions = model.predict_many(X)
     assert list(predictions.columns) == ["price", "churn", "segment"]
     assert len(predictions) == 64
-    assert predictions.iloc[5].to_dict() == model.predict_one(rows[5][0])
+    # float32 products of one row and of a batch may differ in the last bit (BLAS kernels)
+    batch, single = predictions.iloc[5].to_dict(), model.predict_one(rows[5][0])
+    assert batch["price"] == pytest.approx(single.pop("price"), rel=1e-6)
+    assert {k: v for k, v in batch.items() if k != "price"} == single
 
 
 def test_predict_many_accepts_a_numpy_array():

@@ -78,7 +78,7 @@ def test_both_backends_reach_the_same_parameters_after_100_learn_many_steps_of_3
 
 
 def test_the_weighting_hooks_act_the_same_on_both_backends():
-    """Per-task loss weights, trunk scales and head learning rates, on a batch step."""
+    """Per-task loss weights and trunk scales, on a batch step."""
     rng = np.random.default_rng(0)
     backends = []
     for kind in (NumpyBackend, TorchBackend):
@@ -91,7 +91,6 @@ def test_the_weighting_hooks_act_the_same_on_both_backends():
             ("m", "multiclass", 3),
         ]:
             backend.set_head(task, head_kind, size)
-        backend.set_head_lr_scale(np.array([3.0, 1.0, 0.5]))
         backends.append(backend)
     for _ in range(20):
         X = rng.normal(size=(16, 4))

@@ -16,6 +16,7 @@ def make_backend(
     dtype: str,
     device: str,
     mixed_precision: bool = False,
+    **mixture: float,
 ) -> Backend:
     """The backend called `name`, empty (no inputs, no heads)."""
     if name == "numpy":
@@ -28,14 +29,15 @@ def make_backend(
                 f"the numpy backend runs on the CPU only; device={device!r} needs backend='torch'"
             )
         return NumpyBackend(
-            hidden=hidden, activation=activation, optimizer=optimizer, lr=lr, dtype=dtype
-        )
+            hidden=hidden, activation=activation, optimizer=optimizer, lr=lr, dtype=dtype,
+            **mixture,
+        )  # fmt: skip
     if name == "torch":
         from stream_mtl.backends.torch import TorchBackend
 
         return TorchBackend(
             hidden=hidden, activation=activation, optimizer=optimizer, lr=lr, dtype=dtype,
-            device=device, mixed_precision=mixed_precision,
+            device=device, mixed_precision=mixed_precision, **mixture,
         )  # fmt: skip
     raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
 

@@ -1,9 +1,12 @@
 """The protocol every backend implements; the learner talks to backends through it alone.
 
-A backend holds a shared trunk and one head per task, and knows each head's kind
-(for its link and loss), but nothing of features, label values, weighting or drift:
-the learner hands it encoded inputs, per-task targets and per-task weights, and
-gets back raw outputs or per-task losses.
+A backend holds a shared trunk and, per task, heads at every depth mixed by Hedge
+(see `flat`), and knows each head's kind (for its link and loss), but nothing of
+features, label values, weighting or drift: the learner hands it encoded inputs,
+per-task targets and per-task weights, and gets back predictions or per-task losses.
+
+Predictions are per head output: the value on the task's standardised scale
+(regression), P(True) (binary) or each class's probability (multiclass).
 
 Targets are per task: a scaled number (regression), 0.0/1.0 (binary) or a class
 index (multiclass). For one observation they are a list with `None` for an
@@ -28,18 +31,21 @@ class HeadSpec(typing.NamedTuple):
 class StepResult(typing.NamedTuple):
     """What one optimiser step reports back to the learner.
 
-    - `losses`: each task's mean loss over its labelled rows (NaN where it had none), a
-      list or an array;
+    - `losses`: each task's mean loss (of its mixed prediction) over its labelled rows
+      (NaN where it had none), a list or an array;
     - `gram` (when asked for, else None): the (n_tasks x n_tasks) inner products of
       the tasks' unweighted loss gradients with respect to the shared representation
       (what the heads read), taken over the rows of the step; zero rows and columns
       for unlabelled tasks.
       Its diagonal gives per-task gradient norms (GradNorm), its normalised form the
       cosine similarity of tasks (task affinity).
+
+    - `predictions` (rows x outputs): the mixed predictions made before the step.
     """
 
     losses: typing.Sequence[float] | np.ndarray
     gram: np.ndarray | None
+    predictions: np.ndarray
 
 
 class Backend(typing.Protocol):
@@ -59,14 +65,14 @@ class Backend(typing.Protocol):
     def set_head(self, task: str, kind: str, size: int) -> None:
         """Add a head, or grow an existing head to `size` outputs (new outputs start at 0)."""
 
-    def set_head_lr_scale(self, scale: np.ndarray) -> None:
-        """Multiply each task's head learning rate by `scale[task index]` from now on."""
+    def restart_task(self, position: int) -> None:
+        """Make one task re-adapt fast (its fast heads restart; its mixture favours them)."""
 
     def forward_one(self, x: np.ndarray) -> np.ndarray:
-        """Raw head outputs (total outputs,) for one encoded input."""
+        """Predictions (total outputs,) for one encoded input."""
 
     def forward_many(self, X: np.ndarray) -> np.ndarray:
-        """Raw head outputs (n_rows x total outputs) for encoded inputs."""
+        """Predictions (n_rows x total outputs) for encoded inputs."""
 
     def step_one(
         self,

@@ -1,10 +1,19 @@
-"""What both backends share: named parameter blocks in flat buffers, grown and saved alike.
+"""What both backends share: the model's structure and state, and everything but the trunk.
+
+The model: a trunk of L layers; for every task, a head on each trunk layer's output
+(depths 1..L, learned with SGD or Adam on flat buffers, see `layout`) and, at depth 0,
+one second-order linear head on the inputs per forgetting factor (see `second_order`:
+by default a slow one and a fast one, so that the mixture finds the memory the stream
+needs, as in Arenas-Garcia, Figueiras-Vidal & Sayed (2006), "Mean-square performance
+of a convex combination of two adaptive filters"); each task's prediction is the
+Hedge mixture of all its heads (see `hedge`).
 
 A backend subclass supplies its array operations (`_zeros`, `_to_numpy`, `_from_numpy`),
-binds whatever views it computes with in `_bind`, and implements forward, step and
-optimiser. Everything about structure - inputs, heads, per-head learning rates - and
-about state - to and from plain NumPy arrays named as in `layout` - lives here once, so
-the backends' states are interchangeable by construction.
+binds the views it computes with in `_bind`, and runs the trunk and the deep heads:
+`_deep_outputs` (forward) and `_backward` (gradient and optimiser step). The rest -
+links, losses, gradients at the head outputs, the depth-0 heads, the mixture, and
+state to and from plain NumPy arrays named as in `layout` - lives here once, on the
+host in float64, so the backends' maths and states are the same by construction.
 """
 
 from __future__ import annotations
@@ -13,17 +22,28 @@ import typing
 
 import numpy as np
 
-from stream_mtl.backends.base import HeadSpec
+from stream_mtl.backends.base import HeadSpec, StepResult
+from stream_mtl.backends.heads import (
+    HeadColumns,
+    evaluate,
+    link,
+    mixture_gradient,
+    prediction_losses,
+)
+from stream_mtl.backends.hedge import Hedge
 from stream_mtl.backends.init import ACTIVATIONS
-from stream_mtl.backends.layout import Layout, head_shapes, trunk_shapes
+from stream_mtl.backends.layout import Layout, head_names, head_shapes, trunk_shapes
+from stream_mtl.backends.second_order import SecondOrderHeads
 
 OPTIMIZERS = ("sgd", "adam")
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+# Share of a task's mixture moved onto its depth-0 head when it restarts after a drift.
+RESTART_SHARE = 0.5
 
 
 class FlatBackend:
-    """Base class of the backends (abstract): structure and state, no arithmetic."""
+    """Base class of the backends (abstract): structure, state and the host-side maths."""
 
     def __init__(
         self,
@@ -32,6 +52,9 @@ class FlatBackend:
         optimizer: str = "adam",
         lr: float = 1e-3,
         dtype: str = "float32",
+        forgetting: tuple[float, ...] = (0.999, 0.99),
+        hedge_discount: float = 0.9,
+        hedge_floor: float = 0.01,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
@@ -44,13 +67,14 @@ class FlatBackend:
         self.dtype_name = dtype
         self.n_inputs = 0
         self.heads: list[HeadSpec] = []
-        self._head_lr_scale = np.ones(0)
-        self._head_lr_scale_given: np.ndarray | None = None
         self._adam_step = 0
         self._layout = Layout({})
+        self._slices: list[tuple[str, int, int]] = []
         # The parameters, and Adam's m and v as the two rows of `_moments`.
         self._param = self._zeros((0,))
         self._moments = self._zeros((2, 0))
+        self.linear = [SecondOrderHeads(factor) for factor in forgetting]
+        self.hedge = Hedge(self.n_heads, hedge_discount, hedge_floor, n_first=len(self.linear))
         self._relayout()
 
     # -- what a subclass supplies --------------------------------------------------------
@@ -67,16 +91,35 @@ class FlatBackend:
     def _bind(self) -> None:
         """Called after every change of layout: bind views and per-step constants."""
 
+    def _deep_outputs(self, X: np.ndarray, train: bool) -> np.ndarray:
+        """Raw outputs of the heads at depths 1..L (L x rows x outputs, float64); with
+        `train`, keep what `_backward` needs."""
+        raise NotImplementedError
+
+    def _backward(self, dZ: np.ndarray, trunk_factor: np.ndarray) -> None:
+        """One optimiser step after `_deep_outputs(X, train=True)`. The heads at depth d
+        learn from gradient dZ[d-1] (rows x outputs) at their outputs; the trunk receives
+        it multiplied per output by trunk_factor[d-1]."""
+        raise NotImplementedError
+
     # -- structure ---------------------------------------------------------------------
 
     @property
-    def width(self) -> int:
-        """The width of what the heads read: the last hidden layer, or the inputs."""
-        return self.hidden[-1] if self.hidden else self.n_inputs
+    def n_heads(self) -> int:
+        """Heads per task: the linear ones (depth 0), then one per trunk layer."""
+        return len(self.linear) + len(self.hidden)
+
+    @property
+    def head_names(self) -> list[str]:
+        """What each of a task's heads is, in mixture order."""
+        linear = [f"linear({head.forgetting:g})" for head in self.linear]
+        return linear + [f"layer{depth}" for depth in range(1, len(self.hidden) + 1)]
 
     def _relayout(self) -> None:
         sizes = {head.task: head.size for head in self.heads}
-        new = Layout({**trunk_shapes(self.n_inputs, self.hidden), **head_shapes(sizes, self.width)})
+        new = Layout(
+            {**trunk_shapes(self.n_inputs, self.hidden), **head_shapes(sizes, self.hidden)}
+        )
         self._param = self._layout.relayout(self._param, new, self._zeros((new.size,)))
         moments = self._zeros((2, new.size))
         for row in range(2):
@@ -84,28 +127,26 @@ class FlatBackend:
         self._moments = moments
         self._layout = new
         starts = np.cumsum([0] + [head.size for head in self.heads])
+        old = [(start, stop) for _, start, stop in self._slices]
         self._slices = [
             (head.kind, int(start), int(start + head.size))
             for head, start in zip(self.heads, starts)
         ]
-        self._column_task = np.repeat(np.arange(len(self.heads)), [h.size for h in self.heads])
+        for head in self.linear:
+            head.resize(self.n_inputs, old, [(a, b) for _, a, b in self._slices])
+        self.columns = HeadColumns(self._slices)
+        self._column_task = self.columns.column_task
         # Sums head outputs' gradient products into per-task ones; None when there is
         # exactly one output per task (the common case), where no folding is needed.
         self._segments = None
         if len(self._column_task) != len(self.heads) or not all(h.size == 1 for h in self.heads):
             self._segments = np.eye(len(self.heads))[self._column_task]
-        self._lr_vector = self._build_lr_vector()
         self._bind()
 
-    def _build_lr_vector(self) -> typing.Any:
-        """Per-parameter learning rate, or None when every head uses the base rate."""
-        if np.all(self._head_lr_scale == 1.0):
-            return None
-        vector = np.full(self._layout.size, self.lr)
-        for head, scale in zip(self.heads, self._head_lr_scale):
-            for block in (f"head.{head.task}.weight", f"head.{head.task}.bias"):
-                vector[self._layout.span([block])] = self.lr * scale
-        return self._from_numpy(vector)
+    def head_span(self, depth: int, block: str) -> slice:
+        """Where the weights (`block="weight"`) or biases of all heads at `depth` lie."""
+        weights, biases = head_names(depth, [h.task for h in self.heads])
+        return self._layout.span(weights if block == "weight" else biases)
 
     def load_trunk(self, arrays: dict[str, np.ndarray]) -> None:
         """Set the trunk's parameters (the first layer's rows fix the number of inputs)."""
@@ -117,6 +158,8 @@ class FlatBackend:
             views[name][...] = self._from_numpy(value)
 
     def grow_inputs(self, first_layer_rows: np.ndarray) -> None:
+        """Add inputs; `first_layer_rows` (n_new x first hidden width) are their weights
+        in the trunk. The depth-0 heads give them weight 0."""
         n_old = self.n_inputs
         self.n_inputs += len(first_layer_rows)
         self._relayout()
@@ -125,6 +168,7 @@ class FlatBackend:
             first[n_old:] = self._from_numpy(first_layer_rows)
 
     def set_head(self, task: str, kind: str, size: int) -> None:
+        """Add a task's heads, or grow them to `size` outputs (new outputs start at 0)."""
         for i, head in enumerate(self.heads):
             if head.task == task:
                 if size < head.size:
@@ -133,17 +177,109 @@ class FlatBackend:
                 break
         else:
             self.heads.append(HeadSpec(task, kind, size))
-            self._head_lr_scale = np.append(self._head_lr_scale, 1.0)
+            self.hedge.add_task()
         self._relayout()
 
-    def set_head_lr_scale(self, scale: np.ndarray) -> None:
-        if scale is self._head_lr_scale_given:
-            return
-        self._head_lr_scale_given = scale
-        scale = np.asarray(scale, dtype=float)
-        if not np.array_equal(scale, self._head_lr_scale):
-            self._head_lr_scale = scale.copy()
-            self._lr_vector = self._build_lr_vector()
+    def restart_task(self, position: int) -> None:
+        """Make task `position` re-adapt fast (after a drift in it): its linear heads
+        forget their curvature, and its mixture moves toward the fastest-forgetting one."""
+        _, start, stop = self._slices[position]
+        for head in self.linear:
+            head.restart(slice(start, stop))
+        fastest = min(range(len(self.linear)), key=lambda i: self.linear[i].forgetting)
+        self.hedge.favour(position, fastest, RESTART_SHARE)
+
+    # -- forward -------------------------------------------------------------------------
+
+    def _head_outputs(self, X: np.ndarray, train: bool = False) -> np.ndarray:
+        """Raw outputs of every head (heads x rows x outputs, float64)."""
+        deep = self._deep_outputs(X, train)
+        X = np.asarray(X, float)
+        return np.concatenate([np.stack([head.outputs(X) for head in self.linear]), deep])
+
+    def _mix(self, P: np.ndarray) -> np.ndarray:
+        """Each output's mixture of its heads' predictions P (heads x rows x outputs)."""
+        alpha = self.hedge.alpha[self._column_task]  # outputs x heads
+        return np.einsum("dno,od->no", P, alpha)
+
+    def forward_many(self, X: np.ndarray) -> np.ndarray:
+        """Predictions (rows x outputs): value, P(True) or class probabilities, mixed."""
+        Z = self._head_outputs(X)
+        heads, n, n_out = Z.shape
+        return self._mix(link(self.columns, Z.reshape(heads * n, n_out)).reshape(Z.shape))
+
+    def forward_one(self, x: np.ndarray) -> np.ndarray:
+        return self.forward_many(x[None, :])[0]
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def step_one(
+        self,
+        x: np.ndarray,
+        targets: list,
+        loss_weight: np.ndarray,
+        trunk_scale: np.ndarray,
+        gram: bool = False,
+    ) -> StepResult:
+        row = np.array([[np.nan if t is None else t for t in targets]], dtype=float)
+        return self.step_many(x[None, :], row, loss_weight, trunk_scale, gram)
+
+    def step_many(
+        self,
+        X: np.ndarray,
+        targets: np.ndarray,
+        loss_weight: np.ndarray,
+        trunk_scale: np.ndarray,
+        gram: bool = False,
+    ) -> StepResult:
+        """One step on the batch's rows: the deep heads and trunk take one optimiser step
+        on the mean loss, the linear heads one Newton step, the mixture one Hedge step."""
+        n = len(X)
+        labelled = ~np.isnan(targets)
+        T = np.where(labelled, targets, 0.0)
+        Z = self._head_outputs(X, train=True)
+        heads, _, n_out = Z.shape
+        values = evaluate(
+            self.columns,
+            Z.reshape(heads * n, n_out),
+            np.tile(T, (heads, 1)),
+            np.tile(labelled, (heads, 1)),
+        )
+        P = values.prediction.reshape(Z.shape)
+        G = values.gradient.reshape(Z.shape)
+        mixed = self._mix(P)
+        counts = labelled.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            losses = prediction_losses(self.columns, mixed, T, labelled).sum(axis=0) / counts
+        column_task = self._column_task
+        n_linear = len(self.linear)
+        if self.hidden:
+            dZ = G[n_linear:] * (np.asarray(loss_weight, float)[column_task] / n)
+            factor = self.hedge.alpha[column_task, n_linear:].T
+            self._backward(dZ, factor * np.asarray(trunk_scale)[column_task])
+        curvature = values.curvature.reshape(Z.shape)
+        for i, head in enumerate(self.linear):
+            head.step(X, G[i], curvature[i], labelled[:, column_task])
+        task_gram = self._task_gram(G[-1], counts) if gram else None
+        self.hedge.update(mixture_gradient(self.columns, P, mixed, T, labelled), counts > 0)
+        return StepResult(losses, task_gram, mixed)
+
+    def _task_gram(self, G: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Per-task gradient inner products at the shared representation (what the deepest
+        heads read), from the gradient G (rows x outputs) at those heads' outputs: task
+        k's gradient is the sum over its outputs o of dZ_o W_o, so <g_k, g_l> sums
+        D_op (W W^T)_op over o in k, p in l, with D = G^T G (per-task means)."""
+        raw = G / np.maximum(counts, 1)[self._column_task]
+        if self.hidden:
+            depth = len(self.hidden)
+            weight = self._to_numpy(self._param[self.head_span(depth, "weight")])
+            weight = np.asarray(weight, float).reshape(len(self._column_task), self.hidden[-1])
+        else:
+            weight = self.linear[0].weight[:, 1:]
+        products = (raw.T @ raw) * (weight @ weight.T)
+        if self._segments is None:
+            return products
+        return self._segments.T @ products @ self._segments
 
     # -- state -------------------------------------------------------------------------
 
@@ -154,7 +290,7 @@ class FlatBackend:
         return buffers
 
     def state(self) -> dict[str, np.ndarray]:
-        """Parameters and optimiser state as NumPy arrays, named as in `layout`."""
+        """Parameters, optimiser, depth-0 and mixture state as NumPy arrays."""
         arrays = {
             f"{prefix}.{name}": self._to_numpy(view).copy()
             for prefix, buffer in self._state_buffers().items()
@@ -162,27 +298,32 @@ class FlatBackend:
         }
         if self.optimizer == "adam":
             arrays["adam.step"] = np.array(self._adam_step)
+        for i, linear in enumerate(self.linear):
+            for head, (_, start, stop) in zip(self.heads, self._slices):
+                arrays[f"linear{i}.{head.task}.weight"] = linear.weight[start:stop].copy()
+                arrays[f"linear{i}.{head.task}.cov"] = linear.cov[start:stop].copy()
+        arrays["hedge.alpha"] = self.hedge.alpha.copy()
         return arrays
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what `state` returned, from either backend; heads must already match."""
+        first = self.heads[0].task if self.heads else None
         if self.hidden:
             self.n_inputs = arrays["param.trunk.0.weight"].shape[0]
-        elif self.heads:
-            self.n_inputs = arrays[f"param.head.{self.heads[0].task}.weight"].shape[1]
+        elif first is not None:
+            self.n_inputs = arrays[f"linear0.{first}.weight"].shape[1] - 1
         self._relayout()
         for prefix, buffer in self._state_buffers().items():
             for name, view in self._layout.views(buffer).items():
-                key = f"{prefix}.{name}"
-                if key not in arrays:
-                    raise ValueError(f"backend state has no array {key!r}")
-                if arrays[key].shape != tuple(view.shape):
-                    raise ValueError(
-                        f"backend array {key!r} has shape {arrays[key].shape}, "
-                        f"expected {tuple(view.shape)}"
-                    )
-                view[...] = self._from_numpy(arrays[key])
+                view[...] = self._from_numpy(_checked(arrays, f"{prefix}.{name}", view.shape))
         self._adam_step = int(arrays.get("adam.step", 0))
+        size = self.n_inputs + 1
+        for i, linear in enumerate(self.linear):
+            for head, (_, start, stop) in zip(self.heads, self._slices):
+                rows, name = stop - start, f"linear{i}.{head.task}"
+                linear.weight[start:stop] = _checked(arrays, f"{name}.weight", (rows, size))
+                linear.cov[start:stop] = _checked(arrays, f"{name}.cov", (rows, size, size))
+        self.hedge.alpha = _checked(arrays, "hedge.alpha", self.hedge.alpha.shape).astype(float)
 
     def _adam_scalars(self) -> tuple[float, float]:
         """Advance Adam's step; return (sqrt(1 - beta2^t), sqrt(1 - beta2^t) / (1 - beta1^t)).
@@ -194,3 +335,13 @@ class FlatBackend:
         beta1, beta2 = ADAM_BETAS
         root_bias2 = float(np.sqrt(1.0 - beta2**self._adam_step))
         return root_bias2, root_bias2 / (1.0 - beta1**self._adam_step)
+
+
+def _checked(arrays: dict[str, np.ndarray], key: str, shape: tuple) -> np.ndarray:
+    if key not in arrays:
+        raise ValueError(f"backend state has no array {key!r}")
+    if arrays[key].shape != tuple(shape):
+        raise ValueError(
+            f"backend array {key!r} has shape {arrays[key].shape}, expected {tuple(shape)}"
+        )
+    return arrays[key]

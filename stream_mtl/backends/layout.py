@@ -1,10 +1,13 @@
 """Named parameter blocks laid out in one flat buffer, and re-laid out when the model grows.
 
 The blocks are the trunk's layers (`trunk.{l}.weight` as inputs x outputs, `trunk.{l}.bias`)
-and, for every task in order, `head.{task}.weight` (outputs x trunk width) and
-`head.{task}.bias`. All head weights sit next to each other, then all head biases, so
-the heads of every task read as one (total outputs x width) matrix and one vector.
-Both backends use these names and shapes, which makes their state interchangeable.
+and, for every trunk layer d = 1..L and every task in order, the head on that layer's
+output: `head{d}.{task}.weight` (outputs x width of layer d) and `head{d}.{task}.bias`.
+At each depth all head weights sit next to each other, then all head biases, so the
+heads of every task at one depth read as one (total outputs x width) matrix and one
+vector. Both backends use these names and shapes, which makes their state
+interchangeable. (The depth-0 heads, on the inputs, are second-order and live apart:
+see `second_order`.)
 """
 
 from __future__ import annotations
@@ -26,13 +29,21 @@ def trunk_shapes(n_inputs: int, hidden: tuple[int, ...]) -> dict[str, tuple[int,
     return shapes
 
 
-def head_shapes(head_sizes: dict[str, int], width: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of every head's blocks: all weights first, then all biases."""
+def head_names(depth: int, tasks: typing.Iterable[str]) -> tuple[list[str], list[str]]:
+    """The weight and bias block names of the heads at `depth`, task by task."""
+    tasks = list(tasks)
+    return [f"head{depth}.{t}.weight" for t in tasks], [f"head{depth}.{t}.bias" for t in tasks]
+
+
+def head_shapes(head_sizes: dict[str, int], hidden: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Shapes of every head's blocks, depth by depth: at each, all weights, then all biases."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for task, size in head_sizes.items():
-        shapes[f"head.{task}.weight"] = (size, width)
-    for task, size in head_sizes.items():
-        shapes[f"head.{task}.bias"] = (size,)
+    for depth, width in enumerate(hidden, start=1):
+        weights, biases = head_names(depth, head_sizes)
+        for name, size in zip(weights, head_sizes.values()):
+            shapes[name] = (size, width)
+        for name, size in zip(biases, head_sizes.values()):
+            shapes[name] = (size,)
     return shapes
 
 

@@ -1,9 +1,12 @@
 """The torch backend: mini-batch steps on CPU or GPU, with the NumPy backend's maths and state.
 
-Parameters and Adam's moments live on the device in flat tensors laid out like the
-NumPy backend's (see `flat` and `layout`), so state moves between the two as plain
-arrays. A step is one forward and one backward pass over the whole batch with all
-heads fused into one matrix product; only the per-task losses come back to the host.
+The trunk's and deep heads' parameters and Adam's moments live on the device in flat
+tensors laid out like the NumPy backend's (see `flat` and `layout`), so state moves
+between the two as plain arrays. A step is one forward and one backward pass over the
+whole batch with all heads of a depth fused into one matrix product. The head outputs
+come back to the host, where the links, losses, the depth-0 heads and the mixture are
+computed in float64 by the code both backends share (`flat`); the gradient at the head
+outputs goes back to the device for the backward pass.
 """
 
 from __future__ import annotations
@@ -12,11 +15,8 @@ import logging
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from stream_mtl.backends.base import StepResult
 from stream_mtl.backends.flat import ADAM_BETAS, ADAM_EPS, FlatBackend
-from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 class TorchBackend(FlatBackend):
-    """A shared MLP trunk and one head per task, trained in mini-batches with torch.
+    """A shared MLP trunk and Hedge-mixed heads per task, trained in mini-batches with torch.
 
     On the CPU it runs on one thread: for the small matrices of streaming models a
     second thread gives nothing, and it would compete with the stream's own work.
@@ -78,6 +78,7 @@ class TorchBackend(FlatBackend):
         dtype: str = "float32",
         device: str = "cpu",
         mixed_precision: bool = False,
+        **mixture: float,
     ) -> None:
         self.device = resolve_device(device)
         self.torch_dtype = _DTYPES[dtype]
@@ -89,7 +90,8 @@ class TorchBackend(FlatBackend):
         if self.device.type == "cpu" and torch.get_num_threads() != 1:
             logger.info("torch backend on CPU: using one thread (was %d)", torch.get_num_threads())
             torch.set_num_threads(1)
-        super().__init__(hidden, activation, optimizer, lr, dtype)
+        self._graph: tuple = ()
+        super().__init__(hidden, activation, optimizer, lr, dtype, **mixture)
 
     def _zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.zeros(shape, dtype=self.torch_dtype, device=self.device)
@@ -100,139 +102,63 @@ class TorchBackend(FlatBackend):
     def _from_numpy(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=self.torch_dtype, device=self.device)
 
-    def _bind(self) -> None:
-        """Index tensors that let the loss of every head be computed at once."""
+    # -- forward and backward ------------------------------------------------------------
 
-        def index(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-            picked = [(task, start) for task, (k, start, _) in enumerate(self._slices) if k == kind]
-            tasks = torch.tensor([t for t, _ in picked], dtype=torch.long, device=self.device)
-            columns = torch.tensor([c for _, c in picked], dtype=torch.long, device=self.device)
-            return tasks, columns
-
-        self._regression = index(REGRESSION)
-        self._binary = index(BINARY)
-        self._multiclass = [
-            (task, start, stop)
-            for task, (kind, start, stop) in enumerate(self._slices)
-            if kind == MULTICLASS and stop > start
-        ]
-        self._column_task_device = torch.as_tensor(self._column_task, device=self.device)
-
-    # -- forward -----------------------------------------------------------------------
-
-    def _outputs(self, param: torch.Tensor, X: torch.Tensor, trunk_scale: torch.Tensor | None):
-        """Head outputs (in the parameters' dtype); with `trunk_scale`, the trunk sees each
-        head's gradient scaled. With mixed precision the matrix products run in bf16."""
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.mixed_precision):
-            return self._outputs_in_autocast(param, X, trunk_scale).to(self.torch_dtype)
-
-    def _outputs_in_autocast(self, param, X, trunk_scale):
-        views = self._layout.views(param)
-        H = X
-        for layer in range(len(self.hidden)):
-            H = H @ views[f"trunk.{layer}.weight"] + views[f"trunk.{layer}.bias"]
-            H = torch.relu(H) if self.activation == "relu" else torch.tanh(H)
-        if not self.heads:
-            return H.new_zeros((len(X), 0))
-        weight = torch.cat([views[f"head.{h.task}.weight"] for h in self.heads])
-        bias = torch.cat([views[f"head.{h.task}.bias"] for h in self.heads])
-        if trunk_scale is None:
-            return H @ weight.T + bias
-        # Heads learn from H as it is; the trunk receives the gradient scaled per column.
-        to_heads = H.detach() @ weight.T + bias
-        to_trunk = (H @ weight.detach().T) * trunk_scale
-        return to_heads + to_trunk - to_trunk.detach()
-
-    def _inputs(self, X: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(X, dtype=self.torch_dtype).to(self.device, non_blocking=True)
-
-    @torch.no_grad()
-    def forward_many(self, X: np.ndarray) -> np.ndarray:
-        return self._to_numpy(self._outputs(self._param, self._inputs(X), None))
-
-    def forward_one(self, x: np.ndarray) -> np.ndarray:
-        return self.forward_many(x[None, :])[0]
-
-    # -- steps -------------------------------------------------------------------------
-
-    def step_one(
-        self,
-        x: np.ndarray,
-        targets: list,
-        loss_weight: np.ndarray,
-        trunk_scale: np.ndarray,
-        gram: bool = False,
-    ) -> StepResult:
-        row = np.array([[np.nan if t is None else t for t in targets]], dtype=float)
-        return self.step_many(x[None, :], row, loss_weight, trunk_scale, gram)
-
-    def step_many(
-        self,
-        X: np.ndarray,
-        targets: np.ndarray,
-        loss_weight: np.ndarray,
-        trunk_scale: np.ndarray,
-        gram: bool = False,
-    ) -> StepResult:
+    def _deep_outputs(self, X: np.ndarray, train: bool) -> np.ndarray:
+        if not self.hidden:
+            return np.zeros((0, len(X), len(self._column_task)))
+        inputs = torch.as_tensor(X, dtype=self.torch_dtype).to(self.device, non_blocking=True)
+        if not train:
+            with torch.no_grad():
+                to_heads, _ = self._outputs(self._param, inputs)
+            return self._stack(to_heads)
         param = self._param.detach().requires_grad_(True)
-        scale = None
-        if np.any(trunk_scale != 1.0):
-            scale = self._from_numpy(trunk_scale)[self._column_task_device]
-        Z = self._outputs(param, self._inputs(X), scale)
-        T = torch.as_tensor(targets, dtype=self.torch_dtype).to(self.device, non_blocking=True)
-        task_losses, task_counts = self._task_losses(Z, T)
-        means = task_losses / task_counts  # NaN where a task had no label
-        raw = None
-        if gram:
-            (raw,) = torch.autograd.grad(
-                (task_losses / task_counts.clamp(min=1)).sum(), Z, retain_graph=True
-            )
-        weights = self._from_numpy(loss_weight)
-        total = (weights * task_losses).sum() / len(X)
-        total.backward()
-        with torch.no_grad():
-            task_gram = None if raw is None else self._to_numpy(self._task_gram(raw, param))
-            self._apply_gradient(param.grad)
-        return StepResult(self._to_numpy(means).astype(float), task_gram)
+        to_heads, to_trunk = self._outputs(param, inputs)
+        self._graph = (param, to_heads, to_trunk)
+        return self._stack(to_heads)
 
-    def _task_gram(self, raw: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-        """Per-task gradient inner products at the shared representation (see
-        `NumpyBackend._task_gram`), from the unweighted gradient at the head outputs."""
-        if not self.heads:
-            return raw.new_zeros((0, 0))
+    def _stack(self, outputs: list[torch.Tensor]) -> np.ndarray:
+        return torch.stack(outputs).detach().to(torch.float64).cpu().numpy()
+
+    def _outputs(
+        self, param: torch.Tensor, X: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per depth, the heads' outputs twice over: once as the heads learn from them (the
+        trunk's output detached) and once as the trunk does (the heads' weights detached).
+        With mixed precision the matrix products run in bf16."""
         views = self._layout.views(param)
-        weight = torch.cat([views[f"head.{h.task}.weight"] for h in self.heads])
-        products = (raw.T @ raw) * (weight @ weight.T)
-        if self._segments is None:
-            return products
-        segments = self._from_numpy(self._segments)
-        return segments.T @ products @ segments
+        names = [h.task for h in self.heads]
+        to_heads, to_trunk = [], []
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.mixed_precision):
+            H = X
+            for layer in range(len(self.hidden)):
+                H = H @ views[f"trunk.{layer}.weight"] + views[f"trunk.{layer}.bias"]
+                H = torch.relu(H) if self.activation == "relu" else torch.tanh(H)
+                if not names:
+                    to_heads.append(H.new_zeros((len(X), 0)))
+                    to_trunk.append(H.new_zeros((len(X), 0)))
+                    continue
+                weight = torch.cat([views[f"head{layer + 1}.{t}.weight"] for t in names])
+                bias = torch.cat([views[f"head{layer + 1}.{t}.bias"] for t in names])
+                to_heads.append((H.detach() @ weight.T + bias).to(self.torch_dtype))
+                to_trunk.append((H @ weight.detach().T).to(self.torch_dtype))
+        return to_heads, to_trunk
 
-    def _task_losses(self, Z: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per task: the sum of its losses over labelled rows, and how many rows those are."""
-        labelled = ~torch.isnan(T)
-        T = torch.nan_to_num(T)
-        losses = Z.new_zeros(T.shape)
-        tasks, columns = self._regression
-        if len(tasks):
-            diff = Z[:, columns] - T[:, tasks]
-            losses[:, tasks] = 0.5 * diff * diff
-        tasks, columns = self._binary
-        if len(tasks):
-            losses[:, tasks] = F.binary_cross_entropy_with_logits(
-                Z[:, columns], T[:, tasks], reduction="none"
-            )
-        for task, start, stop in self._multiclass:
-            classes = T[:, task].long().clamp_(0, stop - start - 1)
-            losses[:, task] = F.cross_entropy(Z[:, start:stop], classes, reduction="none")
-        losses = torch.where(labelled, losses, torch.zeros_like(losses))
-        return losses.sum(dim=0), labelled.sum(dim=0).to(Z.dtype)
+    def _backward(self, dZ: np.ndarray, trunk_factor: np.ndarray) -> None:
+        param, to_heads, to_trunk = self._graph
+        self._graph = ()
+        grad_heads = self._from_numpy(dZ)
+        grad_trunk = grad_heads * self._from_numpy(trunk_factor)[:, None, :]
+        torch.autograd.backward(
+            [*to_heads, *to_trunk], [*grad_heads.unbind(0), *grad_trunk.unbind(0)]
+        )
+        with torch.no_grad():
+            self._apply_gradient(param.grad)
 
     def _apply_gradient(self, grad: torch.Tensor) -> None:
         """SGD or Adam, with the same formula as the NumPy backend."""
-        lr = self._lr_vector if self._lr_vector is not None else self.lr
         if self.optimizer == "sgd":
-            self._param.sub_(grad * lr)
+            self._param.sub_(grad * self.lr)
             return
         beta1, beta2 = ADAM_BETAS
         m, v = self._moments[0], self._moments[1]
@@ -240,4 +166,4 @@ class TorchBackend(FlatBackend):
         v.add_(grad * grad - v, alpha=1.0 - beta2)
         root_bias2, step = self._adam_scalars()
         update = m / (v.sqrt() + ADAM_EPS * root_bias2)
-        self._param.sub_(update * (lr * step))
+        self._param.sub_(update * (self.lr * step))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from stream_mtl.evaluate.baselines import MeanPredictor, RiverLinear, SingleTaskModels
+from stream_mtl.evaluate.baselines import (
+    MeanPredictor,
+    RiverLinear,
+    SecondOrderLinear,
+    SingleTaskModels,
+)
 from stream_mtl.evaluate.prequential import default_metrics, iter_prequential, prequential
 from stream_mtl.evaluate.report import Report
 
@@ -10,6 +15,7 @@ __all__ = [
     "MeanPredictor",
     "Report",
     "RiverLinear",
+    "SecondOrderLinear",
     "SingleTaskModels",
     "default_metrics",
     "iter_prequential",

@@ -5,6 +5,10 @@
   or loss of the multi-task model against it is the value of sharing.
 - `RiverLinear`: River's linear model per task (scaled inputs), the usual online
   baseline.
+- `SecondOrderLinear`: the model's own depth-0 heads alone, one per task: recursive
+  least squares with forgetting (regression) or an online Newton step
+  (classification) - the strongest cheap online linear learner, and the bar the
+  multi-task model must clear on short streams.
 
 Each takes `learn_one(x, y)` like a model, and `predict_one(x, tasks)` /
 `predict_proba_one(x, tasks)` restricted to the tasks wanted (all when None), so that
@@ -113,6 +117,38 @@ class SingleTaskModels:
             name: self.models[name].predict_proba_one(x)[name]
             for name in (self.tasks if tasks is None else tasks)
             if self.tasks[name].kind != REGRESSION
+        }
+
+
+class SecondOrderLinear(SingleTaskModels):
+    """One second-order linear model per task on the scaled inputs: `model`'s depth-0 heads
+    alone (`hidden=()`: no trunk, no sharing, no drift reaction).
+
+    >>> from stream_mtl import MultiTaskLearner, Regression
+    >>> model = MultiTaskLearner(tasks={"a": Regression()}, hidden=(8,), seed=0)
+    >>> linear = SecondOrderLinear(model)
+    >>> for i in range(50):
+    ...     linear.learn_one({"u": i % 5}, {"a": 2.0 * (i % 5) + 1.0})
+    >>> round(linear.predict_one({"u": 3})["a"], 2)
+    7.0
+    """
+
+    def __init__(self, model: typing.Any) -> None:
+        params = {**model._get_params(), "hidden": (), "weighting": Equal()}
+        self.tasks = dict(model.tasks)
+        self.models = {"all": type(model)(**{**params, "tasks": dict(self.tasks)})}
+
+    def learn_one(self, x: dict, y: dict) -> None:
+        self.models["all"].learn_one(x, y)
+
+    def predict_one(self, x: dict, tasks: typing.Iterable[str] | None = None) -> dict:
+        prediction = self.models["all"].predict_one(x)
+        return {name: prediction[name] for name in (self.tasks if tasks is None else tasks)}
+
+    def predict_proba_one(self, x: dict, tasks: typing.Iterable[str] | None = None) -> dict:
+        proba = self.models["all"].predict_proba_one(x)
+        return {
+            name: proba[name] for name in (self.tasks if tasks is None else tasks) if name in proba
         }
 
 

@@ -4,6 +4,9 @@
   model and each baseline, with the drift events marked (vertical lines in the task's
   panel). With many tasks, one panel of the mean over tasks.
 - `task_weights.png`: each task's loss weight over time.
+- `depth.png`: the depth each task's predictions rely on over time: the mean depth of
+  its heads under its mixture weights (0: the linear heads on the inputs; d: the head
+  on trunk layer d).
 - `task_affinity.png`: the task-affinity heatmap at the end of the run.
 """
 
@@ -33,6 +36,7 @@ def save_plots(report: Report, folder: Path) -> list[Path]:
     for name, plot in (
         ("rolling_metrics.png", _rolling_metrics),
         ("task_weights.png", _task_weights),
+        ("depth.png", _depth),
         ("task_affinity.png", _task_affinity),
     ):
         figure = plot(report)
@@ -119,6 +123,42 @@ def _task_weights(report: Report):
     axis.set_xlabel("observations")
     axis.set_ylabel("loss weight")
     axis.set_title("Task weights over time (red: drift detected)", fontsize=10)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def _head_depth(head: str) -> int:
+    return int(head[len("layer") :]) if head.startswith("layer") else 0
+
+
+def _depth(report: Report):
+    if not report.mixture:
+        return None
+    tasks = [k for k in report.mixture[0] if k != "step"]
+    steps = [m["step"] for m in report.mixture]
+    depth = np.array(
+        [
+            [sum(w * _head_depth(head) for head, w in m[task].items()) for task in tasks]
+            for m in report.mixture
+        ]
+    )
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    if len(tasks) <= MAX_PANELS:
+        for column, task in enumerate(tasks):
+            axis.plot(steps, depth[:, column], label=task, linewidth=1.5)
+        axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    else:
+        for q, style in ((50, "-"), (10, ":"), (90, ":")):
+            axis.plot(steps, np.percentile(depth, q, axis=1), style, color="tab:blue")
+    layers = max((_head_depth(h) for h in report.mixture[0][tasks[0]]), default=0)
+    axis.set_ylim(-0.05, max(layers, 1) + 0.05)
+    axis.set_xlabel("observations")
+    axis.set_ylabel("mean depth of the mixture")
+    suffix = f"; {len(tasks)} tasks: median, 10th/90th pct" if len(tasks) > MAX_PANELS else ""
+    axis.set_title(
+        f"Which depth each task relies on (0: linear heads on the inputs{suffix})", fontsize=10
+    )
     axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from stream_mtl import __version__
 from stream_mtl.checkpoint import object_to_spec
-from stream_mtl.evaluate.baselines import RiverLinear, SingleTaskModels
+from stream_mtl.evaluate.baselines import RiverLinear, SecondOrderLinear, SingleTaskModels
 from stream_mtl.evaluate.report import Report
 from stream_mtl.observation import Observation
 from stream_mtl.pending import PendingFeatures
@@ -30,7 +30,7 @@ from stream_mtl.tasks import REGRESSION
 logger = logging.getLogger(__name__)
 
 Metrics = dict[str, list[river_metrics.base.Metric]]
-BASELINES = ("single_task", "river_linear")
+BASELINES = ("single_task", "linear", "river_linear")
 MAX_REASONS = 20  # distinct rejection reasons kept in a report
 EXPIRED = "features whose labels never came (held too long)"
 
@@ -118,6 +118,8 @@ class _Run:
         self.contenders: dict[str, typing.Any] = {"model": model}
         if "single_task" in baselines:
             self.contenders["single_task"] = SingleTaskModels(model)
+        if "linear" in baselines:
+            self.contenders["linear"] = SecondOrderLinear(model)
         if "river_linear" in baselines:
             self.contenders["river_linear"] = RiverLinear(self.tasks)
         self.scores = {name: _Scores(metrics, every) for name in self.contenders}
@@ -126,6 +128,7 @@ class _Run:
         self.rejected: collections.Counter = collections.Counter()
         self.windows: dict[str, list[dict]] = {name: [] for name in self.contenders}
         self.task_weights: list[dict] = []
+        self.mixture: list[dict] = []
         self.n = 0
         self.seconds = {name: 0.0 for name in self.contenders}
         self.started = time.perf_counter()
@@ -213,6 +216,9 @@ class _Run:
         weights = getattr(self.model, "task_weights", None)
         if weights is not None:
             self.task_weights.append({"step": self.n, **weights})
+        mixture = getattr(self.model, "mixture", None)
+        if mixture is not None:
+            self.mixture.append({"step": self.n, **mixture})
 
     def finish(self) -> None:
         while self.pending:
@@ -253,6 +259,7 @@ class _Run:
                 else None
             ),
             rejected=self._rejected_and_expired(),
+            mixture=list(self.mixture),
         )
 
 
@@ -327,8 +334,9 @@ def prequential(
     predictions and is learned.
 
     `baselines` run beside the model, on the same stream in the same call:
-    `"single_task"` (one model of the same size per task) and `"river_linear"`
-    (River's linear model per task); pass `()` for none. With `on_error="skip"`, an
+    `"single_task"` (one model of the same size per task), `"linear"` (the model's
+    second-order linear heads alone, one per task) and `"river_linear"` (River's
+    linear model per task); pass `()` for none. With `on_error="skip"`, an
     observation that is rejected (a NaN feature, a label of the wrong type, an
     unknown task) is counted in `Report.rejected` by reason instead of stopping the run.
 
@@ -340,7 +348,7 @@ def prequential(
     >>> sorted(report.metrics["a"]), len(report.windows), report.n_observations
     (['MAE', 'R2', 'RMSE'], 2, 500)
     >>> sorted(report.baselines)
-    ['river_linear', 'single_task']
+    ['linear', 'river_linear', 'single_task']
     """
     run = _Run(model, stream, metrics, delay, every, baselines)
     for _ in _drive(run, stream, progress, on_error):

@@ -22,6 +22,8 @@ class Report(typing.NamedTuple):
     - `n_observations`, `seconds` (wall time of the run), `throughput` (the model's
       observations per second, predict and learn), `memory_bytes` (the model's size);
     - `drift_events`, `task_weights` (over time), `task_affinity` (at the end);
+    - `mixture` (over time): per task, the weight of each of its heads (see
+      `MultiTaskLearner.mixture`) - which depth its predictions rely on;
     - `rejected`: reason -> count of observations set aside.
     """
 
@@ -36,6 +38,7 @@ class Report(typing.NamedTuple):
     drift_events: list
     task_weights: list[dict]
     task_affinity: dict | None
+    mixture: list[dict]
     rejected: dict[str, int]
 
     def to_json(self) -> dict:
@@ -48,7 +51,8 @@ class Report(typing.NamedTuple):
         """Write `report.json` and (with `plots`) PNG plots into `folder`; return the JSON path.
 
         The plots: each task's rolling metric for the model and its baselines, with the
-        drift events marked; the task weights over time; the task-affinity heatmap.
+        drift events marked; the task weights over time; the depth each task relies on
+        over time; the task-affinity heatmap.
         """
         from stream_mtl.evaluate.plots import save_plots
 

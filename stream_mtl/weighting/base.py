@@ -20,13 +20,11 @@ class StepWeights(typing.NamedTuple):
     """Per-task factors for one step, each an array ordered like the learner's tasks.
 
     - `loss`: the weight of each task's loss (what `task_weights` reports);
-    - `trunk`: a further factor on each task's gradient into the shared trunk;
-    - `head_lr`: a factor on each task's head learning rate.
+    - `trunk`: a further factor on each task's gradient into the shared trunk.
     """
 
     loss: np.ndarray
     trunk: np.ndarray
-    head_lr: np.ndarray
 
 
 class WeightingStrategy(base.Base):
@@ -46,7 +44,7 @@ class WeightingStrategy(base.Base):
         self.tasks: list[str] = []
         for name in self._per_task:
             setattr(self, name, [])
-        self._weights = StepWeights(np.ones(0), np.ones(0), np.ones(0))
+        self._weights = StepWeights(np.ones(0), np.ones(0))
 
     # -- what a subclass supplies --------------------------------------------------------
 
@@ -110,10 +108,10 @@ class WeightingStrategy(base.Base):
 
     def _refresh(self) -> None:
         loss = np.array(self._loss_weights(), dtype=float)
-        trunk, head_lr = self._weights.trunk, self._weights.head_lr
+        trunk = self._weights.trunk
         if len(trunk) != len(loss):
-            trunk, head_lr = np.ones(len(loss)), np.ones(len(loss))
-        self._weights = StepWeights(loss, trunk, head_lr)
+            trunk = np.ones(len(loss))
+        self._weights = StepWeights(loss, trunk)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -126,7 +124,7 @@ class WeightingStrategy(base.Base):
         self.tasks = list(meta["tasks"])
         for name in self._per_task:
             setattr(self, name, np.asarray(arrays[name.lstrip("_")], float).tolist())
-        self._weights = StepWeights(np.ones(0), np.ones(0), np.ones(0))
+        self._weights = StepWeights(np.ones(0), np.ones(0))
         self._refresh()
 
 

@@ -12,7 +12,7 @@ from river import drift
 from stream_mtl.weighting.base import StepWeights, WeightingStrategy
 from stream_mtl.weighting.dwa import DWA
 
-RELAXED = 0.01  # below this a task's boost is over
+RELAXED = 0.01  # below this a task's damping is over
 
 
 def check_detector(detector: object, where: str) -> None:
@@ -34,17 +34,22 @@ class DriftAware(WeightingStrategy):
     `min_rise` above its older level (a loss that falls because the model is learning,
     or a small wobble, is not a change to react to):
 
-    - k's head learning rate is multiplied by `head_lr_boost`, so that k re-fits fast;
+    - the learner restarts k's fast heads: k's depth-0 head forgets its curvature (its
+      weights stay, so it re-fits the new concept within a few dozen labels, by its own
+      second-order rule rather than by a larger step size) and k's mixture moves half
+      way toward that head, from where Hedge moves it on by the heads' losses;
     - k's gradient into the shared trunk is multiplied by `trunk_damping`, so that k's
       large post-drift errors do not drag the representation the other tasks share;
     - the base strategy forgets its statistics of k (they describe the old concept);
     - a `DriftEvent` is recorded by the learner, and further detections in k are
       ignored for `cooldown` of k's labels, so one change is not reported twice.
 
-    Both factors stay at full strength until k's recent running loss is back within
-    `settle_tolerance` of its level before the drift (or for `max_hold` labels at most,
-    for a new concept that is harder than the old one), and then relax back to 1 by a
-    factor `1 - relax` per label of k.
+    No learning rate is raised, so a false alarm costs a restart of one linear head
+    (whose mixture weight Hedge takes back if it is worse) and a short damping of k's
+    pull on the trunk. The damping stays at full strength until k's recent running
+    loss is back within `settle_tolerance` of its level before the drift (or for
+    `max_hold` labels at most, for a new concept that is harder than the old one), and
+    then relaxes back to 1 by a factor `1 - relax` per label of k.
 
     Detectors are restored from checkpoints exactly, without pickle: each task keeps
     the losses fed to its detector since it was created, and a restored detector is a
@@ -59,8 +64,6 @@ class DriftAware(WeightingStrategy):
         The detector each task gets a copy of; None means `drift.ADWIN()`.
     detectors
         Per-task overrides: task name -> detector.
-    head_lr_boost
-        Factor on a drifted task's head learning rate, at full strength.
     trunk_damping
         Factor on a drifted task's gradient into the trunk, at full strength.
     cooldown
@@ -90,12 +93,12 @@ class DriftAware(WeightingStrategy):
     ...         print(f"step {step}: drift in task {task} ({detector})")
     step 2024: drift in task 1 (ADWIN)
     >>> weights = strategy.step_weights()
-    >>> bool(weights.head_lr[1] > 1.0 and weights.trunk[1] < 1.0), float(weights.head_lr[0])
-    (True, 1.0)
+    >>> float(weights.trunk[0]), bool(weights.trunk[1] < 1.0)
+    (1.0, True)
     """
 
     _per_task: typing.ClassVar[dict[str, float]] = {
-        "_boost": 0.0,
+        "_damping": 0.0,
         "_cooling": 0.0,
         "_since": 0.0,
         "_recent": 0.0,
@@ -105,14 +108,13 @@ class DriftAware(WeightingStrategy):
     }
     RECENT_RATE = 0.05
     OLDER_RATE = 0.005
-    MIN_HOLD = 50  # labels a boost lasts at least
+    MIN_HOLD = 50  # labels the damping lasts at least
 
     def __init__(
         self,
         base: WeightingStrategy | None = None,
         detector: river_base.DriftDetector | None = None,
         detectors: dict[str, river_base.DriftDetector] | None = None,
-        head_lr_boost: float = 10.0,
         trunk_damping: float = 0.5,
         cooldown: int = 500,
         min_rise: float = 0.5,
@@ -129,11 +131,8 @@ class DriftAware(WeightingStrategy):
             check_detector(detector, "detector")
         for task, override in (detectors or {}).items():
             check_detector(override, f"the detector of task {task!r}")
-        if head_lr_boost < 1 or not 0 <= trunk_damping <= 1:
-            raise ValueError(
-                f"need head_lr_boost >= 1 and 0 <= trunk_damping <= 1, "
-                f"got {head_lr_boost} and {trunk_damping}"
-            )
+        if not 0 <= trunk_damping <= 1:
+            raise ValueError(f"need 0 <= trunk_damping <= 1, got {trunk_damping}")
         if cooldown < 0 or not 0 < relax <= 1 or replay < 1:
             raise ValueError(
                 f"need cooldown >= 0, 0 < relax <= 1 and replay >= 1, "
@@ -143,7 +142,6 @@ class DriftAware(WeightingStrategy):
         self.base = base
         self.detector = detector
         self.detectors = dict(detectors or {})
-        self.head_lr_boost = head_lr_boost
         self.trunk_damping = trunk_damping
         self.cooldown = cooldown
         self.min_rise = min_rise
@@ -191,13 +189,13 @@ class DriftAware(WeightingStrategy):
         self._older[k] += max(self.OLDER_RATE, 1.0 / seen) * (loss - self._older[k])
         if self._cooling[k] > 0:
             self._cooling[k] -= 1.0
-        if self._boost[k] > 0:
+        if self._damping[k] > 0:
             self._since[k] += 1.0
             settled = self._recent[k] <= self._baseline[k] * (1.0 + self.settle_tolerance)
             if self._since[k] >= self.MIN_HOLD and (settled or self._since[k] >= self.max_hold):
-                self._boost[k] *= 1.0 - self.relax
-                if self._boost[k] < RELAXED:
-                    self._boost[k] = 0.0
+                self._damping[k] *= 1.0 - self.relax
+                if self._damping[k] < RELAXED:
+                    self._damping[k] = 0.0
         detector = self._detectors[k]
         detector.update(loss)
         self._fed[k].append(loss)
@@ -208,7 +206,7 @@ class DriftAware(WeightingStrategy):
         self._rebuild_detector(k, [])
         if self._cooling[k] > 0 or self._recent[k] <= self._older[k] * (1.0 + self.min_rise):
             return False  # within the cool-down, or no clear rise: not a change to react to
-        self._boost[k] = 1.0
+        self._damping[k] = 1.0
         self._cooling[k] = float(self.cooldown)
         self._since[k] = 0.0
         self._baseline[k] = self._older[k]  # the loss level before the drift
@@ -230,15 +228,10 @@ class DriftAware(WeightingStrategy):
         loss = self._base.step_weights().loss
         if len(self._ones) != len(loss):
             self._ones = np.ones(len(loss))
-        if not any(self._boost):
-            self._weights = StepWeights(loss, self._ones, self._ones)
+        if not any(self._damping):
+            self._weights = StepWeights(loss, self._ones)
             return
-        boost = np.array(self._boost)
-        self._weights = StepWeights(
-            loss,
-            1.0 - (1.0 - self.trunk_damping) * boost,
-            1.0 + (self.head_lr_boost - 1.0) * boost,
-        )
+        self._weights = StepWeights(loss, 1.0 - (1.0 - self.trunk_damping) * np.array(self._damping))
 
     # -- checkpoints -----------------------------------------------------------------------
 

@@ -1,0 +1,107 @@
+"""The default model: fast (second-order linear heads) early, deep later, mixed by Hedge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_mtl import Binary, MultiTaskLearner, Regression
+from stream_mtl.evaluate import SecondOrderLinear
+
+
+def _linear_and_nonlinear(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        u = rng.normal(size=4)
+        x = {f"u{j}": float(v) for j, v in enumerate(u)}
+        linear = float(u @ [1.0, -2.0, 0.5, 1.5] + 0.1 * rng.normal())
+        bumpy = float(np.sin(3.0 * u[0]) * u[1] + np.abs(u[2]) + 0.1 * rng.normal())
+        yield x, {"linear": linear, "bumpy": bumpy}
+
+
+def _model() -> MultiTaskLearner:
+    return MultiTaskLearner(
+        tasks={"linear": Regression(), "bumpy": Regression()}, hidden=(32, 32), seed=0
+    )
+
+
+def test_a_short_stream_is_learned_as_well_as_by_the_second_order_linear_model():
+    model = _model()
+    linear = SecondOrderLinear(model)
+    errors = {"model": 0.0, "linear": 0.0}
+    for x, y in _linear_and_nonlinear(300):
+        for name, contender in (("model", model), ("linear", linear)):
+            errors[name] += (contender.predict_one(x)["linear"] - y["linear"]) ** 2
+            contender.learn_one(x, y)
+    assert errors["model"] <= 1.05 * errors["linear"]
+
+
+def _linear_share(weights: dict[str, float]) -> float:
+    return sum(w for head, w in weights.items() if head.startswith("linear"))
+
+
+def test_the_mixture_moves_to_the_deep_heads_where_the_target_is_not_linear():
+    model = _model()
+    for x, y in _linear_and_nonlinear(4000):
+        model.learn_one(x, y)
+    assert _linear_share(model.mixture["linear"]) > 0.5  # the linear heads keep it
+    assert _linear_share(model.mixture["bumpy"]) < 0.2  # the deep heads took the bumpy one
+    floor = model.hedge_floor / 4
+    assert min(min(weights.values()) for weights in model.mixture.values()) >= floor - 1e-12
+
+
+def test_a_drift_restarts_the_drifting_tasks_linear_head():
+    model = _model()
+    for x, y in _linear_and_nonlinear(500):
+        model.learn_one(x, y)
+    backend = model._backend
+    before = [head.cov[0].copy() for head in backend.linear]
+    backend.restart_task(0)
+    for head, cov in zip(backend.linear, before):
+        np.testing.assert_array_equal(head.cov[0], np.eye(5))
+        assert not np.array_equal(cov, np.eye(5))
+    assert model.mixture["linear"]["linear(0.99)"] >= 0.5  # the faster-forgetting one
+
+
+def _rare_positives(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        u = rng.normal(size=3)
+        p = 1.0 / (1.0 + np.exp(-(2.0 * u[0] + u[1] - 5.5)))  # about 2% positives
+        yield {f"u{j}": float(v) for j, v in enumerate(u)}, {"rare": bool(rng.random() < p)}
+
+
+def _f1(model: MultiTaskLearner, n: int = 3000) -> tuple[float, list[float]]:
+    tp = fp = fn = 0
+    probabilities = []
+    for x, y in _rare_positives(n):
+        predicted = model.predict_one(x)["rare"]
+        probabilities.append(model.predict_proba_one(x)["rare"][True])
+        tp += predicted and y["rare"]
+        fp += predicted and not y["rare"]
+        fn += not predicted and y["rare"]
+        model.learn_one(x, y)
+    return 2 * tp / max(2 * tp + fp + fn, 1), probabilities
+
+
+def test_rare_positives_are_predicted_with_an_f1_threshold_and_the_same_probabilities():
+    tuned = MultiTaskLearner(tasks={"rare": Binary()}, hidden=(8,), seed=0)  # "f1"
+    fixed = MultiTaskLearner(tasks={"rare": Binary(threshold=0.5)}, hidden=(8,), seed=0)
+    f1_tuned, p_tuned = _f1(tuned)
+    f1_fixed, p_fixed = _f1(fixed)
+    assert p_tuned == p_fixed  # only the decision changes
+    assert f1_tuned > f1_fixed + 0.1
+    assert tuned.thresholds["rare"] < 0.5 and fixed.thresholds["rare"] == 0.5
+
+
+def test_the_prior_rule_decides_at_the_recent_share_of_positives():
+    model = MultiTaskLearner(tasks={"rare": Binary(threshold="prior")}, hidden=(8,), seed=0)
+    share = np.mean([y["rare"] for _, y in _rare_positives(3000)])
+    _f1(model)
+    assert model.thresholds["rare"] == pytest.approx(share, abs=0.02)
+
+
+def test_a_binary_threshold_must_be_a_rule_or_a_probability():
+    for bad in ("best", 0.0, 1.5, True):
+        with pytest.raises(ValueError, match="threshold"):
+            Binary(threshold=bad)

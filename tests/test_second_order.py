@@ -1,0 +1,74 @@
+"""The depth-0 heads: RLS with forgetting and an online Newton step, stable on long streams."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream_mtl.backends.heads import HeadColumns, evaluate
+from stream_mtl.backends.second_order import SecondOrderHeads
+
+
+def _heads(kind: str, n_inputs: int, forgetting: float) -> tuple[SecondOrderHeads, HeadColumns]:
+    heads = SecondOrderHeads(forgetting=forgetting)
+    heads.resize(n_inputs, old=[], new=[(0, 1)])
+    return heads, HeadColumns([(kind, 0, 1)])
+
+
+def _step(heads, columns, X, targets):
+    labelled = np.ones((len(X), 1), bool)
+    values = evaluate(columns, heads.outputs(X), targets[:, None], labelled)
+    heads.step(X, values.gradient, values.curvature, labelled)
+
+
+def test_rls_with_strong_forgetting_stays_stable_over_30k_steps_with_idle_inputs():
+    """Forgetting 0.99 with an input that goes constant and one that is rarely on: the
+    conditions under which plain RLS winds up and loses positive definiteness."""
+    rng = np.random.default_rng(0)
+    heads, columns = _heads("regression", 4, forgetting=0.99)
+    truth = np.array([0.5, -1.0, 2.0, 0.3])
+    for step in range(30_000):  # unguarded, it diverged after 4,400 steps
+        x = rng.normal(size=4)
+        if step > 5_000:
+            x[2] = 0.0  # goes idle for good
+        x[3] = float(rng.random() < 0.001)  # rarely on
+        _step(heads, columns, x[None, :], np.array([x @ truth + 0.1 * rng.normal()]))
+    cov = heads.cov[0]
+    assert np.isfinite(heads.weight).all()
+    np.testing.assert_array_equal(cov, cov.T)
+    assert np.linalg.eigvalsh(cov).min() > 0.0
+    assert np.diagonal(cov).max() <= heads.prior * (1.0 + 1e-12)
+    np.testing.assert_allclose(heads.weight[0, [1, 2]], truth[:2], atol=0.05)
+
+
+def test_a_batch_step_equals_row_by_row_rls_without_forgetting():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(40, 3)), rng.normal(size=40)
+    one, columns = _heads("regression", 3, forgetting=1.0)
+    many, _ = _heads("regression", 3, forgetting=1.0)
+    for row in range(40):
+        _step(one, columns, X[row : row + 1], y[row : row + 1])
+    _step(many, columns, X, y)
+    np.testing.assert_allclose(many.weight, one.weight, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(many.cov, one.cov, rtol=1e-9, atol=1e-12)
+
+
+def test_the_logistic_head_learns_calibrated_probabilities():
+    rng = np.random.default_rng(2)
+    heads, columns = _heads("binary", 2, forgetting=1.0)
+    truth = np.array([1.5, -2.0])
+    X = rng.normal(size=(20_000, 2))
+    p_true = 1.0 / (1.0 + np.exp(-(X @ truth - 2.0)))  # about 20% positives
+    for row in range(len(X)):
+        label = float(rng.random() < p_true[row])
+        _step(heads, columns, X[row : row + 1], np.array([label]))
+    np.testing.assert_allclose(heads.weight[0], [-2.0, 1.5, -2.0], atol=0.1)
+
+
+def test_new_inputs_start_with_weight_zero_and_the_prior_variance():
+    heads, columns = _heads("regression", 2, forgetting=0.99)
+    _step(heads, columns, np.array([[1.0, 2.0]]), np.array([3.0]))
+    before = heads.weight.copy()
+    heads.resize(3, old=[(0, 1)], new=[(0, 1)])
+    np.testing.assert_array_equal(heads.weight[:, :3], before)
+    assert heads.weight[0, 3] == 0.0 and heads.cov[0, 3, 3] == heads.prior
+    assert not heads.cov[0, 3, :3].any()
