@@ -93,12 +93,18 @@ class MultiTaskLearner(base.Estimator):
         One linear head on the inputs per factor, each forgetting its second-order state
         at that rate (1 forgets nothing; 0.999 weighs the last ~1,000 labels of a task
         most, 0.99 the last ~100): the mixture finds the memory each task needs.
-    hedge_discount
-        Hedge's beta: after each label, a head's mixture weight is multiplied by
-        `hedge_discount ** g`, g the slope of the mixture's loss along that head.
+    hedge_rate
+        How fast each task's mixture moves: after each label a head's weight is
+        multiplied by exp(-eta g), g the slope of the mixture's loss along that head and
+        eta this rate scaled to the task's recent slopes (see `backends.hedge`).
     hedge_floor
         Share of each task's mixture spread evenly over its heads at least, so that the
         mixture can always move back to a head (every head learns whatever its weight).
+    share_linear
+        Give every task one more linear head, shared by all tasks of its kind (regression
+        or binary) and learned from all their labels; each task's mixture decides how much
+        to borrow from it. It helps most where tasks are many and alike, with few labels
+        each.
 
     Examples
     --------
@@ -113,7 +119,7 @@ class MultiTaskLearner(base.Estimator):
     ...     model.learn_one(x, y)
     >>> prediction = model.predict_one({"age": 3, "plan": "pro"})
     >>> model.mixture["price"]  # which heads the price relies on
-    {'linear(0.999)': ..., 'linear(0.99)': ..., 'layer1': ...}
+    {'linear(0.999)': ..., 'linear(0.99)': ..., 'shared': ..., 'layer1': ...}
     >>> round(prediction["price"]), prediction["churn"], prediction["segment"]
     (13, False, 'b')
     >>> model.n_learned
@@ -137,8 +143,9 @@ class MultiTaskLearner(base.Estimator):
         activation: str = "relu",
         mixed_precision: bool = False,
         forgetting: tuple[float, ...] = (0.999, 0.99),
-        hedge_discount: float = 0.9,
+        hedge_rate: float = 1.0,
         hedge_floor: float = 0.01,
+        share_linear: bool = True,
     ) -> None:
         self.tasks = dict(tasks or {})
         self.hidden = tuple(hidden)
@@ -152,8 +159,9 @@ class MultiTaskLearner(base.Estimator):
         self.activation = activation
         self.mixed_precision = mixed_precision
         self.forgetting = tuple(forgetting)
-        self.hedge_discount = hedge_discount
+        self.hedge_rate = hedge_rate
         self.hedge_floor = hedge_floor
+        self.share_linear = share_linear
         self._check_params()
 
         self._encoder = FeatureEncoder()
@@ -173,8 +181,8 @@ class MultiTaskLearner(base.Estimator):
         rng = np.random.default_rng(seed)
         self._backend = make_backend(
             backend, self.hidden, activation, optimizer, float(lr), dtype, device, mixed_precision,
-            forgetting=self.forgetting, hedge_discount=float(hedge_discount),
-            hedge_floor=float(hedge_floor),
+            forgetting=self.forgetting, hedge_rate=float(hedge_rate),
+            hedge_floor=float(hedge_floor), share_linear=bool(share_linear),
         )  # fmt: skip
         self._backend.load_trunk(initial_trunk(rng, self.hidden, activation))
         self._feature_seed = int(rng.integers(2**32))
@@ -204,8 +212,8 @@ class MultiTaskLearner(base.Estimator):
             raise ValueError(
                 f"forgetting must be a tuple of factors in [0.5, 1], got {self.forgetting!r}"
             )
-        if not 0.0 < self.hedge_discount < 1.0:
-            raise ValueError(f"hedge_discount must be in (0, 1), got {self.hedge_discount!r}")
+        if not (isinstance(self.hedge_rate, int | float) and self.hedge_rate > 0):
+            raise ValueError(f"hedge_rate must be a positive number, got {self.hedge_rate!r}")
         if not 0.0 <= self.hedge_floor < 1.0:
             raise ValueError(f"hedge_floor must be in [0, 1), got {self.hedge_floor!r}")
         if self.weighting is not None and not isinstance(self.weighting, WeightingStrategy):
@@ -694,8 +702,9 @@ class MultiTaskLearner(base.Estimator):
                 "activation": self.activation,
                 "mixed_precision": self.mixed_precision,
                 "forgetting": list(self.forgetting),
-                "hedge_discount": self.hedge_discount,
+                "hedge_rate": self.hedge_rate,
                 "hedge_floor": self.hedge_floor,
+                "share_linear": self.share_linear,
             },
             "tasks": [
                 [name, object_to_spec(task)]

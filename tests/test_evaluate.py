@@ -124,8 +124,9 @@ def test_a_saved_report_is_strict_json_that_opens_with_its_configuration(tmp_pat
     assert content["memory_bytes"] > 0
     assert len(content["task_affinity"]["matrix"]) == 2
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
-        "rolling_metrics.png", "task_affinity.png", "task_weights.png",
+        "depth.png", "rolling_metrics.png", "task_affinity.png", "task_weights.png",
     ]  # fmt: skip
+    assert len(content["mixture"]) == 4 and set(content["mixture"][-1]["a"]) >= {"layer1"}
 
 
 def test_a_long_run_shows_a_progress_bar(capsys):

@@ -5,8 +5,18 @@ The model: a trunk of L layers; for every task, a head on each trunk layer's out
 one second-order linear head on the inputs per forgetting factor (see `second_order`:
 by default a slow one and a fast one, so that the mixture finds the memory the stream
 needs, as in Arenas-Garcia, Figueiras-Vidal & Sayed (2006), "Mean-square performance
-of a convex combination of two adaptive filters"); each task's prediction is the
-Hedge mixture of all its heads (see `hedge`).
+of a convex combination of two adaptive filters"), and one shared by every task of its
+kind (with `share_linear`); each task's prediction is the Hedge mixture of all its
+heads (see `hedge`).
+
+The shared linear head is the multi-task model at depth 0: one second-order linear
+model for all regression tasks (on their standardised targets) and one for all binary
+tasks, learned from every task's labels (a Newton step on the sum of their losses), in
+the spirit of Evgeniou & Pontil (2004), "Regularized multi-task learning", where each
+task's model is a shared one plus its own. Here each task's mixture decides how much
+to borrow from it: a lot where tasks are many and alike with few labels each, next to
+nothing where they differ. Multiclass tasks do not share (their classes differ): their
+shared head predicts nothing and keeps the floor weight.
 
 A backend subclass supplies its array operations (`_zeros`, `_to_numpy`, `_from_numpy`),
 binds the views it computes with in `_bind`, and runs the trunk and the deep heads:
@@ -34,12 +44,16 @@ from stream_mtl.backends.hedge import Hedge
 from stream_mtl.backends.init import ACTIVATIONS
 from stream_mtl.backends.layout import Layout, head_names, head_shapes, trunk_shapes
 from stream_mtl.backends.second_order import SecondOrderHeads
+from stream_mtl.tasks import BINARY, REGRESSION
 
 OPTIMIZERS = ("sgd", "adam")
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 # Share of a task's mixture moved onto its depth-0 head when it restarts after a drift.
 RESTART_SHARE = 0.5
+# The rows of the shared linear head: one per kind that shares, and one that never learns.
+SHARED_ROWS = {REGRESSION: 0, BINARY: 1}
+_NOT_SHARED = len(SHARED_ROWS)
 
 
 class FlatBackend:
@@ -53,8 +67,9 @@ class FlatBackend:
         lr: float = 1e-3,
         dtype: str = "float32",
         forgetting: tuple[float, ...] = (0.999, 0.99),
-        hedge_discount: float = 0.9,
+        hedge_rate: float = 1.0,
         hedge_floor: float = 0.01,
+        share_linear: bool = True,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
@@ -74,7 +89,8 @@ class FlatBackend:
         self._param = self._zeros((0,))
         self._moments = self._zeros((2, 0))
         self.linear = [SecondOrderHeads(factor) for factor in forgetting]
-        self.hedge = Hedge(self.n_heads, hedge_discount, hedge_floor, n_first=len(self.linear))
+        self.shared = SecondOrderHeads(max(forgetting)) if share_linear else None
+        self.hedge = Hedge(self.n_heads, hedge_rate, hedge_floor, n_first=self.n_linear)
         self._relayout()
 
     # -- what a subclass supplies --------------------------------------------------------
@@ -105,15 +121,21 @@ class FlatBackend:
     # -- structure ---------------------------------------------------------------------
 
     @property
+    def n_linear(self) -> int:
+        """Heads per task at depth 0: its own linear heads, and the shared one."""
+        return len(self.linear) + (self.shared is not None)
+
+    @property
     def n_heads(self) -> int:
         """Heads per task: the linear ones (depth 0), then one per trunk layer."""
-        return len(self.linear) + len(self.hidden)
+        return self.n_linear + len(self.hidden)
 
     @property
     def head_names(self) -> list[str]:
         """What each of a task's heads is, in mixture order."""
         linear = [f"linear({head.forgetting:g})" for head in self.linear]
-        return linear + [f"layer{depth}" for depth in range(1, len(self.hidden) + 1)]
+        shared = ["shared"] if self.shared is not None else []
+        return linear + shared + [f"layer{depth}" for depth in range(1, len(self.hidden) + 1)]
 
     def _relayout(self) -> None:
         sizes = {head.task: head.size for head in self.heads}
@@ -134,6 +156,20 @@ class FlatBackend:
         ]
         for head in self.linear:
             head.resize(self.n_inputs, old, [(a, b) for _, a, b in self._slices])
+        if self.shared is not None:
+            rows = [(0, _NOT_SHARED + 1)]
+            self.shared.resize(self.n_inputs, rows if len(self.shared.weight) else [], rows)
+        # Each output's row in the shared head, and (outputs x rows that learn) membership.
+        self._shared_row = np.array(
+            [
+                SHARED_ROWS.get(kind, _NOT_SHARED)
+                for kind, a, b in self._slices
+                for _ in range(a, b)
+            ],
+            dtype=np.intp,
+        )
+        self._shared_membership = np.eye(_NOT_SHARED + 1)[self._shared_row]
+        self._shared_membership[:, _NOT_SHARED] = 0.0  # that row never learns
         self.columns = HeadColumns(self._slices)
         self._column_task = self.columns.column_task
         # Sums head outputs' gradient products into per-task ones; None when there is
@@ -195,7 +231,10 @@ class FlatBackend:
         """Raw outputs of every head (heads x rows x outputs, float64)."""
         deep = self._deep_outputs(X, train)
         X = np.asarray(X, float)
-        return np.concatenate([np.stack([head.outputs(X) for head in self.linear]), deep])
+        linear = [head.outputs(X) for head in self.linear]
+        if self.shared is not None:
+            linear.append(self.shared.outputs(X)[:, self._shared_row])
+        return np.concatenate([np.stack(linear), deep])
 
     def _mix(self, P: np.ndarray) -> np.ndarray:
         """Each output's mixture of its heads' predictions P (heads x rows x outputs)."""
@@ -252,7 +291,7 @@ class FlatBackend:
         with np.errstate(invalid="ignore", divide="ignore"):
             losses = prediction_losses(self.columns, mixed, T, labelled).sum(axis=0) / counts
         column_task = self._column_task
-        n_linear = len(self.linear)
+        n_linear = self.n_linear
         if self.hidden:
             dZ = G[n_linear:] * (np.asarray(loss_weight, float)[column_task] / n)
             factor = self.hedge.alpha[column_task, n_linear:].T
@@ -260,6 +299,12 @@ class FlatBackend:
         curvature = values.curvature.reshape(Z.shape)
         for i, head in enumerate(self.linear):
             head.step(X, G[i], curvature[i], labelled[:, column_task])
+        if self.shared is not None:
+            # One Newton step on the sum of the losses of every output it serves.
+            members, i = self._shared_membership, len(self.linear)
+            self.shared.step(
+                X, G[i] @ members, curvature[i] @ members, labelled[:, column_task] @ members > 0
+            )
         task_gram = self._task_gram(G[-1], counts) if gram else None
         self.hedge.update(mixture_gradient(self.columns, P, mixed, T, labelled), counts > 0)
         return StepResult(losses, task_gram, mixed)
@@ -302,7 +347,11 @@ class FlatBackend:
             for head, (_, start, stop) in zip(self.heads, self._slices):
                 arrays[f"linear{i}.{head.task}.weight"] = linear.weight[start:stop].copy()
                 arrays[f"linear{i}.{head.task}.cov"] = linear.cov[start:stop].copy()
+        if self.shared is not None:
+            arrays["shared.weight"] = self.shared.weight.copy()
+            arrays["shared.cov"] = self.shared.cov.copy()
         arrays["hedge.alpha"] = self.hedge.alpha.copy()
+        arrays["hedge.scale"] = self.hedge.scale.copy()
         return arrays
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -323,7 +372,12 @@ class FlatBackend:
                 rows, name = stop - start, f"linear{i}.{head.task}"
                 linear.weight[start:stop] = _checked(arrays, f"{name}.weight", (rows, size))
                 linear.cov[start:stop] = _checked(arrays, f"{name}.cov", (rows, size, size))
+        if self.shared is not None:
+            rows = _NOT_SHARED + 1
+            self.shared.weight[...] = _checked(arrays, "shared.weight", (rows, size))
+            self.shared.cov[...] = _checked(arrays, "shared.cov", (rows, size, size))
         self.hedge.alpha = _checked(arrays, "hedge.alpha", self.hedge.alpha.shape).astype(float)
+        self.hedge.scale = _checked(arrays, "hedge.scale", self.hedge.scale.shape).astype(float)
 
     def _adam_scalars(self) -> tuple[float, float]:
         """Advance Adam's step; return (sqrt(1 - beta2^t), sqrt(1 - beta2^t) / (1 - beta1^t)).

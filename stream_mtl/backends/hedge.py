@@ -3,12 +3,19 @@
 Each task's prediction mixes its heads - the linear heads on the inputs (depth 0) and
 the head on each trunk layer - with weights alpha[k, h] that sum to 1 (Hedge
 Backpropagation: Sahoo, Pham, Lu & Hoi, "Online Deep Learning: Learning Deep Neural
-Networks on the Fly", IJCAI 2018). A task starts with its weight on its linear heads,
-the ones that are good soonest, but for the floor.
+Networks on the Fly", IJCAI 2018). A task starts with its weight spread over its linear
+heads, the ones that are good soonest, but for the floor.
 
 After each step every labelled task's weights take a Hedge step,
-alpha[k, h] <- alpha[k, h] * discount ** g[k, h], then are renormalised and floored at
-`floor / heads`. The paper feeds Hedge each head's own loss, which makes the mixture
+alpha[k, h] <- alpha[k, h] * exp(-eta_k g[k, h]), then are renormalised and floored at
+`floor / heads`. The paper uses a fixed eta (its discount beta = exp(-eta)); here eta_k
+adapts to the scale of task k's g, as AdaHedge does (de Rooij, van Erven, Grunwald &
+Koolen (2014), "Follow the leader if you can, hedge if you must"):
+eta_k = rate * sqrt(ln(heads) / S_k), with S_k a running sum of the squared range of
+g[k, :] over k's labels, discounted by `memory` so that eta never decays to nothing and
+the mixture can follow a change. A task with few labels moves its mixture fast; one
+with many, steadily; and the rate means the same on every scale of loss. The paper
+feeds Hedge each head's own loss, which makes the mixture
 select one head. Here g[k, h] is the derivative of the loss of the *mixed* prediction
 with respect to alpha[k, h] - the exponentiated-gradient algorithm of Kivinen &
 Warmuth (1997), "Exponentiated gradient versus gradient descent for linear
@@ -35,7 +42,7 @@ import numpy as np
 class Hedge:
     """Per-task mixture weights over `n_heads` heads; the first `n_first` start with them.
 
-    >>> hedge = Hedge(n_heads=3, discount=0.5, floor=0.3, n_first=1)
+    >>> hedge = Hedge(n_heads=3, floor=0.3, n_first=1)
     >>> hedge.add_task()
     >>> hedge.alpha.round(3).tolist()
     [[0.8, 0.1, 0.1]]
@@ -46,18 +53,26 @@ class Hedge:
     """
 
     def __init__(
-        self, n_heads: int, discount: float = 0.9, floor: float = 0.01, n_first: int = 1
+        self,
+        n_heads: int,
+        rate: float = 1.0,
+        floor: float = 0.01,
+        n_first: int = 1,
+        memory: float = 0.999,
     ) -> None:
         self.n_heads = n_heads
-        self.discount = discount
+        self.rate = rate
         self.floor = floor
         self.n_first = max(1, min(n_first, n_heads))
+        self.memory = memory
         self.alpha = np.zeros((0, n_heads))
+        self.scale = np.zeros(0)  # per task: S_k, the discounted sum of squared ranges
 
     def add_task(self) -> None:
         fresh = np.zeros((1, self.n_heads))
         fresh[0, : self.n_first] = 1.0 / self.n_first
         self.alpha = np.vstack([self.alpha, fresh])
+        self.scale = np.append(self.scale, 0.0)
         self._set(np.array([len(self.alpha) - 1]), fresh)
 
     def update(self, gradient: np.ndarray, labelled: np.ndarray) -> None:
@@ -65,7 +80,11 @@ class Hedge:
         if self.n_heads == 1 or not labelled.any():
             return
         rows = np.flatnonzero(labelled)
-        log_alpha = np.log(self.alpha[rows]) + gradient[rows] * math.log(self.discount)
+        g = gradient[rows]
+        spread = g.max(axis=1) - g.min(axis=1)
+        self.scale[rows] = self.memory * self.scale[rows] + spread * spread
+        eta = self.rate * np.sqrt(math.log(self.n_heads) / np.maximum(self.scale[rows], 1e-12))
+        log_alpha = np.log(self.alpha[rows]) - eta[:, None] * g
         log_alpha -= log_alpha.max(axis=1, keepdims=True)
         alpha = np.exp(log_alpha)
         alpha /= alpha.sum(axis=1, keepdims=True)

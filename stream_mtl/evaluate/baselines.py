@@ -5,7 +5,7 @@
   or loss of the multi-task model against it is the value of sharing.
 - `RiverLinear`: River's linear model per task (scaled inputs), the usual online
   baseline.
-- `SecondOrderLinear`: the model's own depth-0 heads alone, one per task: recursive
+- `SecondOrderLinear`: the model's own per-task linear heads alone: recursive
   least squares with forgetting (regression) or an online Newton step
   (classification) - the strongest cheap online linear learner, and the bar the
   multi-task model must clear on short streams.
@@ -121,8 +121,9 @@ class SingleTaskModels:
 
 
 class SecondOrderLinear(SingleTaskModels):
-    """One second-order linear model per task on the scaled inputs: `model`'s depth-0 heads
-    alone (`hidden=()`: no trunk, no sharing, no drift reaction).
+    """One second-order linear model per task on the scaled inputs: `model`'s per-task
+    linear heads alone (`hidden=()`, `share_linear=False`: no trunk, no sharing, no drift
+    reaction).
 
     >>> from stream_mtl import MultiTaskLearner, Regression
     >>> model = MultiTaskLearner(tasks={"a": Regression()}, hidden=(8,), seed=0)
@@ -134,7 +135,8 @@ class SecondOrderLinear(SingleTaskModels):
     """
 
     def __init__(self, model: typing.Any) -> None:
-        params = {**model._get_params(), "hidden": (), "weighting": Equal()}
+        params = {**model._get_params(), "hidden": (), "share_linear": False}
+        params["weighting"] = Equal()
         self.tasks = dict(model.tasks)
         self.models = {"all": type(model)(**{**params, "tasks": dict(self.tasks)})}
 

@@ -231,7 +231,9 @@ class DriftAware(WeightingStrategy):
         if not any(self._damping):
             self._weights = StepWeights(loss, self._ones)
             return
-        self._weights = StepWeights(loss, 1.0 - (1.0 - self.trunk_damping) * np.array(self._damping))
+        self._weights = StepWeights(
+            loss, 1.0 - (1.0 - self.trunk_damping) * np.array(self._damping)
+        )
 
     # -- checkpoints -----------------------------------------------------------------------
 
