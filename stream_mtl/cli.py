@@ -32,6 +32,7 @@ def _evaluate_and_save(
     print(f"\n== {title}")
     report = prequential(model, stream, every=every, progress=not args.no_progress, on_error="skip")
     print(report.table())
+    print(report.verdict())
     print(
         f"{report.n_observations:,} observations in {report.seconds:.1f} s; the model "
         f"alone {report.throughput:,.0f} obs/s, {report.memory_bytes / 1024:,.0f} KiB"

@@ -57,6 +57,15 @@ def test_baselines_run_on_the_same_stream_in_the_same_call():
     assert report.baselines["single_task"]["metrics"]["a"]["MAE"] != report.metrics["a"]["MAE"]
 
 
+def test_the_verdict_says_per_metric_whether_the_model_is_best_or_who_beats_it():
+    report = prequential(_model(), _stream(400), every=200, progress=False)
+    lines = report.verdict().splitlines()
+    metrics = {m for task in report.metrics.values() for m in task}  # a regression, a binary
+    assert len(lines) == len(metrics)
+    for line in lines:
+        assert "the model is best" in line or "is behind" in line
+
+
 def test_a_fixed_delay_learns_each_label_that_many_observations_later():
     observations = _stream(300)
     model = _model()

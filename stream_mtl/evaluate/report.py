@@ -95,6 +95,30 @@ class Report(typing.NamedTuple):
             )
         return "\n".join(lines)
 
+    def verdict(self) -> str:
+        """Per metric, averaged over tasks: whether the model is the best of the run, and
+        if not, who beats it and by how much - the tables' message in words."""
+        values = {"model": self.metrics, **{b: r["metrics"] for b, r in self.baselines.items()}}
+        tasks = list(self.metrics)
+        if not tasks or not self.baselines:
+            return ""
+        lines = []
+        for metric in dict.fromkeys(m for t in tasks for m in self.metrics[t]):
+            having = [t for t in tasks if metric in self.metrics[t]]
+            means = {n: _nanmean([v[t][metric] for t in having]) for n, v in values.items()}
+            better = bigger_is_better(metric)
+            mine = means.pop("model")
+            ahead = [n for n, m in means.items() if _beats(m, mine, better)]
+            if not ahead:
+                rival = max(means, key=lambda n: means[n] if better else -means[n])
+                lines.append(
+                    f"{metric}: the model is best ({mine:.4f}; next {rival} {means[rival]:.4f})"
+                )
+            else:
+                behind = ", ".join(f"{n} {means[n]:.4f}" for n in ahead)
+                lines.append(f"{metric}: the model ({mine:.4f}) is behind {behind}")
+        return "\n".join(lines)
+
 
 def bigger_is_better(metric: str) -> bool:
     """Whether a larger value of the River metric named `metric` is better."""
