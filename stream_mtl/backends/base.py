@@ -66,7 +66,7 @@ class Backend(typing.Protocol):
         """Add a head, or grow an existing head to `size` outputs (new outputs start at 0)."""
 
     def restart_task(self, position: int) -> None:
-        """Make one task re-adapt fast (its fast heads restart; its mixture favours them)."""
+        """Make one task re-adapt fast (its mixture moves toward its fastest heads)."""
 
     def forward_one(self, x: np.ndarray) -> np.ndarray:
         """Predictions (total outputs,) for one encoded input."""
@@ -85,7 +85,8 @@ class Backend(typing.Protocol):
         """One optimiser step on one observation; the loss of each task (NaN if unlabelled).
 
         The loss is the sum over labelled tasks of `loss_weight[k] * loss_k`; the shared
-        trunk receives each task's gradient further multiplied by `trunk_scale[k]`. With
+        parameters (the trunk, the shared linear head) receive each task's gradient
+        further multiplied by `trunk_scale[k]`. With
         `gram`, the result also holds the tasks' gradient Gram matrix (see `StepResult`).
         """
 

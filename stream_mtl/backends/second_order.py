@@ -83,11 +83,6 @@ class SecondOrderHeads:
             cov[rows, :keep, :keep] = self.cov[old_start:old_stop, :keep, :keep]
         self.weight, self.cov = weight, cov
 
-    def restart(self, outputs: slice) -> None:
-        """Forget the curvature of `outputs` (their weights stay): they re-fit fast."""
-        size = self.weight.shape[1]
-        self.cov[outputs] = np.eye(size) * self.prior
-
     def outputs(self, X: np.ndarray) -> np.ndarray:
         """Raw outputs (rows x outputs) for encoded inputs X (rows x inputs)."""
         # einsum sums each row in the same order whatever the number of rows, so that a

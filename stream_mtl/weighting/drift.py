@@ -34,19 +34,19 @@ class DriftAware(WeightingStrategy):
     `min_rise` above its older level (a loss that falls because the model is learning,
     or a small wobble, is not a change to react to):
 
-    - the learner restarts k's fast heads: k's depth-0 head forgets its curvature (its
-      weights stay, so it re-fits the new concept within a few dozen labels, by its own
-      second-order rule rather than by a larger step size) and k's mixture moves half
-      way toward that head, from where Hedge moves it on by the heads' losses;
+    - the learner moves half of k's mixture onto its fastest-forgetting linear head,
+      which re-fits a new concept within about a hundred labels by its own second-order
+      rule (not by a larger step size); from there the mixture moves on by the heads'
+      losses;
     - k's gradient into the shared trunk is multiplied by `trunk_damping`, so that k's
       large post-drift errors do not drag the representation the other tasks share;
     - the base strategy forgets its statistics of k (they describe the old concept);
     - a `DriftEvent` is recorded by the learner, and further detections in k are
       ignored for `cooldown` of k's labels, so one change is not reported twice.
 
-    No learning rate is raised, so a false alarm costs a restart of one linear head
-    (whose mixture weight Hedge takes back if it is worse) and a short damping of k's
-    pull on the trunk. The damping stays at full strength until k's recent running
+    No learning rate is raised and nothing is reset, so a false alarm costs a shift of
+    k's mixture (which Hedge takes back if it was worse) and a short damping of k's pull
+    on the trunk. The damping stays at full strength until k's recent running
     loss is back within `settle_tolerance` of its level before the drift (or for
     `max_hold` labels at most, for a new concept that is harder than the old one), and
     then relaxes back to 1 by a factor `1 - relax` per label of k.
