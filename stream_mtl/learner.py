@@ -55,12 +55,14 @@ class MultiTaskLearner(base.Estimator):
     """An online multi-task model: a shared MLP trunk, and per task a mixture of heads.
 
     Each task's prediction is a Hedge mixture of heads at every depth (Sahoo et al.,
-    IJCAI 2018): a linear head on the scaled inputs learned by a second-order rule
+    IJCAI 2018): linear heads on the scaled inputs learned by a second-order rule
     (recursive least squares with forgetting for regression, an online Newton step for
-    classification), which is good after a few dozen observations, and a head on each
-    trunk layer's output, learned with the trunk by `optimizer`. The mixture moves
-    toward the heads of lower recent loss, with a floor so every head keeps learning:
-    a short stream is served by the fast linear head, a long one by the deep ones.
+    classification) - one per forgetting factor, and one shared by all tasks of the
+    task's kind - which are good after a few dozen observations, and a head on each
+    trunk layer's output, learned with the trunk by `optimizer`. Every head learns from
+    every label; the mixture moves toward the combination of heads that lowers the
+    task's loss, with a floor that keeps every head within reach: a short stream is
+    served by the linear heads, a long one by whatever predicts it best.
 
     Parameters
     ----------
@@ -291,9 +293,10 @@ class MultiTaskLearner(base.Estimator):
 
     @property
     def mixture(self) -> dict[str, dict[str, float]]:
-        """Each task's mixture weight per head - `"linear(f)"`, the linear head on the
-        inputs with forgetting factor f, or `"layer{d}"`, the head on trunk layer d - which
-        depth its predictions rely on now."""
+        """Each task's mixture weight per head - `"linear(f)"`, its linear head on the
+        inputs with forgetting factor f; `"shared"`, the linear head it shares with the
+        tasks of its kind; `"layer{d}"`, its head on trunk layer d - which depth its
+        predictions rely on now."""
         names = self._backend.head_names
         alpha = self._backend.hedge.alpha.tolist()
         return {task: dict(zip(names, row)) for task, row in zip(self._task_names, alpha)}
@@ -401,11 +404,18 @@ class MultiTaskLearner(base.Estimator):
             encoded, targets, weights.loss, weights.trunk, self._wants_gram()
         )
         counts = [0 if t is None else 1 for t in targets]
-        for position, tuner in self._thresholds.items():
-            if targets[position] is not None:
-                column = self._backend.columns.slices[position][1]
-                tuner.update(result.predictions[:, column], [targets[position] == 1.0])
+        if self._thresholds:
+            row = np.array([[np.nan if t is None else t for t in targets]], dtype=float)
+            self._tune_thresholds(row, result.predictions)
         self._after_step(result, counts, counts)
+
+    def _tune_thresholds(self, targets: np.ndarray, predictions: np.ndarray) -> None:
+        """Feed each tuned binary threshold the probabilities served before this step."""
+        for position, tuner in self._thresholds.items():
+            rows = ~np.isnan(targets[:, position])
+            if rows.any():
+                column = self._backend.columns.slices[position][1]
+                tuner.update(predictions[rows, column], targets[rows, position] == 1.0)
 
     def _targets_one(self, labels: list[Label | None]) -> list:
         targets: list = [None] * len(labels)
@@ -587,11 +597,7 @@ class MultiTaskLearner(base.Estimator):
         result = self._backend.step_many(
             encoded, targets, weights.loss, weights.trunk, self._wants_gram()
         )
-        for position, tuner in self._thresholds.items():
-            rows = ~np.isnan(targets[:, position])
-            if rows.any():
-                column = self._backend.columns.slices[position][1]
-                tuner.update(result.predictions[rows, column], targets[rows, position] == 1.0)
+        self._tune_thresholds(targets, result.predictions)
         self._after_step(result, counts > 0, counts)
 
     def _check_label_frame(

@@ -307,13 +307,14 @@ class FlatBackend:
             self.shared.step(
                 X, G[i] @ members, curvature[i] @ members, labelled[:, column_task] @ members > 0
             )
-        task_gram = self._task_gram(G[-1], counts) if gram else None
+        task_gram = self._task_gram(G[-1] if self.hidden else G[0], counts) if gram else None
         self.hedge.update(mixture_gradient(self.columns, P, mixed, T, labelled), counts > 0)
         return StepResult(losses, task_gram, mixed)
 
     def _task_gram(self, G: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Per-task gradient inner products at the shared representation (what the deepest
-        heads read), from the gradient G (rows x outputs) at those heads' outputs: task
+        heads read: the last trunk layer, or with no trunk the inputs, read by the first
+        linear head), from the gradient G (rows x outputs) at those heads' outputs: task
         k's gradient is the sum over its outputs o of dZ_o W_o, so <g_k, g_l> sums
         D_op (W W^T)_op over o in k, p in l, with D = G^T G (per-task means)."""
         raw = G / np.maximum(counts, 1)[self._column_task]
