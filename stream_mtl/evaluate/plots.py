@@ -27,7 +27,12 @@ if typing.TYPE_CHECKING:
 
 MAX_PANELS = 12  # more tasks than this: one panel of the mean over tasks
 MAX_LABELLED = 30  # more tasks than this: the heatmap's axes go unlabelled
-COLOURS = {"model": "tab:blue", "single_task": "tab:orange", "river_linear": "tab:green"}
+COLOURS = {
+    "model": "tab:blue",
+    "single_task": "tab:orange",
+    "linear": "tab:purple",
+    "river_linear": "tab:green",
+}
 
 
 def save_plots(report: Report, folder: Path) -> list[Path]:
