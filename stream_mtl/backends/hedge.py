@@ -21,7 +21,8 @@ with respect to alpha[k, h] - the exponentiated-gradient algorithm of Kivinen &
 Warmuth (1997), "Exponentiated gradient versus gradient descent for linear
 predictors" - so that the mixture moves toward the heads whose predictions lower its
 loss and converges to the best convex combination of them, not only to the best head
-(on the SARCOS stream: normalised MSE 0.063 against 0.067 for the best head). For a
+(on the SARCOS stream, with one linear head of forgetting 0.99 and two deep heads:
+normalised MSE 0.063, against 0.067 when Hedge is fed each head's own loss). For a
 mini-batch g is summed over its rows.
 
 Unlike the paper, where head h learns from alpha[k, h] times its loss, every head here
