@@ -56,14 +56,14 @@ class HeadValues(typing.NamedTuple):
 
     - `prediction` (rows x outputs): value, P(True) or class probability;
     - `gradient` (rows x outputs): d loss / d z, 0 where the task is unlabelled;
-    - `curvature` (rows x outputs): d^2 loss / d z^2 (diagonal), 0 where unlabelled;
-    - `loss` (rows x tasks): each task's loss, 0 where unlabelled.
+    - `curvature` (rows x outputs): d^2 loss / d z^2 (diagonal), 0 where unlabelled.
+
+    (The losses themselves are those of the mixed predictions: `prediction_losses`.)
     """
 
     prediction: np.ndarray
     gradient: np.ndarray
     curvature: np.ndarray
-    loss: np.ndarray
 
 
 def link(columns: HeadColumns, Z: np.ndarray) -> np.ndarray:
@@ -83,28 +83,25 @@ def link(columns: HeadColumns, Z: np.ndarray) -> np.ndarray:
 def evaluate(
     columns: HeadColumns, Z: np.ndarray, T: np.ndarray, labelled: np.ndarray
 ) -> HeadValues:
-    """Link, loss, gradient and curvature of raw outputs Z (rows x outputs) against targets
+    """Link, loss gradient and curvature of raw outputs Z (rows x outputs) against targets
     T (rows x tasks: a scaled value, 0/1, or a class index); `labelled` (rows x tasks)
     says which targets exist (T may hold anything elsewhere)."""
     P = link(columns, Z)
     G = np.zeros(P.shape)
     H = np.zeros(P.shape)
-    L = np.zeros(T.shape)
     tasks, cols = columns.regression
     if len(tasks):
         mask = labelled[:, tasks]
         diff = np.where(mask, P[:, cols] - T[:, tasks], 0.0)
         G[:, cols] = diff
         H[:, cols] = mask
-        L[:, tasks] = 0.5 * diff * diff
     tasks, cols = columns.binary
     if len(tasks):
         mask = labelled[:, tasks]
         t = np.where(mask, T[:, tasks], 0.0)
-        p, z = P[:, cols], np.asarray(Z[:, cols], dtype=float)
+        p = P[:, cols]
         G[:, cols] = np.where(mask, p - t, 0.0)
         H[:, cols] = np.where(mask, p * (1.0 - p), 0.0)
-        L[:, tasks] = np.where(mask, np.logaddexp(0.0, z) - t * z, 0.0)
     for task, start, stop in columns.multiclass:
         mask = labelled[:, task]
         rows = np.flatnonzero(mask)
@@ -116,8 +113,7 @@ def evaluate(
         grad[np.arange(len(rows)), classes] -= 1.0
         G[rows, start:stop] = grad
         H[rows, start:stop] = p * (1.0 - p)
-        L[rows, task] = -np.log(np.maximum(p[np.arange(len(rows)), classes], _TINY))
-    return HeadValues(P, G, H, L)
+    return HeadValues(P, G, H)
 
 
 def mixture_gradient(

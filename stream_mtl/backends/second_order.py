@@ -63,10 +63,6 @@ class SecondOrderHeads:
         self.weight = np.zeros((0, 1))  # outputs x (1 + inputs); column 0 is the bias
         self.cov = np.zeros((0, 1, 1))  # outputs x (1 + inputs) x (1 + inputs)
 
-    @property
-    def n_inputs(self) -> int:
-        return self.weight.shape[1] - 1
-
     def resize(self, n_inputs: int, old: list[tuple[int, int]], new: list[tuple[int, int]]) -> None:
         """Lay out for `n_inputs` inputs and the outputs `new` (start, stop per task); the
         tasks of `old` keep their state, in the first rows of their new range. New
