@@ -58,8 +58,10 @@ class MultiTaskLearner(base.Estimator):
     IJCAI 2018): linear heads on the scaled inputs learned by a second-order rule
     (recursive least squares with forgetting for regression, an online Newton step for
     classification) - one per forgetting factor, and one shared by all tasks of the
-    task's kind - which are good after a few dozen observations, and a head on each
-    trunk layer's output, learned with the trunk by `optimizer`. Every head learns from
+    task's kind - which are good after a few dozen observations; a head on each
+    trunk layer's output, learned with the trunk by `optimizer`; and second-order heads
+    on the last layer's output, which read out what the trunk has learned (and re-fit
+    that read-out after a change) within a few dozen labels. Every head learns from
     every label; the mixture moves toward the combination of heads that lowers the
     task's loss, with a floor that keeps every head within reach: a short stream is
     served by the linear heads, a long one by whatever predicts it best.
@@ -107,6 +109,11 @@ class MultiTaskLearner(base.Estimator):
         or binary) and learned from all their labels; each task's mixture decides how much
         to borrow from it. It helps most where tasks are many and alike, with few labels
         each.
+    top_forgetting
+        One more head per factor on the last trunk layer's output, learned by the same
+        second-order rule as the linear heads (with that forgetting factor) while the
+        trunk learns through it: the trunk's features read out by a few dozen labels
+        rather than thousands of gradient steps. `()` for none.
 
     Examples
     --------
@@ -120,8 +127,8 @@ class MultiTaskLearner(base.Estimator):
     ...     y = {"price": 10.0 + i % 7, "churn": i % 2 == 0, "segment": "ab"[i % 2]}
     ...     model.learn_one(x, y)
     >>> prediction = model.predict_one({"age": 3, "plan": "pro"})
-    >>> model.mixture["price"]  # which heads the price relies on
-    {'linear(0.999)': ..., 'linear(0.99)': ..., 'shared': ..., 'layer1': ...}
+    >>> list(model.mixture["price"])  # the heads whose mixture the price relies on
+    ['linear(0.999)', 'linear(0.99)', 'shared', 'layer1', 'top(0.999)', 'top(0.99)']
     >>> round(prediction["price"]), prediction["churn"], prediction["segment"]
     (13, False, 'b')
     >>> model.n_learned
@@ -148,6 +155,7 @@ class MultiTaskLearner(base.Estimator):
         hedge_rate: float = 1.0,
         hedge_floor: float = 0.01,
         share_linear: bool = True,
+        top_forgetting: tuple[float, ...] = (0.999, 0.99),
     ) -> None:
         self.tasks = dict(tasks or {})
         self.hidden = tuple(hidden)
@@ -164,6 +172,7 @@ class MultiTaskLearner(base.Estimator):
         self.hedge_rate = hedge_rate
         self.hedge_floor = hedge_floor
         self.share_linear = share_linear
+        self.top_forgetting = tuple(top_forgetting)
         self._check_params()
 
         self._encoder = FeatureEncoder()
@@ -185,6 +194,7 @@ class MultiTaskLearner(base.Estimator):
             backend, self.hidden, activation, optimizer, float(lr), dtype, device, mixed_precision,
             forgetting=self.forgetting, hedge_rate=float(hedge_rate),
             hedge_floor=float(hedge_floor), share_linear=bool(share_linear),
+            top_forgetting=self.top_forgetting,
         )  # fmt: skip
         self._backend.load_trunk(initial_trunk(rng, self.hidden, activation))
         self._feature_seed = int(rng.integers(2**32))
@@ -208,11 +218,14 @@ class MultiTaskLearner(base.Estimator):
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {DTYPES}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; expected {ACTIVATIONS}")
-        if not self.forgetting or not all(
-            isinstance(f, int | float) and 0.5 <= f <= 1.0 for f in self.forgetting
-        ):
+        if not self.forgetting or not _factors(self.forgetting):
             raise ValueError(
                 f"forgetting must be a tuple of factors in [0.5, 1], got {self.forgetting!r}"
+            )
+        if not _factors(self.top_forgetting):
+            raise ValueError(
+                f"top_forgetting must be a tuple of factors in [0.5, 1], "
+                f"got {self.top_forgetting!r}"
             )
         if not (isinstance(self.hedge_rate, int | float) and self.hedge_rate > 0):
             raise ValueError(f"hedge_rate must be a positive number, got {self.hedge_rate!r}")
@@ -295,8 +308,9 @@ class MultiTaskLearner(base.Estimator):
     def mixture(self) -> dict[str, dict[str, float]]:
         """Each task's mixture weight per head - `"linear(f)"`, its linear head on the
         inputs with forgetting factor f; `"shared"`, the linear head it shares with the
-        tasks of its kind; `"layer{d}"`, its head on trunk layer d - which depth its
-        predictions rely on now."""
+        tasks of its kind; `"layer{d}"`, its head on trunk layer d; `"top(f)"`, its
+        second-order head on the last trunk layer - which depth its predictions rely on
+        now."""
         names = self._backend.head_names
         alpha = self._backend.hedge.alpha.tolist()
         return {task: dict(zip(names, row)) for task, row in zip(self._task_names, alpha)}
@@ -711,6 +725,7 @@ class MultiTaskLearner(base.Estimator):
                 "hedge_rate": self.hedge_rate,
                 "hedge_floor": self.hedge_floor,
                 "share_linear": self.share_linear,
+                "top_forgetting": list(self.top_forgetting),
             },
             "tasks": [
                 [name, object_to_spec(task)]
@@ -741,6 +756,7 @@ class MultiTaskLearner(base.Estimator):
         params = dict(meta["params"])
         params["hidden"] = tuple(params["hidden"])
         params["forgetting"] = tuple(params["forgetting"])
+        params["top_forgetting"] = tuple(params["top_forgetting"])
         params["backend"] = backend or params["backend"]
         params["device"] = device or (params["device"] if backend is None else "cpu")
         if params["backend"] != "torch":
@@ -775,3 +791,8 @@ class MultiTaskLearner(base.Estimator):
                 f"{model._backend.n_inputs} model inputs"
             )
         return model
+
+
+def _factors(values: tuple) -> bool:
+    """Whether every value is a forgetting factor in [0.5, 1]."""
+    return all(isinstance(f, int | float) and 0.5 <= f <= 1.0 for f in values)

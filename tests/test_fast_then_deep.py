@@ -64,6 +64,40 @@ def test_a_drift_moves_the_drifting_tasks_mixture_to_its_fast_linear_head_only()
         np.testing.assert_array_equal(before[name], after[name])  # nothing is reset
 
 
+def _sign_flip_error(top_forgetting: tuple[float, ...]) -> float:
+    """Mean squared error on "bumpy" over labels 100 to 600 after its sign flips, for a
+    model trained on it for 3,000: the trunk's features still serve, only the read-out
+    (and, in the first hundred labels, the target's running mean) must change."""
+    model = MultiTaskLearner(
+        tasks={"bumpy": Regression()}, hidden=(32, 32), seed=0, top_forgetting=top_forgetting
+    )
+    stream = _linear_and_nonlinear(3600)
+    for _, (x, y) in zip(range(3000), stream):
+        model.learn_one(x, {"bumpy": y["bumpy"]})
+    errors = []
+    for x, y in stream:
+        errors.append((model.predict_one(x)["bumpy"] + y["bumpy"]) ** 2)
+        model.learn_one(x, {"bumpy": -y["bumpy"]})
+    return float(np.mean(errors[100:]))
+
+
+def test_the_top_heads_read_out_the_trunk_again_faster_than_the_layer_heads():
+    with_top, without = _sign_flip_error((0.999, 0.99)), _sign_flip_error(())
+    assert with_top < 0.85 * without
+
+
+def test_top_heads_are_part_of_the_mixture_and_of_the_state():
+    model = MultiTaskLearner(tasks={"y": Regression()}, hidden=(8, 4), seed=0)
+    model.learn_one({"a": 1.0}, {"y": 2.0})
+    assert list(model.mixture["y"])[-2:] == ["top(0.999)", "top(0.99)"]
+    state = model._backend.state()
+    assert state["top1.y.cov"].shape == (1, 5, 5)  # last layer's 4 outputs and a bias
+    no_trunk = MultiTaskLearner(tasks={"y": Regression()}, hidden=())
+    assert not [head for head in no_trunk.mixture["y"] if head.startswith("top")]
+    with pytest.raises(ValueError, match="top_forgetting"):
+        MultiTaskLearner(top_forgetting=(1.5,))
+
+
 def _rare_positives(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     for _ in range(n):

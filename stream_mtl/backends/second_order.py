@@ -24,7 +24,10 @@ step, where P_o[j, j] > prior, row and column j are scaled by sqrt(prior / P_o[j
 congruence that keeps P_o positive definite. And rounding makes P_o slightly
 asymmetric, after which its antisymmetric part grows like lambda^-t (the update only
 subtracts symmetric terms) until P_o is indefinite and the weights explode (seen after
-4,400 steps with lambda = 0.99): P_o is symmetrised after every step. All of this runs
+4,400 steps with lambda = 0.99): the rank-one step keeps a symmetric P_o exactly
+symmetric (it subtracts a multiple of u u', whose (i, j) and (j, i) entries are the
+same product), and P_o is symmetrised after every step that can break that (a clip,
+or a batch's matrix inverse). All of this runs
 in float64 whatever the model's dtype.
 
 A mini-batch takes one Newton step with the batch's curvature in information form:
@@ -99,15 +102,24 @@ class SecondOrderHeads:
         P = self.cov if every else self.cov[outputs]
         if len(X) == 1:
             P, change = self._rank_one(P, X1[0], G[0, outputs], H[0, outputs])
+            # The rank-one step keeps a symmetric P exactly symmetric (u u' is); only a
+            # clip can break that.
+            asymmetric = _clip_variance(P, self.prior)
         else:
             P, change = self._information_form(
                 P, X1, G[:, outputs], H[:, outputs], labelled[:, outputs], counts[outputs]
             )
-        _clip_variance(P, self.prior)
-        P += np.swapaxes(P, 1, 2)
-        P *= 0.5
-        self.cov[outputs] = P
-        self.weight[outputs] -= change
+            _clip_variance(P, self.prior)
+            asymmetric = True  # the inverse is symmetric only up to rounding
+        if asymmetric:
+            P += np.swapaxes(P, 1, 2).copy()
+            P *= 0.5
+        if P is not self.cov:  # a copy (some outputs) or a new matrix (a batch)
+            self.cov[outputs] = P
+        if every:
+            self.weight -= change
+        else:
+            self.weight[outputs] -= change
 
     def _rank_one(
         self, P: np.ndarray, x: np.ndarray, g: np.ndarray, h: np.ndarray
@@ -141,11 +153,13 @@ class SecondOrderHeads:
         return {"weight": self.weight, "cov": self.cov}
 
 
-def _clip_variance(P: np.ndarray, prior: float) -> None:
-    """Scale row and column j of each P where P[j, j] > prior, so that P[j, j] = prior."""
+def _clip_variance(P: np.ndarray, prior: float) -> bool:
+    """Scale row and column j of each P where P[j, j] > prior, so that P[j, j] = prior;
+    whether anything was scaled."""
     diagonal = np.diagonal(P, axis1=1, axis2=2)
     if diagonal.max(initial=0.0) <= prior:
-        return
+        return False
     scale = np.sqrt(np.minimum(1.0, prior / np.maximum(diagonal, prior)))
     P *= scale[:, :, None]
     P *= scale[:, None, :]
+    return True

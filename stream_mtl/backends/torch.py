@@ -49,6 +49,11 @@ def resolve_device(device: str) -> torch.device:
     raise ValueError(f"unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
 
 
+def _host(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as a float64 NumPy array on the host."""
+    return tensor.detach().to(torch.float64).cpu().numpy()
+
+
 class TorchBackend(FlatBackend):
     """A shared MLP trunk and Hedge-mixed heads per task, trained in mini-batches with torch.
 
@@ -104,28 +109,28 @@ class TorchBackend(FlatBackend):
 
     # -- forward and backward ------------------------------------------------------------
 
-    def _deep_outputs(self, X: np.ndarray, train: bool) -> np.ndarray:
+    def _deep_outputs(self, X: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray]:
         if not self.hidden:
-            return np.zeros((0, len(X), len(self._column_task)))
+            return np.zeros((0, len(X), len(self._column_task))), np.zeros((len(X), 0))
         inputs = torch.as_tensor(X, dtype=self.torch_dtype).to(self.device, non_blocking=True)
         if not train:
             with torch.no_grad():
-                to_heads, _ = self._outputs(self._param, inputs)
-            return self._stack(to_heads)
+                to_heads, _, top = self._outputs(self._param, inputs)
+            return self._stack(to_heads), _host(top)
         param = self._param.detach().requires_grad_(True)
-        to_heads, to_trunk = self._outputs(param, inputs)
+        to_heads, to_trunk, top = self._outputs(param, inputs)
         self._graph = (param, to_heads, to_trunk)
-        return self._stack(to_heads)
+        return self._stack(to_heads), _host(top)
 
     def _stack(self, outputs: list[torch.Tensor]) -> np.ndarray:
-        return torch.stack(outputs).detach().to(torch.float64).cpu().numpy()
+        return _host(torch.stack(outputs))
 
     def _outputs(
         self, param: torch.Tensor, X: torch.Tensor
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Per depth, the heads' outputs twice over: once as the heads learn from them (the
-        trunk's output detached) and once as the trunk does (the heads' weights detached).
-        With mixed precision the matrix products run in bf16."""
+        trunk's output detached) and once as the trunk does (the heads' weights detached);
+        and the last layer's output. With mixed precision the matrix products run in bf16."""
         views = self._layout.views(param)
         names = [h.task for h in self.heads]
         to_heads, to_trunk = [], []
@@ -142,7 +147,7 @@ class TorchBackend(FlatBackend):
                 bias = torch.cat([views[f"head{layer + 1}.{t}.bias"] for t in names])
                 to_heads.append((H.detach() @ weight.T + bias).to(self.torch_dtype))
                 to_trunk.append((H @ weight.detach().T).to(self.torch_dtype))
-        return to_heads, to_trunk
+        return to_heads, to_trunk, H
 
     def _backward(self, dZ: np.ndarray, trunk_factor: np.ndarray) -> None:
         param, to_heads, to_trunk = self._graph

@@ -5,7 +5,7 @@
   panel). With many tasks, one panel of the mean over tasks.
 - `task_weights.png`: each task's loss weight over time.
 - `depth.png`: the depth each task's predictions rely on over time: the mean depth of
-  its heads under its mixture weights (0: the linear heads on the inputs; d: the head
+  its heads under its mixture weights (0: the linear heads on the inputs; d: the heads
   on trunk layer d).
 - `task_affinity.png`: the task-affinity heatmap at the end of the run.
 """
@@ -133,8 +133,12 @@ def _task_weights(report: Report):
     return figure
 
 
-def _head_depth(head: str) -> int:
-    return int(head[len("layer") :]) if head.startswith("layer") else 0
+def _head_depths(heads: list[str]) -> list[int]:
+    """Each head's depth: 0 for the linear heads, d for `layer{d}`, the last layer's for
+    the second-order `top(f)` heads that read it."""
+    depths = [int(head[len("layer") :]) if head.startswith("layer") else 0 for head in heads]
+    deepest = max(depths, default=0)
+    return [deepest if head.startswith("top") else d for head, d in zip(heads, depths)]
 
 
 def _depth(report: Report):
@@ -142,9 +146,11 @@ def _depth(report: Report):
         return None
     tasks = [k for k in report.mixture[0] if k != "step"]
     steps = [m["step"] for m in report.mixture]
+    heads = list(report.mixture[0][tasks[0]])
+    depths = np.array(_head_depths(heads), dtype=float)
     depth = np.array(
         [
-            [sum(w * _head_depth(head) for head, w in m[task].items()) for task in tasks]
+            [np.dot([m[task][head] for head in heads], depths) for task in tasks]
             for m in report.mixture
         ]
     )
@@ -156,8 +162,7 @@ def _depth(report: Report):
     else:
         for q, style in ((50, "-"), (10, ":"), (90, ":")):
             axis.plot(steps, np.percentile(depth, q, axis=1), style, color="tab:blue")
-    layers = max((_head_depth(h) for h in report.mixture[0][tasks[0]]), default=0)
-    axis.set_ylim(-0.05, max(layers, 1) + 0.05)
+    axis.set_ylim(-0.05, max(depths.max(initial=0), 1) + 0.05)
     axis.set_xlabel("observations")
     axis.set_ylabel("mean depth of the mixture")
     suffix = f"; {len(tasks)} tasks: median, 10th/90th pct" if len(tasks) > MAX_PANELS else ""
