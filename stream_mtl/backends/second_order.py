@@ -144,7 +144,9 @@ class SecondOrderHeads:
     ) -> tuple[np.ndarray, np.ndarray]:
         A = np.linalg.inv(P)
         A *= (self.forgetting ** counts.astype(float))[:, None, None]
-        A += np.einsum("no,nd,ne->ode", np.where(labelled, H, 0.0), X1, X1)
+        # sum_i h_io x_i x_i' for every output o, as one batched matrix product (BLAS)
+        weighted = np.where(labelled, H, 0.0).T[:, None, :] * X1.T  # outputs x size x rows
+        A += weighted @ X1
         P = np.linalg.inv(A)
         gradient = np.where(labelled, G, 0.0).T @ X1  # outputs x size
         return P, np.einsum("ode,oe->od", P, gradient)
