@@ -7,17 +7,23 @@ PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c co
 
 .PHONY: demo test lint install clean
 
-$(BIN)/stream-mtl: pyproject.toml constraints.txt
+# The library and what the demo needs (no torch: the demo runs the NumPy backend).
+$(VENV)/.core: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
+	touch $@
+
+# The suite's extras: torch (the torch backend's tests), the HTTP service, pytest, ruff.
+$(VENV)/.dev: $(VENV)/.core
 	$(PIP) -e '.[dev]'
 	touch $@
 
-install: $(BIN)/stream-mtl
+install: $(VENV)/.dev
 
-demo: install
+demo: $(VENV)/.core
 	$(BIN)/stream-mtl demo
 
-lint: install
+lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

@@ -1,6 +1,7 @@
 """Real data: the multi-task model against single-task, pooled and linear models, one pass.
 
-The data sets of ../shared/data (see its README for sources and citations), each run
+The data sets bundled in `stream_mtl.datasets` (see their docstrings for sources and
+citations), each run
 prequentially (test, then train, on every row) for several seeds; medians are reported
 and every contender runs on the same stream in the same job:
 
@@ -23,7 +24,7 @@ and in no tenth more than 5% behind the better linear contender; Landmine: mean 
 above single-task and pooled by more than the seeds' spread, and macro F1 above them;
 School: pooled explained variance >= 0.35 and per-school >= 0.20 after one pass.
 
-Usage: python -m benchmarks.real_data [--data DIR] [--seeds 3] [--splits 10] [--jobs 2]
+Usage: python -m benchmarks.real_data [--seeds 3] [--splits 10] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -39,8 +40,7 @@ import numpy as np
 from river import metrics
 
 from benchmarks.throughput import write_result
-from connectors import shared_data
-from stream_mtl import MultiTaskLearner
+from stream_mtl import MultiTaskLearner, datasets
 from stream_mtl.evaluate import RiverLinear, SecondOrderLinear, SingleTaskModels
 from stream_mtl.tasks import task_from_kind
 
@@ -50,7 +50,7 @@ WINDOWS = 10
 PUBLISHED = {
     "school": "pooled ridge about 0.34 pooled explained variance (0.19 per school); "
     "Bakker & Heskes (2003) 29.5%; Argyriou et al. (2008) up to about 37%",
-    "landmine": "no standard split (the data README gives no reference figure); AUC is "
+    "landmine": "no standard split (its sources give no reference figure); AUC is "
     "the usual metric, used by Xue et al. (2007) and the online multi-task papers",
     "sarcos": "published figures train on the 44,484-row training file; not comparable",
 }
@@ -101,8 +101,9 @@ def _predict(contender, x: dict, task: str, proba: bool):
 # -- the three data sets, one job each (a seed or a split) --------------------------------
 
 
-def sarcos(folder: str, seed: int) -> dict:
-    tasks, observations = shared_data.sarcos(Path(folder))
+def sarcos(seed: int) -> dict:
+    dataset = datasets.SARCOS()
+    tasks, observations = dataset.tasks, list(dataset)
     names = list(tasks)
     Y = np.array([[obs.y[t] for t in names] for obs in observations])
     out = {}
@@ -127,8 +128,9 @@ def sarcos(folder: str, seed: int) -> dict:
     return out
 
 
-def landmine(folder: str, seed: int) -> dict:
-    tasks, observations = shared_data.landmine(Path(folder), seed=seed)
+def landmine(seed: int) -> dict:
+    dataset = datasets.Landmine(seed=seed)
+    tasks, observations = dataset.tasks, list(dataset)
     out = {}
     for name, contender in contenders(tasks, seed).items():
         auc = {t: metrics.ROCAUC() for t in tasks}
@@ -149,10 +151,10 @@ def landmine(folder: str, seed: int) -> dict:
     return out
 
 
-def school(folder: str, split: int) -> dict:
-    with np.load(Path(folder) / "school.npz", allow_pickle=False) as data:
-        X, y, task = data["X"][:, :-1], data["y"], data["task"]
-        is_train = data["splits_is_train"][split]
+def school(split: int) -> dict:
+    data = datasets.School().arrays()
+    X, y, task = data["X"][:, :-1], data["y"], data["task"]
+    is_train = data["splits_is_train"][split]
     names = [f"x{j}" for j in range(X.shape[1])]
     tasks = {f"school{t:03d}": "regression" for t in range(int(task.max()) + 1)}
     rows = [
@@ -185,17 +187,17 @@ def _explained_variance(contender, test: list) -> dict[str, float]:
     return {"pooled": float(pooled), "per_school": float(np.average(per_school, weights=weights))}
 
 
-DATA_SETS: dict[str, typing.Callable[[str, int], dict]] = {
+DATA_SETS: dict[str, typing.Callable[[int], dict]] = {
     "sarcos": sarcos,
     "landmine": landmine,
     "school": school,
 }
 
 
-def _job(job: tuple[str, str, int]) -> tuple[str, int, dict]:
-    data_set, folder, seed = job
+def _job(job: tuple[str, int]) -> tuple[str, int, dict]:
+    data_set, seed = job
     started = time.perf_counter()
-    result = DATA_SETS[data_set](folder, seed)
+    result = DATA_SETS[data_set](seed)
     result["seconds"] = time.perf_counter() - started
     return data_set, seed, result
 
@@ -242,20 +244,15 @@ def targets(summary: dict) -> dict[str, bool]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="the shared data folder (default: ../shared/data)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds for SARCOS and Landmine")
     parser.add_argument("--splits", type=int, default=10, help="School splits (1 to 10)")
     parser.add_argument("--only", nargs="*", default=list(DATA_SETS), choices=list(DATA_SETS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "results" / "real_data.json"))
     args = parser.parse_args(argv)
-    folder = shared_data.find_data_folder(args.data)
-    if folder is None:
-        print("no shared data folder (../shared/data or --data): nothing to measure")
-        return {}
     started = time.perf_counter()
     jobs = [
-        (data_set, str(folder), seed)
+        (data_set, seed)
         for data_set in args.only
         for seed in range(args.splits if data_set == "school" else args.seeds)
     ]

@@ -2,9 +2,12 @@
 
 A JSON Lines file holds one object per line, either in the message form
 `{"x": {...}, "y": {...}, "key": ..., "time": ...}` or flat (`{"age": 3, "price": 9.5}`),
-in which case `labels` names the fields that are task labels and `features` (default:
-every other field) those that are features. A CSV file is always flat: numbers are read
-as floats, other text as strings, and an empty cell is a missing value.
+in which case `labels` names the fields that are task labels, `features` (default:
+every other field) those that are features, and `exclude` fields that are neither (the
+labels of tasks not evaluated, say: in a flat file nothing else tells them from
+features). A CSV file is always flat: numbers are read as floats, other text as
+strings, and an empty cell is a missing value. Both may start with a UTF-8 byte-order
+mark. `feature_names` lists the features met so far (the first `max_feature_names`).
 
 A line that cannot be read (bad JSON, not an object, a row of the wrong length) does not
 stop the stream: it is counted in `rejected` by reason and kept, with its line number,
@@ -32,16 +35,24 @@ class _FileSource:
         features: typing.Sequence[str] | None = None,
         key: str | None = None,
         keep_dead_letters: int = 100,
+        exclude: typing.Sequence[str] = (),
+        max_feature_names: int = 1000,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no such file: {str(self.path)!r}")
         self.labels = list(labels)
         self.features = None if features is None else list(features)
+        both = set(self.labels) & set(self.features or ())
+        if both:
+            raise ValueError(f"{sorted(both)} cannot be both labels and features")
         self.key = key
         self.keep_dead_letters = keep_dead_letters
+        self.exclude = list(exclude)
+        self.max_feature_names = max_feature_names
         self.rejected: collections.Counter = collections.Counter()
         self.dead_letters: list[tuple[int, str, str]] = []
+        self._feature_names: dict[str, None] = {}  # insertion-ordered set
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, labels={self.labels})"
@@ -51,16 +62,28 @@ class _FileSource:
         if len(self.dead_letters) < self.keep_dead_letters:
             self.dead_letters.append((line, reason, raw[:500]))
 
+    @property
+    def feature_names(self) -> list[str]:
+        """The features met so far, in order of appearance (the first `max_feature_names`)."""
+        return list(self._feature_names)
+
+    def _saw(self, x: dict) -> None:
+        names = self._feature_names
+        if len(names) < self.max_feature_names:
+            for name in x:
+                names[name] = None
+
     def _flat(self, record: dict) -> Observation:
         """An observation from a flat record, by the label/feature mapping."""
-        skip = {self.key} if self.key else set()
+        skip = {*self.labels, *self.exclude, *([self.key] if self.key else [])}
         y = {name: record[name] for name in self.labels if record.get(name) is not None}
         names = self.features if self.features is not None else record.keys()
         x = {
             name: record[name]
             for name in names
-            if name not in self.labels and name not in skip and record.get(name) is not None
+            if name not in skip and record.get(name) is not None
         }
+        self._saw(x)
         return Observation(x, y or None, key=record.get(self.key) if self.key else None)
 
 
@@ -82,7 +105,7 @@ class JSONLinesSource(_FileSource):
     """
 
     def __iter__(self) -> Iterator[Observation]:
-        with self.path.open(encoding="utf-8") as lines:
+        with self.path.open(encoding="utf-8-sig") as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
@@ -99,6 +122,8 @@ class JSONLinesSource(_FileSource):
                     if y is not None and not isinstance(y, dict):
                         self._reject(number, '"y" is not an object', line)
                         continue
+                    if record["x"] is not None:
+                        self._saw(record["x"])
                     yield Observation(record["x"], y, record.get("key"), record.get("time"))
                 else:
                     yield self._flat(record)
@@ -127,14 +152,16 @@ class CSVSource(_FileSource):
     """
 
     def __iter__(self) -> Iterator[Observation]:
-        with self.path.open(encoding="utf-8", newline="") as handle:
+        with self.path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if header is None:
                 return
-            missing = [name for name in self.labels if name not in header]
+            missing = [
+                name for name in (*self.labels, *(self.features or ())) if name not in header
+            ]
             if missing:
-                raise ValueError(f"{self.path.name}: no label column(s) {missing} in {header}")
+                raise ValueError(f"{self.path.name}: no column(s) {missing} in {header}")
             for row in reader:
                 if not row:
                     continue

@@ -20,7 +20,7 @@ import numpy as np
 from river import base
 
 FORMAT = "stream-mtl-checkpoint"
-FORMAT_VERSION = 2  # 2: heads at every depth, second-order heads, Hedge mixture
+FORMAT_VERSION = 3  # 2: heads at every depth, second-order heads, Hedge mixture; 3: top heads
 _META_KEY = "__meta__"
 _SPEC_MODULES = ("stream_mtl.", "river.")
 
@@ -56,6 +56,10 @@ def save_checkpoint(path: str | os.PathLike, meta: dict, arrays: dict[str, np.nd
             file.write(buffer.getvalue())
             file.flush()
             os.fsync(file.fileno())
+        # mkstemp made it readable by its owner only; give it the mode a new file gets
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -76,6 +80,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
+        if "pickle" in str(error):  # NumPy's advice (allow_pickle) is not for our users
+            raise ValueError(
+                f"{str(path)!r} is not a stream-mtl checkpoint: it holds pickled Python "
+                "objects, which stream-mtl never loads (they can run code)"
+            ) from None
         raise ValueError(
             f"{str(path)!r} is not a stream-mtl checkpoint (unreadable: {error})"
         ) from None

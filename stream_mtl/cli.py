@@ -1,7 +1,7 @@
 """The `stream-mtl` command. The one core module that may import connectors.
 
 - `stream-mtl demo`: prequential runs, with baselines, on a built-in drifting stream
-  and on the real data sets of ../shared/data where present;
+  and on the real data sets bundled with the library (`stream_mtl.datasets`);
 - `stream-mtl evaluate --source jsonl:PATH|csv:PATH --task NAME:KIND ...`: the same on
   a user's own file;
 - `stream-mtl run --source kafka://HOST:PORT/TOPIC --group G --task NAME:KIND ...
@@ -18,19 +18,23 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from stream_mtl import MultiTaskLearner
+from stream_mtl import MultiTaskLearner, __version__
 from stream_mtl.evaluate import Report, prequential
 from stream_mtl.tasks import TASK_KINDS, task_from_kind
 
 logger = logging.getLogger("stream_mtl")
 
 
-def _evaluate_and_save(
-    title: str, tasks: dict[str, str], stream, folder: Path, args: argparse.Namespace, every: int
-) -> Report:
+def _prequential(
+    tasks: dict[str, str], stream, args: argparse.Namespace, every: int
+) -> tuple[MultiTaskLearner, Report]:
     model = _model_for(tasks, args)
-    print(f"\n== {title}")
     report = prequential(model, stream, every=every, progress=not args.no_progress, on_error="skip")
+    return model, report
+
+
+def _show_and_save(title: str, report: Report, folder: Path) -> None:
+    print(f"\n== {title}")
     print(report.table())
     print(report.verdict())
     print(
@@ -44,19 +48,33 @@ def _evaluate_and_save(
         print(f"set aside: {sum(report.rejected.values())} ({dict(report.rejected)})")
     path = report.save(folder)
     print(f"report and plots in {path.parent}/")
-    return report
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from connectors import shared_data
     from connectors.synthetic import DEFAULT_TASKS, Drift, SyntheticStream
+    from stream_mtl import datasets
 
     started = time.perf_counter()
-    unknown = set(args.sets) - {"synthetic", *shared_data.DATA_SETS}
+    real = {  # name: (data set, title, report every)
+        "sarcos": (
+            datasets.SARCOS,
+            "SARCOS test file: 7 joint torques, all labelled, file order",
+            250,
+        ),
+        "landmine": (
+            datasets.Landmine,
+            "Landmine: 29 fields, binary, one field per row, shuffled",
+            1000,
+        ),
+        "school": (
+            datasets.School,
+            "School: 139 schools, exam scores, one school per row, shuffled",
+            1000,
+        ),
+    }
+    unknown = set(args.sets) - {"synthetic", *real}
     if unknown:
-        raise ValueError(
-            f"unknown --sets {sorted(unknown)}; expected synthetic or {shared_data.DATA_SETS}"
-        )
+        raise ValueError(f"unknown --sets {sorted(unknown)}; expected synthetic or {list(real)}")
     root = Path(args.report)
     drift_at = args.n // 2
     stream = SyntheticStream(
@@ -68,24 +86,13 @@ def _demo(args: argparse.Namespace) -> int:
         f"abrupt drift of task 'c' at {drift_at:,}"
     )
     if "synthetic" in args.sets:
-        _evaluate_and_save(title, DEFAULT_TASKS, stream, root / "synthetic", args, args.every)
-    wanted = [name for name in shared_data.DATA_SETS if name in args.sets]
-    folder = shared_data.find_data_folder(args.data) if wanted else None
-    if wanted and folder is None:
-        print(
-            f"\nskipped {', '.join(wanted)}: no shared data folder found "
-            "(give --data DIR or set STREAM_MTL_DATA)"
-        )
-    elif wanted:
-        real = {
-            "sarcos": ("SARCOS test file: 7 joint torques, all labelled, file order", 250),
-            "landmine": ("Landmine: 29 fields, binary, one field per row, shuffled", 1000),
-            "school": ("School: 139 schools, exam scores, one school per row, shuffled", 1000),
-        }
-        for name in wanted:
-            title, every = real[name]
-            tasks, observations = getattr(shared_data, name)(folder)
-            _evaluate_and_save(title, tasks, observations, root / name, args, every)
+        _, report = _prequential(DEFAULT_TASKS, stream, args, args.every)
+        _show_and_save(title, report, root / "synthetic")
+    for name in (name for name in real if name in args.sets):
+        loader, title, every = real[name]
+        dataset = loader()
+        _, report = _prequential(dataset.tasks, dataset, args, every)
+        _show_and_save(title, report, root / name)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; reports in {root}/")
     return 0
 
@@ -97,6 +104,15 @@ def _task_option(text: str) -> tuple[str, str]:
             f"expected NAME:KIND with KIND one of {sorted(TASK_KINDS)}, got {text!r}"
         )
     return name, kind
+
+
+def _tasks(options: list[tuple[str, str]]) -> dict[str, str]:
+    """The `--task` options as name -> kind; a name given twice is an error."""
+    names = [name for name, _ in options]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"--task {twice} given more than once")
+    return dict(options)
 
 
 def _hidden_option(text: str) -> list[int]:
@@ -112,13 +128,57 @@ def _hidden_option(text: str) -> list[int]:
 def _evaluate(args: argparse.Namespace) -> int:
     from connectors.files import open_source
 
-    tasks = dict(args.task)
-    source = open_source(args.source, labels=list(tasks))
-    report = _evaluate_and_save(args.source, tasks, source, Path(args.report), args, args.every)
+    tasks = _tasks(args.task)
+    source = open_source(
+        args.source, labels=list(tasks), features=args.features, exclude=args.exclude or ()
+    )
+    every = args.every if args.every is not None else _window_for(source.path)
+    model, report = _prequential(tasks, source, args, every)
     unreadable = sum(source.rejected.values())
+    problem = _nothing_measured(args.source, report, model, source)
+    if problem:
+        print(f"stream-mtl: error: {problem}", file=sys.stderr)
+        return 1
+    report.config["features"] = source.feature_names
+    _show_and_save(args.source, report, Path(args.report))
+    print(f"features ({len(source.feature_names)}): {', '.join(source.feature_names)}")
     if unreadable:
         print(f"unreadable lines: {unreadable} ({dict(source.rejected)})")
-    return 0 if report.n_observations else 1
+    return 0
+
+
+def _window_for(path: Path) -> int:
+    """A rolling window that draws about twenty points of the file's rows, 50 to 1,000."""
+    with path.open("rb") as file:
+        rows = sum(1 for line in file if line.strip())
+    return min(1000, max(50, rows // 20))
+
+
+def _nothing_measured(name: str, report: Report, model: MultiTaskLearner, source) -> str | None:
+    """Why a run measured nothing for some task (and would print zeros), or None."""
+    learned = model.n_learned
+    if not any(learned.values()):
+        if report.rejected:
+            why = f"every observation was set aside ({dict(report.rejected)})"
+        elif source.rejected:
+            why = f"{sum(source.rejected.values())} unreadable line(s) ({dict(source.rejected)})"
+        elif not report.n_observations:
+            why = "the file has no data"
+        else:
+            why = f"none of its {report.n_observations:,} observations labels a task"
+        return f"nothing was learned from {name}: {why}"
+    absent = [task for task, n in learned.items() if not n]
+    if absent:
+        fields = ", ".join(source.feature_names[:20]) or "none"
+        return (
+            f"task(s) {absent} have no label in {name}: no row has a field of that name "
+            f"(the fields met, as features: {fields})"
+        )
+    return None
+
+
+def _names_option(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
 
 
 def _model_for(tasks: dict[str, str], args: argparse.Namespace) -> MultiTaskLearner:
@@ -163,7 +223,7 @@ def _run(args: argparse.Namespace) -> int:
 
     servers, topic = parse_kafka_url(args.source)
     api_version = parse_api_version(args.api_version)
-    tasks = dict(args.task or [])
+    tasks = _tasks(args.task or [])
     if not tasks and not Path(args.checkpoint).exists():
         raise ValueError("give the tasks with --task NAME:KIND (or a --checkpoint to resume)")
     try:
@@ -184,12 +244,7 @@ def _run(args: argparse.Namespace) -> int:
         label_wait=args.label_wait,
         log_every=args.log_every,
     )
-    for name, kind in tasks.items():
-        known = loop.model.tasks.get(name)
-        if known is None:
-            loop.model.add_task(name, task_from_kind(kind))
-        elif known.kind != kind:
-            raise ValueError(f"task {name!r} is {known.kind} in the checkpoint, not {kind}")
+    _add_tasks(loop.model, tasks)
 
     def stop(number: int, _frame: object) -> None:
         logger.info("%s: checkpointing and stopping", signal.Signals(number).name)
@@ -212,6 +267,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tasks(model: MultiTaskLearner, tasks: dict[str, str]) -> None:
+    """Add the `--task`s a resumed model lacks; one it has with another kind is an error."""
+    for name, kind in tasks.items():
+        known = model.tasks.get(name)
+        if known is None:
+            model.add_task(name, task_from_kind(kind))
+        elif known.kind != kind:
+            raise ValueError(f"task {name!r} is {known.kind} in the checkpoint, not {kind}")
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -225,12 +290,10 @@ def _serve(args: argparse.Namespace) -> int:
     from stream_mtl.service import OnlineModel
 
     path = Path(args.checkpoint)
-    tasks = dict(args.task or [])
+    tasks = _tasks(args.task or [])
     if path.exists():
         model = MultiTaskLearner.load(path)
-        for name, kind in tasks.items():
-            if name not in model.tasks:
-                model.add_task(name, task_from_kind(kind))
+        _add_tasks(model, tasks)
     elif tasks:
         model = _model_for(tasks, args)
     else:
@@ -254,10 +317,13 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _common_options(parser: argparse.ArgumentParser, every: int, report: str) -> None:
+def _common_options(parser: argparse.ArgumentParser, every: int | None, report: str) -> None:
     _model_options(parser)
     parser.add_argument(
-        "--every", type=int, default=every, help=f"rolling-window length (default {every})"
+        "--every",
+        type=int,
+        default=every,
+        help=f"rolling-window length (default {every or 'a twentieth of the file, 50 to 1,000'})",
     )
     parser.add_argument("--report", default=report, help=f"report folder (default {report})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -268,10 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stream-mtl", description="Online multi-task learning on data streams."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument("--version", action="version", version=f"stream-mtl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    # -v after the command as well: given there, it sets what the top-level option set
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress"
+    )
 
     demo = commands.add_parser(
-        "demo", help="prequential runs on a built-in drifting stream and the shared data sets"
+        "demo",
+        parents=[verbosity],
+        help="prequential runs on a built-in drifting stream and the bundled data sets",
     )
     demo.add_argument("--n", type=int, default=20_000, help="synthetic observations (20,000)")
     demo.add_argument(
@@ -280,7 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="share of tasks labelled in each synthetic observation (default 0.5)",
     )
-    demo.add_argument("--data", help="the shared data folder (default: ../shared/data)")
     demo.add_argument(
         "--sets",
         type=lambda text: text.split(","),
@@ -291,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     evaluate = commands.add_parser(
-        "evaluate", help="prequential run, with baselines, on a JSON Lines or CSV file"
+        "evaluate",
+        parents=[verbosity],
+        help="prequential run, with baselines, on a JSON Lines or CSV file",
     )
     evaluate.add_argument("--source", required=True, help="jsonl:PATH or csv:PATH")
     evaluate.add_argument(
@@ -301,11 +376,25 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="NAME:KIND, one per task (KIND: regression, binary, multiclass)",
     )
-    _common_options(evaluate, every=1000, report="reports/evaluate")
+    evaluate.add_argument(
+        "--features",
+        type=_names_option,
+        help="comma-separated fields to use as features (default: every field not a task's "
+        "label or excluded)",
+    )
+    evaluate.add_argument(
+        "--exclude",
+        type=_names_option,
+        help="comma-separated fields that are neither features nor labels (for example the "
+        "labels of tasks not evaluated)",
+    )
+    _common_options(evaluate, every=None, report="reports/evaluate")
     evaluate.set_defaults(run=_evaluate)
 
     run = commands.add_parser(
-        "run", help="learn from a Kafka topic until stopped, with checkpoints and exactly-once"
+        "run",
+        parents=[verbosity],
+        help="learn from a Kafka topic until stopped, with checkpoints and exactly-once",
     )
     run.add_argument("--source", required=True, help="kafka://HOST:PORT/TOPIC")
     run.add_argument("--group", default="stream-mtl", help="consumer group (default stream-mtl)")
@@ -354,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(run=_run)
 
     serve = commands.add_parser(
-        "serve", help="an HTTP service that predicts and keeps learning (needs the serve extra)"
+        "serve",
+        parents=[verbosity],
+        help="an HTTP service that predicts and keeps learning (needs the serve extra)",
     )
     serve.add_argument("--checkpoint", required=True, help="checkpoint file, loaded if present")
     serve.add_argument(
@@ -380,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is per connection
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
         print(f"stream-mtl: error: {error}", file=sys.stderr)
         return 2
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -75,6 +76,15 @@ def test_saving_replaces_the_file_atomically_and_leaves_no_temporary_file(tmp_pa
     assert MultiTaskLearner.load(path).n_learned == trained_model.n_learned
 
 
+def test_a_checkpoint_gets_the_mode_of_any_new_file(tmp_path, trained_model):
+    umask = os.umask(0o022)
+    try:
+        trained_model.save(tmp_path / "m.ckpt")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.ckpt").stat().st_mode & 0o777 == 0o644
+
+
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, trained_model):
     path = tmp_path / "m.ckpt"
     trained_model.save(path)
@@ -120,6 +130,14 @@ def test_a_text_file_is_rejected(tmp_path):
     path.write_text("hello")
     with pytest.raises(ValueError, match="not a stream-mtl checkpoint"):
         MultiTaskLearner.load(path)
+
+
+def test_a_pickle_is_refused_without_advice_to_unpickle_it(tmp_path):
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
+    with pytest.raises(ValueError, match="holds pickled Python objects") as raised:
+        MultiTaskLearner.load(path)
+    assert "allow_pickle" not in str(raised.value)
 
 
 def _rewrite_meta(path, change) -> None:

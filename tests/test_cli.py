@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -37,10 +39,17 @@ def test_a_bad_argument_is_an_error_not_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_data_folder_without_the_data_sets_is_named(tmp_path):
-    result = _cli("demo", "--data", str(tmp_path), "--sets", "school", check=False)
+def test_the_command_has_a_version_and_runs_as_a_module():
+    result = subprocess.run(
+        [sys.executable, "-m", "stream_mtl", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("stream-mtl 0.")
+
+
+def test_an_unknown_demo_run_is_named():
+    result = _cli("demo", "--sets", "synthetic,schools", check=False)
     assert result.returncode == 2
-    assert "lacks" in result.stderr and "school.npz" in result.stderr
+    assert "unknown --sets ['schools']" in result.stderr
 
 
 def test_evaluate_runs_on_a_users_file_and_counts_its_bad_rows(tmp_path):
@@ -70,3 +79,86 @@ def test_evaluate_refuses_a_malformed_task_option(tmp_path):
     result = _cli("evaluate", "--source", "csv:x.csv", "--task", "price", check=False)
     assert result.returncode == 2
     assert "expected NAME:KIND" in result.stderr
+
+
+def _write_flat(path, rows: int = 300) -> None:
+    lines = [
+        json.dumps({"u": (i % 13) / 13, "target_b": i % 5, "price": 3.0 * (i % 13)})
+        for i in range(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _evaluate(tmp_path, path, *options, every: str | None = "100"):
+    window = ["--every", every] if every else []
+    return _cli(
+        "evaluate", "--source", f"jsonl:{path}", "--report", str(tmp_path / "report"),
+        *window, "--no-progress", "--hidden", "8", *options, check=False,
+    )  # fmt: skip
+
+
+def test_evaluate_refuses_a_task_that_no_row_labels(tmp_path):
+    path = tmp_path / "flat.jsonl"
+    _write_flat(path)
+    result = _evaluate(tmp_path, path, "--task", "price:regression", "--task", "prize:regression")
+    assert result.returncode == 1
+    assert "task(s) ['prize'] have no label" in result.stderr
+    assert "0.0000" not in result.stdout  # no table of zeros
+    assert not (tmp_path / "report" / "report.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "the file has no data"),
+        ("{not json\n[1, 2]\n", "2 unreadable line(s)"),
+        ('{"u": 1.0, "price": "high"}\n', "every observation was set aside"),
+        ('{"u": 1.0}\n', "none of its 1 observations labels a task"),
+    ],
+)
+def test_evaluate_refuses_a_source_it_learned_nothing_from(tmp_path, content, message):
+    path = tmp_path / "events.jsonl"
+    path.write_text(content)
+    result = _evaluate(tmp_path, path, "--task", "price:regression")
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_evaluate_chooses_features_and_reports_them(tmp_path):
+    path = tmp_path / "flat.jsonl"
+    _write_flat(path)
+    result = _evaluate(tmp_path, path, "--task", "price:regression", "--exclude", "target_b")
+    assert result.returncode == 0, result.stderr
+    assert "features (1): u" in result.stdout
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["config"]["features"] == ["u"]
+    chosen = _evaluate(tmp_path, path, "--task", "price:regression", "--features", "target_b")
+    assert "features (1): target_b" in chosen.stdout
+
+
+def test_evaluates_window_fits_the_files_length(tmp_path):
+    path = tmp_path / "flat.jsonl"
+    _write_flat(path, rows=2000)
+    options = ("--task", "price:regression", "--exclude", "target_b")
+    result = _evaluate(tmp_path, path, *options, every=None)
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["config"]["every"] == 100  # a twentieth of 2,000 rows, not 1,000
+    assert len(report["windows"]) == 20, result.stdout
+
+
+def test_a_task_given_twice_is_an_error(tmp_path):
+    path = tmp_path / "flat.jsonl"
+    _write_flat(path)
+    result = _evaluate(tmp_path, path, "--task", "price:regression", "--task", "price:binary")
+    assert result.returncode == 2
+    assert "--task ['price'] given more than once" in result.stderr
+
+
+def test_serve_refuses_a_task_whose_kind_differs_from_the_checkpoint(tmp_path):
+    from stream_mtl import MultiTaskLearner, Regression
+
+    path = tmp_path / "live.ckpt"
+    MultiTaskLearner(tasks={"price": Regression()}, hidden=(4,), seed=0).save(path)
+    result = _cli("serve", "--checkpoint", str(path), "--task", "price:binary", check=False)
+    assert result.returncode == 2
+    assert "task 'price' is regression in the checkpoint, not binary" in result.stderr

@@ -9,6 +9,7 @@ import pytest
 from river import datasets
 from river.datasets import synth
 
+from connectors.files import CSVSource, JSONLinesSource
 from connectors.learning_loop import features_frame, labels_frame
 from connectors.messages import (
     MalformedMessage,
@@ -100,3 +101,31 @@ def test_a_labels_frame_has_a_column_per_task_named_and_a_gap_where_absent():
     assert list(frame.columns) == ["a", "b"]
     assert frame["a"].isna().tolist() == [False, True]
     assert frame["b"].isna().tolist() == [True, False]
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_first_column_by_name(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffage,price\n3,9.5\n".encode())
+    assert [(obs.x, obs.y) for obs in CSVSource(path, labels=["price"])] == [
+        ({"age": 3.0}, {"price": 9.5})
+    ]
+
+
+def test_a_flat_file_chooses_its_features_and_says_which_it_used(tmp_path):
+    path = tmp_path / "flat.jsonl"
+    rows = [{"u": i, "v": -i, "other_target": 2 * i, "price": 1.0} for i in range(3)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    excluded = JSONLinesSource(path, labels=["price"], exclude=["other_target"])
+    assert [obs.x for obs in excluded] == [{"u": i, "v": -i} for i in range(3)]
+    assert excluded.feature_names == ["u", "v"]
+    chosen = JSONLinesSource(path, labels=["price"], features=["v"])
+    assert [obs.x for obs in chosen][1] == {"v": -1}
+    with pytest.raises(ValueError, match=r"\['price'\] cannot be both labels and features"):
+        JSONLinesSource(path, labels=["price"], features=["price", "u"])
+
+
+def test_a_csv_without_a_named_column_says_which(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("age,price\n3,9.5\n")
+    with pytest.raises(ValueError, match=r"no column\(s\) \['plan'\]"):
+        list(CSVSource(path, labels=["price"], features=["plan"]))

@@ -33,7 +33,15 @@ def make_backend(
             **mixture,
         )  # fmt: skip
     if name == "torch":
-        from stream_mtl.backends.torch import TorchBackend
+        try:
+            from stream_mtl.backends.torch import TorchBackend
+        except ImportError as error:
+            raise ImportError(
+                "backend='torch' needs PyTorch, which is an optional extra: "
+                "pip install 'stream-mtl[torch]' (from PyPI on Linux that is the CUDA "
+                "build; for the CPU build, first pip install torch --index-url "
+                "https://download.pytorch.org/whl/cpu)"
+            ) from error
 
         return TorchBackend(
             hidden=hidden, activation=activation, optimizer=optimizer, lr=lr, dtype=dtype,

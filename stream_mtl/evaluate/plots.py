@@ -27,6 +27,7 @@ if typing.TYPE_CHECKING:
 
 MAX_PANELS = 12  # more tasks than this: one panel of the mean over tasks
 MAX_LABELLED = 30  # more tasks than this: the heatmap's axes go unlabelled
+NO_DATA = "#bbbbbb"  # the heatmap's colour for a pair of tasks never labelled together
 COLOURS = {
     "model": "tab:blue",
     "single_task": "tab:orange",
@@ -97,6 +98,8 @@ def _rolling_metrics(report: Report):
         axis.grid(alpha=0.3)
     for index in range(len(panels), rows * columns):
         axes[index // columns][index % columns].axis("off")
+    for axis in axes.flat:
+        axis.tick_params(labelbottom=True)  # shared x: every panel keeps its numbers
     for axis in axes[-1]:
         axis.set_xlabel("observations")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -120,14 +123,21 @@ def _task_weights(report: Report):
         axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     else:
         values = np.array([[w[t] for t in tasks] for w in report.task_weights])
-        for q, style in ((50, "-"), (10, ":"), (90, ":")):
-            axis.plot(steps, np.percentile(values, q, axis=1), style, color="tab:blue")
-        axis.set_title(f"{len(tasks)} tasks: median and 10th/90th percentile", fontsize=10)
+        for q, style, label in (
+            (90, ":", "90th percentile"),
+            (50, "-", "median"),
+            (10, "--", "10th percentile"),
+        ):
+            axis.plot(steps, np.percentile(values, q, axis=1), style, color="tab:blue", label=label)
+        axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     for event in report.drift_events:
         axis.axvline(event.step, color="tab:red", linestyle="--", linewidth=1)
     axis.set_xlabel("observations")
     axis.set_ylabel("loss weight")
-    axis.set_title("Task weights over time (red: drift detected)", fontsize=10)
+    title = "Task weights over time (red: drift detected)"
+    if len(tasks) > MAX_PANELS:
+        title += f"; across the {len(tasks)} tasks"
+    axis.set_title(title, fontsize=10)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure
@@ -182,7 +192,9 @@ def _task_affinity(report: Report):
     matrix = np.array(affinity["matrix"], dtype=float)
     size = min(10, 2 + 0.45 * len(tasks))
     figure, axis = plt.subplots(figsize=(size + 1.5, size))
-    image = axis.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    colours = matplotlib.colormaps["RdBu_r"].copy()
+    colours.set_bad(NO_DATA)  # a pair never labelled together: not 0, no data
+    image = axis.imshow(np.ma.masked_invalid(matrix), cmap=colours, vmin=-1, vmax=1)
     if len(tasks) <= MAX_LABELLED:
         axis.set_xticks(range(len(tasks)), tasks, rotation=90)
         axis.set_yticks(range(len(tasks)), tasks)
@@ -198,6 +210,9 @@ def _task_affinity(report: Report):
         axis.set_xlabel("task")
         axis.set_ylabel("task")
     figure.colorbar(image, ax=axis, label="cosine of gradients")
-    axis.set_title("Task affinity at the end of the run", fontsize=10)
+    title = "Task affinity at the end of the run"
+    if not np.isfinite(matrix).all():
+        title += "\n(grey: never labelled together, no data)"
+    axis.set_title(title, fontsize=10)
     figure.tight_layout()
     return figure
