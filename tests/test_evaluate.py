@@ -152,6 +152,15 @@ def test_the_report_table_sums_up_many_tasks():
     assert np.all([len(line) > 0 for line in table.splitlines()])
 
 
+def test_the_report_table_keeps_long_task_names_in_their_column():
+    tasks = {"c-class-flares-per-day": "regression", "m": "regression"}
+    stream = SyntheticStream(tasks=tasks, n=200, seed=0)
+    model = MultiTaskLearner(tasks={t: Regression() for t in tasks}, hidden=(8,), seed=0)
+    lines = prequential(model, stream, every=100, progress=False, baselines=()).table().splitlines()
+    starts = {line.index("MAE") for line in lines[1:] if "MAE" in line}
+    assert len(starts) == 1 and lines[1].startswith("c-class-flares-per-day ")
+
+
 def test_features_whose_labels_never_come_are_counted_once_they_expire(monkeypatch):
     import functools
     import importlib

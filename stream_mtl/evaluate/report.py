@@ -68,20 +68,23 @@ class Report(typing.NamedTuple):
         """The model's metrics beside its baselines', as plain text: per task, or with more
         than `max_tasks` tasks the mean over tasks and how many tasks the model wins."""
         names = ["model", *self.baselines]
-        head = f"{'task':<14}{'metric':<10}" + "".join(f"{n:>14}" for n in names)
+        tasks = list(self.metrics)
+        shown = tasks if len(tasks) <= max_tasks else ["model wins"]
+        width = max(14, *(len(t) + 2 for t in shown))  # long task names keep their column
+        metric_width = max(10, *(len(m) + 2 for t in tasks for m in self.metrics[t]))
+        head = f"{'task':<{width}}{'metric':<{metric_width}}" + "".join(f"{n:>14}" for n in names)
         lines = [head]
         values = {"model": self.metrics, **{b: r["metrics"] for b, r in self.baselines.items()}}
-        tasks = list(self.metrics)
         if len(tasks) <= max_tasks:
             for task in tasks:
                 for metric in self.metrics[task]:
                     row = "".join(f"{values[n][task][metric]:>14.4f}" for n in names)
-                    lines.append(f"{task:<14}{metric:<10}{row}")
+                    lines.append(f"{task:<{width}}{metric:<{metric_width}}{row}")
             return "\n".join(lines)
         for metric in self.metrics[tasks[0]]:
             means = [_nanmean([values[n][t][metric] for t in tasks]) for n in names]
             lines.append(
-                f"{'mean of ' + str(len(tasks)):<14}{metric:<10}"
+                f"{'mean of ' + str(len(tasks)):<{width}}{metric:<{metric_width}}"
                 + "".join(f"{m:>14.4f}" for m in means)
             )
             better = bigger_is_better(metric)
@@ -90,7 +93,7 @@ class Report(typing.NamedTuple):
                 for b in self.baselines
             ]
             lines.append(
-                f"{'model wins':<14}{metric:<10}{'':>14}"
+                f"{'model wins':<{width}}{metric:<{metric_width}}{'':>14}"
                 + "".join(f"{w:>10}/{len(tasks):<3}" for w in wins)
             )
         return "\n".join(lines)
