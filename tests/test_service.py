@@ -25,7 +25,7 @@ def test_eight_threads_predict_while_one_learns_and_every_prediction_is_from_one
     snapshots: dict[int, MultiTaskLearner] = {}
     service = OnlineModel(
         new_model(),
-        snapshot_every=200,
+        snapshot_every=40,
         on_snapshot=lambda s: snapshots.__setitem__(id(s), s),
     )
     snapshots[id(service.snapshot)] = service.snapshot
@@ -47,7 +47,7 @@ def test_eight_threads_predict_while_one_learns_and_every_prediction_is_from_one
     for thread in threads:
         thread.start()
     rng = np.random.default_rng(0)
-    for _ in range(10_000):
+    for _ in range(2_000):
         service.learn(*observation(rng))
     service.close()
     done.set()
@@ -55,8 +55,8 @@ def test_eight_threads_predict_while_one_learns_and_every_prediction_is_from_one
         thread.join()
 
     assert not errors
-    assert service.model.n_learned == {"a": 10_000, "flag": 10_000}
-    assert service.n_snapshots >= 10_000 // 200
+    assert service.model.n_learned == {"a": 2_000, "flag": 2_000}
+    assert service.n_snapshots >= 2_000 // 40
     records = [record for out in seen for record in out]
     assert len(records) > 1000
     distinct = {(r[1]["a"], r[1]["flag"]) for r in records}

@@ -192,8 +192,8 @@ def _task_affinity(report: Report):
     matrix = np.array(affinity["matrix"], dtype=float)
     size = min(10, 2 + 0.45 * len(tasks))
     figure, axis = plt.subplots(figsize=(size + 1.5, size))
-    colours = matplotlib.colormaps["RdBu_r"].copy()
-    colours.set_bad(NO_DATA)  # a pair never labelled together: not 0, no data
+    # a pair never labelled together: not 0, no data
+    colours = matplotlib.colormaps["RdBu_r"].with_extremes(bad=NO_DATA)
     image = axis.imshow(np.ma.masked_invalid(matrix), cmap=colours, vmin=-1, vmax=1)
     if len(tasks) <= MAX_LABELLED:
         axis.set_xticks(range(len(tasks)), tasks, rotation=90)
