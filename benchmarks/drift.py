@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.throughput import write_result
-from connectors.synthetic import Drift, SyntheticStream
 from stream_mtl import MultiTaskLearner, Regression
+from stream_mtl.connectors.synthetic import Drift, SyntheticStream
 from stream_mtl.weighting import DWA, DriftAware, Equal, GradNorm, Uncertainty
 
 HERE = Path(__file__).resolve().parent

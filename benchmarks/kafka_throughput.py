@@ -36,10 +36,10 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer
 
 from benchmarks.throughput import TASKS, make_stream, write_result
-from connectors.kafka import KafkaSource
-from connectors.learning_loop import LearningLoop
-from connectors.messages import encode_json
 from stream_mtl import MultiTaskLearner, Regression
+from stream_mtl.connectors.kafka import KafkaSource
+from stream_mtl.connectors.learning_loop import LearningLoop
+from stream_mtl.connectors.messages import encode_json
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from river import linear_model, preprocessing
 
-from connectors.synthetic import SyntheticStream
 from stream_mtl import MultiTaskLearner, Regression
+from stream_mtl.connectors.synthetic import SyntheticStream
 
 HERE = Path(__file__).resolve().parent
 DEEP_RIVER_VENV = HERE / ".venv-deep-river"

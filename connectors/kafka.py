@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from connectors.messages import (
+from stream_mtl.connectors.messages import (
     DECODERS,
     ENCODERS,
     Decoder,

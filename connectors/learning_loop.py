@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from connectors.kafka import KafkaSink, KafkaSource, Message
 from stream_mtl import MultiTaskLearner
+from stream_mtl.connectors.kafka import KafkaSink, KafkaSource, Message
 from stream_mtl.evaluate.rolling_error import RollingError
 from stream_mtl.pending import PendingFeatures
 

@@ -90,7 +90,7 @@ def observation_from_message(message: object, key: typing.Any = None) -> Observa
     >>> observation_from_message({"y": {"price": 2.0}})
     Traceback (most recent call last):
     ...
-    connectors.messages.MalformedMessage: labels without features need a "key"
+    stream_mtl.connectors.messages.MalformedMessage: labels without features need a "key"
     """
     if not isinstance(message, dict):
         raise MalformedMessage(f"a message must be an object, got {type(message).__name__}")

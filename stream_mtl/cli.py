@@ -51,8 +51,8 @@ def _show_and_save(title: str, report: Report, folder: Path) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from connectors.synthetic import DEFAULT_TASKS, Drift, SyntheticStream
     from stream_mtl import datasets
+    from stream_mtl.connectors.synthetic import DEFAULT_TASKS, Drift, SyntheticStream
 
     started = time.perf_counter()
     real = {  # name: (data set, title, report every)
@@ -126,7 +126,7 @@ def _hidden_option(text: str) -> list[int]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from connectors.files import open_source
+    from stream_mtl.connectors.files import open_source
 
     tasks = _tasks(args.task)
     source = open_source(
@@ -192,7 +192,7 @@ def _model_for(tasks: dict[str, str], args: argparse.Namespace) -> MultiTaskLear
 
 
 def _kafka_source(topic: str, servers: str, api_version, args: argparse.Namespace):
-    from connectors.kafka import KafkaSource
+    from stream_mtl.connectors.kafka import KafkaSource
 
     return KafkaSource(
         topic,
@@ -218,8 +218,8 @@ def _session_options(seconds: float | None) -> dict:
 def _run(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
-    from connectors.kafka import KafkaSink, parse_api_version, parse_kafka_url
-    from connectors.learning_loop import LearningLoop
+    from stream_mtl.connectors.kafka import KafkaSink, parse_api_version, parse_kafka_url
+    from stream_mtl.connectors.learning_loop import LearningLoop
 
     servers, topic = parse_kafka_url(args.source)
     api_version = parse_api_version(args.api_version)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import assert_same_state, mixed_observation, mixed_tasks, model_state
 
-from connectors.synthetic import SyntheticStream
 from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
 from stream_mtl.checkpoint import FORMAT_VERSION
+from stream_mtl.connectors.synthetic import SyntheticStream
 
 
 def _stream(n: int, seed: int):

@@ -9,17 +9,17 @@ import pytest
 from river import datasets
 from river.datasets import synth
 
-from connectors.files import CSVSource, JSONLinesSource
-from connectors.learning_loop import features_frame, labels_frame
-from connectors.messages import (
+from stream_mtl import MultiTaskLearner
+from stream_mtl.connectors.files import CSVSource, JSONLinesSource
+from stream_mtl.connectors.learning_loop import features_frame, labels_frame
+from stream_mtl.connectors.messages import (
     MalformedMessage,
     decode_json,
     decode_msgpack,
     encode_msgpack,
     observation_from_message,
 )
-from connectors.river import RiverSource
-from stream_mtl import MultiTaskLearner
+from stream_mtl.connectors.river import RiverSource
 from stream_mtl.evaluate import prequential
 from stream_mtl.pending import PendingFeatures
 from stream_mtl.tasks import task_from_kind

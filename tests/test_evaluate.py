@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from river import metrics
 
-from connectors.synthetic import SyntheticStream
 from stream_mtl import Binary, MultiTaskLearner, Observation, Regression
+from stream_mtl.connectors.synthetic import SyntheticStream
 from stream_mtl.evaluate import iter_prequential, prequential
 
 TASKS = {"a": "regression", "flag": "binary"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -53,15 +54,25 @@ def test_asking_for_the_torch_backend_without_torch_says_how_to_install_it(tmp_p
 
 @pytest.mark.slow
 def test_the_wheel_ships_the_data_sets_and_installs_into_a_fresh_virtualenv(tmp_path):
+    # Built from a copy of the sources, as from a fresh clone: no build/ left from before.
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "reports")
+    )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path / "wheel"), str(ROOT)],
+         "-w", str(tmp_path / "wheel"), str(source)],
         check=True, timeout=300,
     )  # fmt: skip
     (wheel,) = (tmp_path / "wheel").glob("stream_mtl-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for data in ("school.npz", "landmine.npz", "sarcos_inv_test.npz"):
         assert f"stream_mtl/datasets/data/{data}" in names
+    # one top-level package, holding every package of the repository
+    assert {name.split("/")[0] for name in names if name.endswith(".py")} == {"stream_mtl"}
+    packages = {str(p.parent.relative_to(ROOT)) for p in ROOT.glob("stream_mtl/**/__init__.py")}
+    packages.add("stream_mtl/connectors")  # the repository's connectors/ folder
+    assert packages <= {name.rsplit("/", 1)[0] for name in names if name.endswith("__init__.py")}
     # A fresh virtualenv that sees this one's packages (the dependencies; a .pth line does
     # not run the editable install's hooks) but not the repository: the data sets load
     # from the installed wheel alone.

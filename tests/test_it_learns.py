@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from connectors.synthetic import SyntheticStream
 from stream_mtl import Binary, MultiTaskLearner, Regression
+from stream_mtl.connectors.synthetic import SyntheticStream
 
 TASKS = {"a": "regression", "b": "regression", "c": "regression", "flag": "binary"}
 

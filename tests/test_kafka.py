@@ -21,11 +21,11 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from connectors.kafka import KafkaSink, KafkaSource
-from connectors.learning_loop import LearningLoop
-from connectors.messages import encode_json, encode_msgpack, message_from_observation
-from connectors.synthetic import SyntheticStream
 from stream_mtl import Binary, MultiTaskLearner, Regression
+from stream_mtl.connectors.kafka import KafkaSink, KafkaSource
+from stream_mtl.connectors.learning_loop import LearningLoop
+from stream_mtl.connectors.messages import encode_json, encode_msgpack, message_from_observation
+from stream_mtl.connectors.synthetic import SyntheticStream
 
 pytestmark = [pytest.mark.integration]
 

@@ -10,8 +10,8 @@ import pytest
 from river import checks, datasets
 from river.checks import common
 
-from connectors.synthetic import SyntheticStream
 from stream_mtl import MultiTaskLearner, Regression
+from stream_mtl.connectors.synthetic import SyntheticStream
 
 
 @pytest.mark.parametrize("params", list(MultiTaskLearner._unit_test_params()))

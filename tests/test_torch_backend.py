@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from connectors.synthetic import SyntheticStream
 from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
 from stream_mtl.backends.init import initial_trunk
 from stream_mtl.backends.numpy import NumpyBackend
 from stream_mtl.backends.torch import TorchBackend
+from stream_mtl.connectors.synthetic import SyntheticStream
 
 KINDS = {"a": "regression", "b": "binary", "c": "multiclass"}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

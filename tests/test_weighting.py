@@ -7,8 +7,8 @@ import pytest
 from conftest import assert_same_state, model_state
 from river import drift
 
-from connectors.synthetic import Drift, SyntheticStream
 from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
+from stream_mtl.connectors.synthetic import Drift, SyntheticStream
 from stream_mtl.weighting import DWA, DriftAware, Equal, GradNorm, Uncertainty
 
 STRATEGIES = [Equal, Uncertainty, DWA, GradNorm, lambda: DriftAware(GradNorm())]

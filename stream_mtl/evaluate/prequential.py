@@ -276,7 +276,7 @@ def iter_prequential(
     """`prequential` as it goes: a `Report` of the run so far every `every` observations,
     and a last one when the stream ends (after any delayed labels are learned).
 
-    >>> from connectors.synthetic import SyntheticStream
+    >>> from stream_mtl.connectors.synthetic import SyntheticStream
     >>> from stream_mtl import MultiTaskLearner, Regression
     >>> model = MultiTaskLearner(tasks={"a": Regression()}, hidden=(8,), seed=0)
     >>> stream = SyntheticStream(tasks={"a": "regression"}, n=500, seed=0)
@@ -340,7 +340,7 @@ def prequential(
     observation that is rejected (a NaN feature, a label of the wrong type, an
     unknown task) is counted in `Report.rejected` by reason instead of stopping the run.
 
-    >>> from connectors.synthetic import SyntheticStream
+    >>> from stream_mtl.connectors.synthetic import SyntheticStream
     >>> from stream_mtl import MultiTaskLearner, Regression
     >>> model = MultiTaskLearner(tasks={"a": Regression()}, hidden=(8,), seed=0)
     >>> stream = SyntheticStream(tasks={"a": "regression"}, n=500, seed=0)
