@@ -16,7 +16,7 @@ The trunk learns from the gradient-trained heads on its layers, each in proporti
 its mixture weight, the top heads' weight counted as the last layer's: the second-order
 heads read the features and leave shaping them to the gradient (letting the trunk learn
 through the top heads' residuals, which those heads make small at once, was measured in
-`benchmarks/drift.py`: 10% worse final error on the stationary stream than no top heads).
+`benchmarks/drift.py`: 8% worse final error on the stationary stream than no top heads).
 
 The shared linear head is the multi-task model at depth 0: one second-order linear
 model for all regression tasks (on their standardised targets) and one for all binary
@@ -314,7 +314,8 @@ class FlatBackend:
         first_top = deep.stop
         if self.hidden:
             # Each deep head's gradient scaled by the task's loss weight; the trunk takes
-            # it in proportion to the head's mixture weight, as the top heads' gradients.
+            # it in proportion to the head's mixture weight, the top heads' weight counted
+            # as the last layer's (their own gradients do not reach the trunk).
             scale = np.asarray(loss_weight, float)[column_task] / n
             trunk = self.hedge.alpha[column_task].T * np.asarray(trunk_scale)[column_task]
             factor = trunk[deep].copy()
