@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -298,6 +299,7 @@ def _serve(args: argparse.Namespace) -> int:
         model = _model_for(tasks, args)
     else:
         raise ValueError(f"no checkpoint at {str(path)!r}: give the tasks with --task NAME:KIND")
+    listener = _listen(args.host, args.port)  # before anything starts or writes
     # block_timeout=0: a full learn queue answers 503 at once; the event loop never waits.
     service = OnlineModel(
         model, checkpoint=path, checkpoint_every=args.checkpoint_every, block_timeout=0
@@ -305,8 +307,23 @@ def _serve(args: argparse.Namespace) -> int:
     logger.info("serving %s on http://%s:%d", sorted(model.tasks), args.host, args.port)
     # uvicorn turns SIGTERM and SIGINT into a shutdown, which closes the service:
     # the queue is learned and a checkpoint written before the process exits.
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    config = uvicorn.Config(create_app(service), log_level="warning")
+    uvicorn.Server(config).run(sockets=[listener])
+    logger.info("stopped; checkpoint %s", path)
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), or a clear error when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return listener
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:

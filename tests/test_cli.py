@@ -162,3 +162,20 @@ def test_serve_refuses_a_task_whose_kind_differs_from_the_checkpoint(tmp_path):
     result = _cli("serve", "--checkpoint", str(path), "--task", "price:binary", check=False)
     assert result.returncode == 2
     assert "task 'price' is regression in the checkpoint, not binary" in result.stderr
+
+
+def test_serve_on_a_busy_port_fails_before_it_starts_or_writes_anything(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _cli(
+            "serve", "--checkpoint", str(tmp_path / "live.ckpt"), "--task", "a:regression",
+            "--port", str(port), check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "serving" not in result.stderr
+    assert not (tmp_path / "live.ckpt").exists()
