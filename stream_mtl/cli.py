@@ -135,7 +135,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     every = args.every if args.every is not None else _window_for(source.path)
     model, report = _prequential(tasks, source, args, every)
-    unreadable = sum(source.rejected.values())
     problem = _nothing_measured(args.source, report, model, source)
     if problem:
         print(f"stream-mtl: error: {problem}", file=sys.stderr)
@@ -143,8 +142,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     report.config["features"] = source.feature_names
     _show_and_save(args.source, report, Path(args.report))
     print(f"features ({len(source.feature_names)}): {', '.join(source.feature_names)}")
-    if unreadable:
-        print(f"unreadable lines: {unreadable} ({dict(source.rejected)})")
+    if source.rejected:
+        print(f"unreadable lines: {sum(source.rejected.values())} ({dict(source.rejected)})")
     return 0
 
 

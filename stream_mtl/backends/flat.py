@@ -118,10 +118,10 @@ class FlatBackend:
     def _bind(self) -> None:
         """Called after every change of layout: bind views and per-step constants."""
 
-    def _deep_outputs(self, X: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Raw outputs of the heads at depths 1..L (L x rows x outputs, float64) and the
-        last trunk layer's output (rows x width, float64); with `train`, keep what
-        `_backward` needs."""
+    def _deep_outputs(self, X: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw outputs of the heads at depths 1..L (L x rows x outputs, float64) and, where
+        there are top heads to read it, the last trunk layer's output (rows x width,
+        float64; else None); with `train`, keep what `_backward` needs."""
         raise NotImplementedError
 
     def _backward(self, dZ: np.ndarray, trunk_factor: np.ndarray) -> None:
@@ -244,9 +244,11 @@ class FlatBackend:
 
     # -- forward -------------------------------------------------------------------------
 
-    def _head_outputs(self, X: np.ndarray, train: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def _head_outputs(
+        self, X: np.ndarray, train: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw outputs of every head (heads x rows x outputs, float64), and the last trunk
-        layer's output (what the top heads read)."""
+        layer's output where top heads read it."""
         deep, top = self._deep_outputs(X, train)
         X = np.asarray(X, float)
         linear = [head.outputs(X) for head in self.linear]

@@ -99,7 +99,7 @@ class NumpyBackend(FlatBackend):
             outputs.append(a)
         return outputs
 
-    def _deep_outputs(self, X: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _deep_outputs(self, X: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray | None]:
         outputs = self._layers(X)
         if train:
             self._saved = outputs
@@ -107,8 +107,7 @@ class NumpyBackend(FlatBackend):
         for depth in range(1, len(self.hidden) + 1):
             Z[depth - 1] = outputs[depth] @ self._head_weights[depth - 1].T
             Z[depth - 1] += self._head_biases[depth - 1]
-        top = outputs[-1] if self.hidden else np.zeros((len(X), 0))
-        return Z, top.astype(float)
+        return Z, outputs[-1].astype(float) if self.top else None
 
     def _activation_grad(self, dh: np.ndarray, out: np.ndarray) -> np.ndarray:
         """d(loss)/d(pre-activation) from d(loss)/d(output) and the layer's output."""

@@ -109,18 +109,18 @@ class TorchBackend(FlatBackend):
 
     # -- forward and backward ------------------------------------------------------------
 
-    def _deep_outputs(self, X: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _deep_outputs(self, X: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if not self.hidden:
-            return np.zeros((0, len(X), len(self._column_task))), np.zeros((len(X), 0))
+            return np.zeros((0, len(X), len(self._column_task))), None
         inputs = torch.as_tensor(X, dtype=self.torch_dtype).to(self.device, non_blocking=True)
         if not train:
             with torch.no_grad():
                 to_heads, _, top = self._outputs(self._param, inputs)
-            return self._stack(to_heads), _host(top)
-        param = self._param.detach().requires_grad_(True)
-        to_heads, to_trunk, top = self._outputs(param, inputs)
-        self._graph = (param, to_heads, to_trunk)
-        return self._stack(to_heads), _host(top)
+        else:
+            param = self._param.detach().requires_grad_(True)
+            to_heads, to_trunk, top = self._outputs(param, inputs)
+            self._graph = (param, to_heads, to_trunk)
+        return self._stack(to_heads), _host(top) if self.top else None
 
     def _stack(self, outputs: list[torch.Tensor]) -> np.ndarray:
         return _host(torch.stack(outputs))
