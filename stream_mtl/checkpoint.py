@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from river import base
 
+from stream_mtl.exceptions import InvalidCheckpoint, InvalidInput, InvalidInputType
+
 FORMAT = "stream-mtl-checkpoint"
 FORMAT_VERSION = 3  # 2: heads at every depth, second-order heads, Hedge mixture; 3: top heads
 _META_KEY = "__meta__"
@@ -40,13 +42,15 @@ def save_checkpoint(path: str | os.PathLike, meta: dict, arrays: dict[str, np.nd
     """
     path = Path(path)
     if _META_KEY in arrays:
-        raise ValueError(f"array name {_META_KEY!r} is reserved")
+        raise InvalidInput(f"array name {_META_KEY!r} is reserved")
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
     payload = {_META_KEY: np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
     payload.update({name: np.asarray(value) for name, value in arrays.items()})
     for name, value in payload.items():
         if value.dtype == object:
-            raise TypeError(f"array {name!r} holds Python objects; checkpoints store numbers only")
+            raise InvalidInputType(
+                f"array {name!r} holds Python objects; checkpoints store numbers only"
+            )
     buffer = io.BytesIO()
     np.savez(buffer, **payload)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,24 +85,26 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
             arrays = {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
         if "pickle" in str(error):  # NumPy's advice (allow_pickle) is not for our users
-            raise ValueError(
+            raise InvalidCheckpoint(
                 f"{str(path)!r} is not a stream-mtl checkpoint: it holds pickled Python "
                 "objects, which stream-mtl never loads (they can run code)"
             ) from None
-        raise ValueError(
+        raise InvalidCheckpoint(
             f"{str(path)!r} is not a stream-mtl checkpoint (unreadable: {error})"
         ) from None
     if _META_KEY not in arrays:
-        raise ValueError(f"{str(path)!r} is not a stream-mtl checkpoint (no metadata)")
+        raise InvalidCheckpoint(f"{str(path)!r} is not a stream-mtl checkpoint (no metadata)")
     try:
         meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{str(path)!r} has corrupt checkpoint metadata: {error}") from None
+        raise InvalidCheckpoint(f"{str(path)!r} has corrupt checkpoint metadata: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a stream-mtl checkpoint (format is not {FORMAT!r})")
+        raise InvalidCheckpoint(
+            f"{str(path)!r} is not a stream-mtl checkpoint (format is not {FORMAT!r})"
+        )
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(
+        raise InvalidCheckpoint(
             f"checkpoint {str(path)!r} has format version {version!r}; this version of "
             f"stream-mtl reads version {FORMAT_VERSION}"
         )
@@ -133,17 +139,21 @@ def _value_to_spec(value: object, name: str) -> object:
         return {"list": [_value_to_spec(v, name) for v in value]}
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    raise TypeError(f"parameter {name!r} = {value!r} cannot be stored in a checkpoint")
+    raise InvalidInputType(f"parameter {name!r} = {value!r} cannot be stored in a checkpoint")
 
 
 def object_from_spec(spec: dict) -> base.Base:
     """Rebuild an object from `object_to_spec`'s output, from allowed modules only."""
     module_name, _, class_name = spec["class"].rpartition(".")
     if not module_name.startswith(_SPEC_MODULES):
-        raise ValueError(f"checkpoint names class {spec['class']!r} outside stream_mtl and river")
+        raise InvalidCheckpoint(
+            f"checkpoint names class {spec['class']!r} outside stream_mtl and river"
+        )
     klass = getattr(importlib.import_module(module_name), class_name, None)
     if not (isinstance(klass, type) and issubclass(klass, base.Base)):
-        raise ValueError(f"checkpoint names {spec['class']!r}, which is not a River-style class")
+        raise InvalidCheckpoint(
+            f"checkpoint names {spec['class']!r}, which is not a River-style class"
+        )
     params = {name: _value_from_spec(value) for name, value in spec["params"].items()}
     return klass(**params)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stream_mtl.exceptions import InvalidInput
+
 # Bin edges on the logit scale: bin b holds logits in (EDGES[b-1], EDGES[b]].
 EDGES = np.linspace(-9.0, 9.0, 73)
 _CUT_PROBABILITIES = np.concatenate([[0.0], 1.0 / (1.0 + np.exp(-EDGES)), [1.0]])
@@ -44,7 +46,7 @@ class OnlineThreshold:
 
     def __init__(self, rule: str = "f1", window: int = 2000, min_each: int = 5) -> None:
         if rule not in RULES:
-            raise ValueError(f"unknown threshold rule {rule!r}; expected one of {RULES}")
+            raise InvalidInput(f"unknown threshold rule {rule!r}; expected one of {RULES}")
         self.rule = rule
         self.decay = 1.0 - 1.0 / window
         self.min_each = min_each

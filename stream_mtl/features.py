@@ -16,6 +16,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import pandas as pd
 
+from stream_mtl.exceptions import InvalidInput, InvalidInputType
 from stream_mtl.moments import RunningMoments
 
 FeatureName = str | int
@@ -30,7 +31,7 @@ def _indicator(name: Hashable, value: str) -> str:
 
 def _check_name(name: object) -> None:
     if (type(name) is not str and not isinstance(name, numbers.Integral)) or isinstance(name, bool):
-        raise TypeError(
+        raise InvalidInputType(
             f"feature name {name!r} is a {type(name).__name__}; feature names must be "
             "strings or integers"
         )
@@ -154,9 +155,11 @@ class FeatureEncoder:
 
     def _parse(self, x: object) -> _Parsed:
         if not isinstance(x, Mapping):
-            raise TypeError(f"features must be a dict of name -> value, got {type(x).__name__}")
+            raise InvalidInputType(
+                f"features must be a dict of name -> value, got {type(x).__name__}"
+            )
         if not x:
-            raise ValueError("features are empty: an observation needs at least one feature")
+            raise InvalidInput("features are empty: an observation needs at least one feature")
         names: list[FeatureName] = []
         values: list[float] = []
         scaled: list[bool] = []
@@ -179,7 +182,7 @@ class FeatureEncoder:
             elif value is None:
                 continue
             else:
-                raise TypeError(
+                raise InvalidInputType(
                     f"feature {name!r} has a value of type {kind.__name__} ({value!r}); "
                     "expected a number, a bool or a string"
                 )
@@ -188,14 +191,14 @@ class FeatureEncoder:
         if not np.isfinite(array).all():
             self._raise_not_finite(names, array)
         if not names:
-            raise ValueError("features are empty: every feature value is None")
+            raise InvalidInput("features are empty: every feature value is None")
         return _Parsed(names, array, scaled)
 
     @staticmethod
     def _raise_not_finite(names: list, values: np.ndarray) -> typing.NoReturn:
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
         what = "NaN" if math.isnan(values[bad]) else "infinite"
-        raise ValueError(f"feature {names[bad]!r} is {what}; features must be finite numbers")
+        raise InvalidInput(f"feature {names[bad]!r} is {what}; features must be finite numbers")
 
     def _register(self, names: typing.Iterable[FeatureName], scaled: typing.Iterable[bool]) -> None:
         new = [(n, s) for n, s in zip(names, scaled) if n not in self._index]
@@ -247,14 +250,14 @@ class FeatureEncoder:
         """Columns of `X` as (name, values, first row where present, scaled?)."""
         if isinstance(X, np.ndarray):
             if X.ndim != 2:
-                raise ValueError(f"a feature array must be 2-D (rows x features), got {X.ndim}-D")
+                raise InvalidInput(f"a feature array must be 2-D (rows x features), got {X.ndim}-D")
             X = pd.DataFrame(X)
         if not isinstance(X, pd.DataFrame):
-            raise TypeError(
+            raise InvalidInputType(
                 f"features must be a pandas DataFrame or a 2-D NumPy array, got {type(X).__name__}"
             )
         if X.shape[1] == 0:
-            raise ValueError("features are empty: the frame has no columns")
+            raise InvalidInput("features are empty: the frame has no columns")
         if all(dtype == np.float64 for dtype in X.dtypes):  # all numbers: one array
             return self._parse_float_frame(X)
         parsed = []
@@ -269,7 +272,7 @@ class FeatureEncoder:
                 if not finite.all():
                     row = int(np.flatnonzero(~finite)[0])
                     what = "NaN" if math.isnan(values[row]) else "infinite"
-                    raise ValueError(
+                    raise InvalidInput(
                         f"feature {name!r} is {what} in row {row}; features must be finite numbers"
                     )
                 parsed.append((name, values, 0, True))
@@ -285,7 +288,7 @@ class FeatureEncoder:
         if not finite.all():
             row, column = (int(i[0]) for i in np.nonzero(~finite))
             what = "NaN" if math.isnan(values[row, column]) else "infinite"
-            raise ValueError(
+            raise InvalidInput(
                 f"feature {X.columns[column]!r} is {what} in row {row}; "
                 "features must be finite numbers"
             )
@@ -300,7 +303,7 @@ class FeatureEncoder:
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
             if not isinstance(value, str):
-                raise TypeError(
+                raise InvalidInputType(
                     f"feature {name!r} mixes strings with a value of type "
                     f"{type(value).__name__} ({value!r})"
                 )
@@ -323,4 +326,4 @@ class FeatureEncoder:
         self.moments.load_state({k: arrays[f"moments.{k}"] for k in ("count", "mean", "m2")})
         self._fast_keys = None
         if not (len(self._scaled) == len(self.moments) == len(self.names)):
-            raise ValueError("feature encoder state is inconsistent: array lengths differ")
+            raise InvalidInput("feature encoder state is inconsistent: array lengths differ")

@@ -14,6 +14,8 @@ import collections
 import typing
 from collections.abc import Hashable
 
+from stream_mtl.exceptions import InvalidInput, InvalidInputType
+
 
 class Held(typing.NamedTuple):
     """What is held under a key: the features, the caller's extra data, and when it came."""
@@ -42,7 +44,7 @@ class PendingFeatures:
     def __init__(self, max_wait: int = 100_000, max_pending: int = 100_000) -> None:
         for name, value in (("max_wait", max_wait), ("max_pending", max_pending)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
         self.max_wait = max_wait
         self.max_pending = max_pending
         self._held: collections.OrderedDict[Hashable, Held] = collections.OrderedDict()
@@ -58,11 +60,11 @@ class PendingFeatures:
     def hold(self, key: Hashable, x: dict, extra: typing.Any = None) -> None:
         """Hold `x` (and `extra`) under `key`; a key held twice keeps the later features."""
         if key is None:
-            raise ValueError("features held for later labels need a key; got key=None")
+            raise InvalidInput("features held for later labels need a key; got key=None")
         try:
             self._held.pop(key, None)
         except TypeError:
-            raise TypeError(f"a key must be hashable, got {type(key).__name__}") from None
+            raise InvalidInputType(f"a key must be hashable, got {type(key).__name__}") from None
         self.n_arrived += 1
         self._held[key] = Held(x, extra, self.n_arrived)
         self._expire()

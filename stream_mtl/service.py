@@ -28,6 +28,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from stream_mtl.evaluate.rolling_error import RollingError
+from stream_mtl.exceptions import InvalidInput
 from stream_mtl.learner import MultiTaskLearner
 from stream_mtl.pending import PendingFeatures
 
@@ -74,9 +75,9 @@ class OnlineModel:
         window: int = 1000,
     ) -> None:
         if checkpoint_every is not None and checkpoint is None:
-            raise ValueError("checkpoint_every needs a checkpoint path")
+            raise InvalidInput("checkpoint_every needs a checkpoint path")
         if not isinstance(snapshot_every, int) or snapshot_every < 1:
-            raise ValueError(f"snapshot_every must be a positive integer, got {snapshot_every!r}")
+            raise InvalidInput(f"snapshot_every must be a positive integer, got {snapshot_every!r}")
         self.model = model
         self.checkpoint_path = None if checkpoint is None else Path(checkpoint)
         self.checkpoint_every = checkpoint_every

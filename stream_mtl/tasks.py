@@ -15,6 +15,7 @@ import numpy as np
 from river import base, metrics
 
 from stream_mtl.decision import RULES
+from stream_mtl.exceptions import InvalidInput, InvalidInputType
 
 Label = float | bool | int | str
 
@@ -76,13 +77,13 @@ class Regression(Task):
         if _is_missing(label):
             return None
         if isinstance(label, bool | np.bool_) or not isinstance(label, numbers.Real):
-            raise TypeError(
+            raise InvalidInputType(
                 f"label {label!r} for regression task {task!r} is a {type(label).__name__}; "
                 "expected a number"
             )
         value = float(label)
         if math.isinf(value):
-            raise ValueError(f"label {label!r} for regression task {task!r} is infinite")
+            raise InvalidInput(f"label {label!r} for regression task {task!r} is infinite")
         return value
 
     def default_metrics(self) -> list[metrics.base.Metric]:
@@ -96,7 +97,7 @@ class Regression(Task):
         infinite = np.isinf(column)
         if infinite.any():
             row = int(np.flatnonzero(infinite)[0])
-            raise ValueError(
+            raise InvalidInput(
                 f"label {column[row]!r} for regression task {task!r} is infinite (row {row})"
             )
         return column, ~np.isnan(column)
@@ -119,7 +120,7 @@ class Binary(Task):
     >>> Binary().check_label("churn", "yes")
     Traceback (most recent call last):
     ...
-    TypeError: label 'yes' for binary task 'churn' is a str; expected True/False or 0/1
+    stream_mtl.exceptions.InvalidInputType: label 'yes' for binary task 'churn' is a str; ...
     """
 
     kind = BINARY
@@ -127,13 +128,13 @@ class Binary(Task):
     def __init__(self, threshold: str | float = "f1") -> None:
         if isinstance(threshold, str):
             if threshold not in RULES:
-                raise ValueError(
+                raise InvalidInput(
                     f"unknown threshold {threshold!r}; expected 'f1', 'prior' or a number"
                 )
         elif isinstance(threshold, bool) or not (
             isinstance(threshold, numbers.Real) and 0.0 < threshold < 1.0
         ):
-            raise ValueError(f"threshold must be 'f1', 'prior' or in (0, 1), got {threshold!r}")
+            raise InvalidInput(f"threshold must be 'f1', 'prior' or in (0, 1), got {threshold!r}")
         self.threshold = threshold
 
     def check_label(self, task: str, label: object) -> bool | None:
@@ -146,11 +147,11 @@ class Binary(Task):
         if isinstance(label, numbers.Real):
             if label in (0, 1):
                 return bool(label)
-            raise ValueError(
+            raise InvalidInput(
                 f"label {label!r} for binary task {task!r} is neither 0 nor 1; "
                 "expected True/False or 0/1"
             )
-        raise TypeError(
+        raise InvalidInputType(
             f"label {label!r} for binary task {task!r} is a {type(label).__name__}; "
             "expected True/False or 0/1"
         )
@@ -169,7 +170,7 @@ class Binary(Task):
         wrong = present & (column != 0.0) & (column != 1.0)
         if wrong.any():
             row = int(np.flatnonzero(wrong)[0])
-            raise ValueError(
+            raise InvalidInput(
                 f"label {values[row]!r} for binary task {task!r} is neither 0 nor 1; "
                 f"expected True/False or 0/1 (row {row})"
             )
@@ -204,11 +205,11 @@ class Multiclass(Task):
         if isinstance(label, numbers.Real):
             if math.isfinite(label) and float(label).is_integer():
                 return int(label)
-            raise ValueError(
+            raise InvalidInput(
                 f"label {label!r} for multiclass task {task!r} is not a class: "
                 "expected a string, an integer or a boolean"
             )
-        raise TypeError(
+        raise InvalidInputType(
             f"label {label!r} for multiclass task {task!r} is a {type(label).__name__}; "
             "expected a string, an integer or a boolean"
         )
@@ -233,6 +234,6 @@ def task_from_kind(kind: str) -> Task:
     try:
         return TASK_KINDS[kind]()
     except KeyError:
-        raise ValueError(
+        raise InvalidInput(
             f"unknown task kind {kind!r}; expected one of {sorted(TASK_KINDS)}"
         ) from None

@@ -7,27 +7,29 @@ import pandas as pd
 import pytest
 from conftest import assert_same_state, model_state
 
+from stream_mtl import InvalidInput, InvalidInputType
+
 BAD_ONE = [
-    ({"a": float("nan")}, {"price": 1.0}, ValueError, "'a' is NaN"),
-    ({"a": float("inf")}, {"price": 1.0}, ValueError, "'a' is infinite"),
-    ({"a": 1.0, "b": [1, 2]}, {"price": 1.0}, TypeError, "'b'"),
-    ({}, {"price": 1.0}, ValueError, "empty"),
-    ([("a", 1.0)], {"price": 1.0}, TypeError, "dict"),
-    ({"a": None}, {"price": 1.0}, ValueError, "empty"),
-    ({("a", "b"): 1.0}, {"price": 1.0}, TypeError, "feature name"),
-    ({"a": 1.0}, {"prize": 1.0}, ValueError, "unknown task 'prize'"),
-    ({"a": 1.0}, {"price": "cheap"}, TypeError, "regression task 'price'"),
-    ({"a": 1.0}, {"price": True}, TypeError, "regression task 'price'"),
-    ({"a": 1.0}, {"price": float("inf")}, ValueError, "'price' is infinite"),
-    ({"a": 1.0}, {"churn": 2}, ValueError, "binary task 'churn'"),
-    ({"a": 1.0}, {"churn": "yes"}, TypeError, "binary task 'churn'"),
-    ({"a": 1.0}, {"segment": 1.5}, ValueError, "multiclass task 'segment'"),
-    ({"a": 1.0}, {"segment": ["hi"]}, TypeError, "multiclass task 'segment'"),
-    ({"a": 1.0}, [1.0], TypeError, "labels must be a dict"),
+    ({"a": float("nan")}, {"price": 1.0}, InvalidInput, "'a' is NaN"),
+    ({"a": float("inf")}, {"price": 1.0}, InvalidInput, "'a' is infinite"),
+    ({"a": 1.0, "b": [1, 2]}, {"price": 1.0}, InvalidInputType, "'b'"),
+    ({}, {"price": 1.0}, InvalidInput, "empty"),
+    ([("a", 1.0)], {"price": 1.0}, InvalidInputType, "dict"),
+    ({"a": None}, {"price": 1.0}, InvalidInput, "empty"),
+    ({("a", "b"): 1.0}, {"price": 1.0}, InvalidInputType, "feature name"),
+    ({"a": 1.0}, {"prize": 1.0}, InvalidInput, "unknown task 'prize'"),
+    ({"a": 1.0}, {"price": "cheap"}, InvalidInputType, "regression task 'price'"),
+    ({"a": 1.0}, {"price": True}, InvalidInputType, "regression task 'price'"),
+    ({"a": 1.0}, {"price": float("inf")}, InvalidInput, "'price' is infinite"),
+    ({"a": 1.0}, {"churn": 2}, InvalidInput, "binary task 'churn'"),
+    ({"a": 1.0}, {"churn": "yes"}, InvalidInputType, "binary task 'churn'"),
+    ({"a": 1.0}, {"segment": 1.5}, InvalidInput, "multiclass task 'segment'"),
+    ({"a": 1.0}, {"segment": ["hi"]}, InvalidInputType, "multiclass task 'segment'"),
+    ({"a": 1.0}, [1.0], InvalidInputType, "labels must be a dict"),
     # a bad label next to good ones: nothing at all is learned
-    ({"a": 1.0, "plan": "z"}, {"price": 1.0, "segment": "new", "churn": 3}, ValueError, "churn"),
+    ({"a": 1.0, "plan": "z"}, {"price": 1.0, "segment": "new", "churn": 3}, InvalidInput, "churn"),
     # a bad feature next to a new class and a new feature: nothing at all is learned
-    ({"new": 1.0, "a": float("nan")}, {"segment": "brand-new"}, ValueError, "'a' is NaN"),
+    ({"new": 1.0, "a": float("nan")}, {"segment": "brand-new"}, InvalidInput, "'a' is NaN"),
 ]
 
 
@@ -53,16 +55,16 @@ GOOD_X = pd.DataFrame({"a": [0.1, 0.2, 0.3], "b": [1.0, 0.0, -1.0], "plan": ["x"
 GOOD_Y = pd.DataFrame({"price": [1.0, 2.0, 3.0], "churn": [True, False, True]})
 
 BAD_MANY = [
-    (GOOD_X.assign(a=[0.1, np.nan, 0.3]), GOOD_Y, ValueError, "'a' is NaN in row 1"),
-    (GOOD_X.assign(a=[0.1, np.inf, 0.3]), GOOD_Y, ValueError, "'a' is infinite in row 1"),
-    (GOOD_X.assign(plan=["x", 3, "y"]), GOOD_Y, TypeError, "'plan'"),
-    (GOOD_X, GOOD_Y.assign(prize=[1.0, 2.0, 3.0]), ValueError, "unknown task 'prize'"),
-    (GOOD_X, GOOD_Y.assign(churn=[1, 5, 0]), ValueError, "binary task 'churn'"),
-    (GOOD_X, GOOD_Y.assign(price=["a", "b", "c"]), TypeError, "regression task 'price'"),
-    (GOOD_X, GOOD_Y.iloc[:2], ValueError, "have 2 rows; the features have 3"),
-    (GOOD_X.to_dict(), GOOD_Y, TypeError, "DataFrame"),
-    (GOOD_X.to_numpy()[:, 0], GOOD_Y, ValueError, "2-D"),
-    (GOOD_X, [1, 2, 3], TypeError, "one column per task"),
+    (GOOD_X.assign(a=[0.1, np.nan, 0.3]), GOOD_Y, InvalidInput, "'a' is NaN in row 1"),
+    (GOOD_X.assign(a=[0.1, np.inf, 0.3]), GOOD_Y, InvalidInput, "'a' is infinite in row 1"),
+    (GOOD_X.assign(plan=["x", 3, "y"]), GOOD_Y, InvalidInputType, "'plan'"),
+    (GOOD_X, GOOD_Y.assign(prize=[1.0, 2.0, 3.0]), InvalidInput, "unknown task 'prize'"),
+    (GOOD_X, GOOD_Y.assign(churn=[1, 5, 0]), InvalidInput, "binary task 'churn'"),
+    (GOOD_X, GOOD_Y.assign(price=["a", "b", "c"]), InvalidInputType, "regression task 'price'"),
+    (GOOD_X, GOOD_Y.iloc[:2], InvalidInput, "have 2 rows; the features have 3"),
+    (GOOD_X.to_dict(), GOOD_Y, InvalidInputType, "DataFrame"),
+    (GOOD_X.to_numpy()[:, 0], GOOD_Y, InvalidInput, "2-D"),
+    (GOOD_X, [1, 2, 3], InvalidInputType, "one column per task"),
 ]
 
 
@@ -78,10 +80,10 @@ def test_add_task_rejects_a_duplicate_or_a_non_task(trained_model):
     from stream_mtl import Regression
 
     before = model_state(trained_model)
-    with pytest.raises(ValueError, match="'price' already exists"):
+    with pytest.raises(InvalidInput, match="'price' already exists"):
         trained_model.add_task("price", Regression())
-    with pytest.raises(TypeError, match="'margin'"):
+    with pytest.raises(InvalidInputType, match="'margin'"):
         trained_model.add_task("margin", "regression")
-    with pytest.raises(TypeError, match="non-empty strings"):
+    with pytest.raises(InvalidInputType, match="non-empty strings"):
         trained_model.add_task("", Regression())
     assert_same_state(before, model_state(trained_model))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import assert_same_state, mixed_observation, mixed_tasks, model_state
 
-from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
+from stream_mtl import Binary, InvalidCheckpoint, Multiclass, MultiTaskLearner, Regression
 from stream_mtl.checkpoint import FORMAT_VERSION
 from stream_mtl.connectors.synthetic import SyntheticStream
 
@@ -114,28 +114,28 @@ def test_a_truncated_file_is_rejected(tmp_path, trained_model):
     path = tmp_path / "m.ckpt"
     trained_model.save(path)
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(ValueError, match="not a stream-mtl checkpoint"):
+    with pytest.raises(InvalidCheckpoint, match="not a stream-mtl checkpoint"):
         MultiTaskLearner.load(path)
 
 
 def test_a_foreign_npz_is_rejected(tmp_path):
     path = tmp_path / "other.npz"
     np.savez(path, weights=np.ones(3))
-    with pytest.raises(ValueError, match="no metadata"):
+    with pytest.raises(InvalidCheckpoint, match="no metadata"):
         MultiTaskLearner.load(path)
 
 
 def test_a_text_file_is_rejected(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello")
-    with pytest.raises(ValueError, match="not a stream-mtl checkpoint"):
+    with pytest.raises(InvalidCheckpoint, match="not a stream-mtl checkpoint"):
         MultiTaskLearner.load(path)
 
 
 def test_a_pickle_is_refused_without_advice_to_unpickle_it(tmp_path):
     path = tmp_path / "model.pkl"
     path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
-    with pytest.raises(ValueError, match="holds pickled Python objects") as raised:
+    with pytest.raises(InvalidCheckpoint, match="holds pickled Python objects") as raised:
         MultiTaskLearner.load(path)
     assert "allow_pickle" not in str(raised.value)
 
@@ -154,7 +154,7 @@ def test_a_checkpoint_of_another_format_version_is_rejected(tmp_path, trained_mo
     path = tmp_path / "m.ckpt"
     trained_model.save(path)
     _rewrite_meta(path, lambda meta: meta.update(format_version=FORMAT_VERSION + 1))
-    with pytest.raises(ValueError, match="format version"):
+    with pytest.raises(InvalidCheckpoint, match="format version"):
         MultiTaskLearner.load(path)
 
 
@@ -162,7 +162,7 @@ def test_a_checkpoint_naming_a_foreign_class_is_rejected(tmp_path, trained_model
     path = tmp_path / "m.ckpt"
     trained_model.save(path)
     _rewrite_meta(path, lambda meta: meta["weighting"]["spec"].update({"class": "os.system"}))
-    with pytest.raises(ValueError, match="outside stream_mtl and river"):
+    with pytest.raises(InvalidCheckpoint, match="outside stream_mtl and river"):
         MultiTaskLearner.load(path)
 
 
@@ -173,7 +173,7 @@ def test_a_checkpoint_with_missing_arrays_is_rejected(tmp_path, trained_model):
         arrays = {n: archive[n] for n in archive.files if not n.startswith("backend.param.trunk")}
     np.savez(path, **arrays)
     os.replace(str(path) + ".npz", path)
-    with pytest.raises(ValueError, match="incomplete or corrupt"):
+    with pytest.raises(InvalidCheckpoint, match="incomplete or corrupt"):
         MultiTaskLearner.load(path)
 
 

@@ -7,11 +7,12 @@ import itertools
 import tracemalloc
 
 import pytest
-from river import checks, datasets
+from river import checks, datasets, evaluate, metrics
 from river.checks import common
 
 from stream_mtl import MultiTaskLearner, Regression
 from stream_mtl.connectors.synthetic import SyntheticStream
+from stream_mtl.learner import RIVER_DATASET_CHECKS
 
 
 @pytest.mark.parametrize("params", list(MultiTaskLearner._unit_test_params()))
@@ -30,26 +31,35 @@ class _AsTasks:
             yield x, {"y": y, "flag": y > 42.0}
 
 
-RIVER_DATASET_CHECKS = [
-    common.check_learn_one,
-    common.check_pickling,
-    common.check_shuffle_features_no_impact,
-    common.check_emerging_features,
-    common.check_disappearing_features,
-    common.check_radically_disappearing_features,
-    common.check_predict_one_pure,
-    common.check_predict_one_before_any_learn,
-    common.check_no_state_aliasing_with_input,
-    common.check_clone_is_independent,
-]
-
-
-@pytest.mark.parametrize("check", RIVER_DATASET_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("check", RIVER_DATASET_CHECKS)
 def test_passes_rivers_dataset_checks_on_a_multi_task_stream(check):
     from stream_mtl import Binary
 
     model = MultiTaskLearner(tasks={"y": Regression(), "flag": Binary()}, hidden=(8,), seed=1)
-    check(copy.deepcopy(model), _AsTasks())
+    getattr(common, check)(copy.deepcopy(model), _AsTasks())
+
+
+def test_rivers_progressive_validation_scores_it_with_rivers_multi_output_metrics():
+    from stream_mtl import Binary
+
+    model = MultiTaskLearner(tasks={"y": Regression(), "flag": Binary()}, hidden=(8,), seed=1)
+    rows = list(_AsTasks())
+    regression_only = [(x, {"y": y["y"]}) for x, y in rows]
+    flags_only = [(x, {"flag": y["flag"]}) for x, y in rows]
+
+    mae = evaluate.progressive_val_score(
+        regression_only, model.clone(), metrics.multioutput.MicroAverage(metrics.MAE())
+    )
+    accuracy = evaluate.progressive_val_score(
+        flags_only, model.clone(), metrics.multioutput.PerOutput(metrics.Accuracy())
+    )
+
+    by_hand, mae_by_hand = model.clone(), metrics.MAE()
+    for x, y in regression_only:
+        mae_by_hand.update(y["y"], by_hand.predict_one(x)["y"])
+        by_hand.learn_one(x, y)
+    assert mae.get() == pytest.approx(mae_by_hand.get()) and mae.get() > 0
+    assert 0.5 < accuracy.get()["flag"].get() <= 1.0
 
 
 def test_every_constructor_argument_is_stored_under_its_own_name():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stream_mtl.backends.base import Backend, HeadSpec
+from stream_mtl.exceptions import InvalidInput
 
 BACKENDS = ("numpy", "torch")
 
@@ -23,9 +24,9 @@ def make_backend(
         from stream_mtl.backends.numpy import NumpyBackend
 
         if mixed_precision:
-            raise ValueError("mixed_precision is a torch backend option; use backend='torch'")
+            raise InvalidInput("mixed_precision is a torch backend option; use backend='torch'")
         if device not in ("cpu", "auto"):
-            raise ValueError(
+            raise InvalidInput(
                 f"the numpy backend runs on the CPU only; device={device!r} needs backend='torch'"
             )
         return NumpyBackend(
@@ -47,7 +48,7 @@ def make_backend(
             hidden=hidden, activation=activation, optimizer=optimizer, lr=lr, dtype=dtype,
             device=device, mixed_precision=mixed_precision, **mixture,
         )  # fmt: skip
-    raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    raise InvalidInput(f"unknown backend {name!r}; expected one of {BACKENDS}")
 
 
 __all__ = ["BACKENDS", "Backend", "HeadSpec", "make_backend"]

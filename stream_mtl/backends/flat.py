@@ -53,6 +53,7 @@ from stream_mtl.backends.hedge import Hedge
 from stream_mtl.backends.init import ACTIVATIONS
 from stream_mtl.backends.layout import Layout, head_names, head_shapes, trunk_shapes
 from stream_mtl.backends.second_order import SecondOrderHeads
+from stream_mtl.exceptions import InvalidInput
 from stream_mtl.tasks import BINARY, REGRESSION
 
 OPTIMIZERS = ("sgd", "adam")
@@ -82,9 +83,9 @@ class FlatBackend:
         top_forgetting: tuple[float, ...] = (0.999, 0.99),
     ) -> None:
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+            raise InvalidInput(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
+            raise InvalidInput(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
         self.hidden = tuple(hidden)
         self.activation = activation
         self.optimizer = optimizer
@@ -225,7 +226,7 @@ class FlatBackend:
         for i, head in enumerate(self.heads):
             if head.task == task:
                 if size < head.size:
-                    raise ValueError(f"head {task!r} cannot shrink from {head.size} to {size}")
+                    raise InvalidInput(f"head {task!r} cannot shrink from {head.size} to {size}")
                 self.heads[i] = HeadSpec(task, kind, size)
                 break
         else:
@@ -433,9 +434,9 @@ class FlatBackend:
 
 def _checked(arrays: dict[str, np.ndarray], key: str, shape: tuple) -> np.ndarray:
     if key not in arrays:
-        raise ValueError(f"backend state has no array {key!r}")
+        raise InvalidInput(f"backend state has no array {key!r}")
     if arrays[key].shape != tuple(shape):
-        raise ValueError(
+        raise InvalidInput(
             f"backend array {key!r} has shape {arrays[key].shape}, expected {tuple(shape)}"
         )
     return arrays[key]

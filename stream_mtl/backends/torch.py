@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from stream_mtl.backends.flat import ADAM_BETAS, ADAM_EPS, FlatBackend
+from stream_mtl.exceptions import InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +36,18 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cpu")
     if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ValueError(
+            raise InvalidInput(
                 f"device {device!r} was asked for, but this torch build or machine has no CUDA; "
                 "use device='cpu' or device='auto'"
             )
         resolved = torch.device(device)
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise InvalidInput(
                 f"device {device!r} does not exist: this machine has "
                 f"{torch.cuda.device_count()} CUDA device(s)"
             )
         return resolved
-    raise ValueError(f"unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
+    raise InvalidInput(f"unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
 
 
 def _host(tensor: torch.Tensor) -> np.ndarray:
@@ -88,7 +89,7 @@ class TorchBackend(FlatBackend):
         self.device = resolve_device(device)
         self.torch_dtype = _DTYPES[dtype]
         if mixed_precision and dtype != "float32":
-            raise ValueError(
+            raise InvalidInput(
                 "mixed_precision needs dtype='float32' (bf16 compute, fp32 master weights)"
             )
         self.mixed_precision = mixed_precision

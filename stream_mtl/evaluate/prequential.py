@@ -23,6 +23,7 @@ from stream_mtl import __version__
 from stream_mtl.checkpoint import object_to_spec
 from stream_mtl.evaluate.baselines import RiverLinear, SecondOrderLinear, SingleTaskModels
 from stream_mtl.evaluate.report import Report
+from stream_mtl.exceptions import InvalidInput, InvalidInputType
 from stream_mtl.observation import Observation
 from stream_mtl.pending import PendingFeatures
 from stream_mtl.tasks import REGRESSION
@@ -84,7 +85,9 @@ def _as_observation(item: object) -> Observation:
         return item
     if isinstance(item, tuple) and len(item) == 2:
         return Observation(*item)
-    raise TypeError(f"a stream yields (x, y) pairs or Observations, got {type(item).__name__}")
+    raise InvalidInputType(
+        f"a stream yields (x, y) pairs or Observations, got {type(item).__name__}"
+    )
 
 
 def _describe(obj: object) -> object:
@@ -101,12 +104,12 @@ class _Run:
 
     def __init__(self, model, stream, metrics, delay, every, baselines) -> None:
         if delay is not None and (not isinstance(delay, int) or delay < 0):
-            raise ValueError(f"delay must be a non-negative integer, got {delay!r}")
+            raise InvalidInput(f"delay must be a non-negative integer, got {delay!r}")
         if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
+            raise InvalidInput(f"every must be a positive integer, got {every!r}")
         unknown = set(baselines) - set(BASELINES)
         if unknown:
-            raise ValueError(f"unknown baselines {sorted(unknown)}; expected some of {BASELINES}")
+            raise InvalidInput(f"unknown baselines {sorted(unknown)}; expected some of {BASELINES}")
         self.model = model
         self.tasks = dict(model.tasks)
         # Only classification tasks have probabilities: a regression-only model is spared
@@ -154,7 +157,7 @@ class _Run:
         labels = {}
         for name, label in (y or {}).items():
             if name not in self.tasks:
-                raise ValueError(f"unknown task {name!r}")
+                raise InvalidInput(f"unknown task {name!r}")
             label = self.tasks[name].check_label(name, label)
             if label is not None:
                 labels[name] = label
@@ -291,7 +294,7 @@ def iter_prequential(
 def _drive(run: _Run, stream: Iterable, progress: bool, on_error: str) -> Iterator[None]:
     """Feed `stream` to `run`; pause at every checkpoint and at the end."""
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise InvalidInput(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     total = len(stream) if hasattr(stream, "__len__") else None
     every = run.every
     with tqdm(

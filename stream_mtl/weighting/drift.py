@@ -9,6 +9,7 @@ import numpy as np
 from river import base as river_base
 from river import drift
 
+from stream_mtl.exceptions import InvalidInput, InvalidInputType
 from stream_mtl.weighting.base import StepWeights, WeightingStrategy
 from stream_mtl.weighting.dwa import DWA
 
@@ -20,7 +21,7 @@ def check_detector(detector: object, where: str) -> None:
     if isinstance(detector, river_base.BinaryDriftDetector) or not isinstance(
         detector, river_base.DriftDetector
     ):
-        raise TypeError(
+        raise InvalidInputType(
             f"{where} must be a continuous river.drift detector such as drift.ADWIN(), "
             f"drift.KSWIN() or drift.PageHinkley(), got {detector!r}"
         )
@@ -124,17 +125,17 @@ class DriftAware(WeightingStrategy):
         replay: int = 1000,
     ) -> None:
         if base is not None and not isinstance(base, WeightingStrategy):
-            raise TypeError(f"base must be a weighting strategy such as DWA(), got {base!r}")
+            raise InvalidInputType(f"base must be a weighting strategy such as DWA(), got {base!r}")
         if isinstance(base, DriftAware):
-            raise TypeError("DriftAware cannot wrap another DriftAware")
+            raise InvalidInputType("DriftAware cannot wrap another DriftAware")
         if detector is not None:
             check_detector(detector, "detector")
         for task, override in (detectors or {}).items():
             check_detector(override, f"the detector of task {task!r}")
         if not 0 <= trunk_damping <= 1:
-            raise ValueError(f"need 0 <= trunk_damping <= 1, got {trunk_damping}")
+            raise InvalidInput(f"need 0 <= trunk_damping <= 1, got {trunk_damping}")
         if cooldown < 0 or not 0 < relax <= 1 or replay < 1:
-            raise ValueError(
+            raise InvalidInput(
                 f"need cooldown >= 0, 0 < relax <= 1 and replay >= 1, "
                 f"got {cooldown}, {relax} and {replay}"
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing
 
+from stream_mtl.exceptions import InvalidInput
 from stream_mtl.weighting.base import WeightingStrategy, softmax_times_count
 
 
@@ -46,9 +47,9 @@ class DWA(WeightingStrategy):
         self, temperature: float = 2.0, fast: float = 0.05, slow: float = 0.005, warmup: int = 50
     ) -> None:
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise InvalidInput(f"temperature must be positive, got {temperature}")
         if not 0 < slow < fast <= 1:
-            raise ValueError(f"need 0 < slow < fast <= 1, got slow={slow}, fast={fast}")
+            raise InvalidInput(f"need 0 < slow < fast <= 1, got slow={slow}, fast={fast}")
         super().__init__()
         self.temperature = temperature
         self.fast = fast

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing
 
+from stream_mtl.exceptions import InvalidInput
 from stream_mtl.weighting.base import WeightingStrategy, running_rate
 
 MIN_WEIGHT = 0.05
@@ -63,7 +64,7 @@ class GradNorm(WeightingStrategy):
         self, alpha: float = 1.5, lr: float = 0.01, rate: float = 0.01, warmup: int = 50
     ) -> None:
         if alpha < 0 or lr <= 0 or not 0 < rate <= 1:
-            raise ValueError(f"need alpha >= 0, lr > 0, 0 < rate <= 1; got {alpha}, {lr}, {rate}")
+            raise InvalidInput(f"need alpha >= 0, lr > 0, 0 < rate <= 1; got {alpha}, {lr}, {rate}")
         super().__init__()
         self.alpha = alpha
         self.lr = lr
@@ -72,7 +73,7 @@ class GradNorm(WeightingStrategy):
 
     def _observe(self, losses: list[float], labelled: list[int], grad_norms: list[float]) -> None:
         if not grad_norms:
-            raise ValueError("GradNorm needs each task's gradient norm at every update")
+            raise InvalidInput("GradNorm needs each task's gradient norm at every update")
         for k in labelled:
             self._seen[k] += 1.0
             seen = self._seen[k]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import typing
 
+from stream_mtl.exceptions import InvalidInput
 from stream_mtl.weighting.base import WeightingStrategy
 
 LOG_VARIANCE_BOUND = 10.0
@@ -40,7 +41,7 @@ class Uncertainty(WeightingStrategy):
 
     def __init__(self, lr: float = 0.01) -> None:
         if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
+            raise InvalidInput(f"lr must be positive, got {lr}")
         super().__init__()
         self.lr = lr
 

@@ -1,0 +1,38 @@
+"""The errors stream-mtl raises for bad input: one family that callers can rely on.
+
+Every feature, label, task name, setting or checkpoint that stream-mtl refuses raises an
+`InvalidInput` whose message names the culprit, and leaves the model as it was.
+`InvalidInput` is a `ValueError`; its subclass `InvalidInputType`, raised for a value of
+the wrong type, is also a `TypeError`, so code that catches the built-in exceptions keeps
+working. `InvalidCheckpoint` is raised for a file that is not a checkpoint this version
+can load.
+
+>>> from stream_mtl import InvalidInput, MultiTaskLearner, Regression
+>>> model = MultiTaskLearner(tasks={"price": Regression()}, hidden=())
+>>> try:
+...     model.learn_one({"size": float("nan")}, {"price": 1.0})
+... except InvalidInput as error:
+...     print(error)
+feature 'size' is NaN; features must be finite numbers
+>>> try:
+...     model.learn_one({"size": 1.0}, {"price": "cheap"})
+... except TypeError as error:
+...     print(type(error).__name__, "-", error)
+InvalidInputType - label 'cheap' for regression task 'price' is a str; expected a number
+"""
+
+from __future__ import annotations
+
+__all__ = ["InvalidCheckpoint", "InvalidInput", "InvalidInputType"]
+
+
+class InvalidInput(ValueError):
+    """A feature, label, task name, setting or file that stream-mtl refuses; says which."""
+
+
+class InvalidInputType(InvalidInput, TypeError):
+    """An `InvalidInput` whose value has the wrong type."""
+
+
+class InvalidCheckpoint(InvalidInput):
+    """A file that is not a stream-mtl checkpoint this version can load, or is corrupt."""
