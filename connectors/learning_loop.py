@@ -99,6 +99,7 @@ class LearningLoop:
         self.source = source
         self.checkpoint_path = Path(checkpoint)
         self.checkpoint_every = checkpoint_every
+        self.resumed = False  # True when resume_or_start went on from a checkpoint
         self.sink = sink
         if batch_learning is None:
             batch_learning = model.backend == "torch"
@@ -122,15 +123,22 @@ class LearningLoop:
         checkpoint: str | os.PathLike,
         new_model: Callable[[], MultiTaskLearner],
         source: KafkaSource,
+        backend: str | None = None,
+        device: str | None = None,
         **options: typing.Any,
     ) -> LearningLoop:
-        """A loop that goes on from `checkpoint` if it exists, else starts `new_model()`."""
+        """A loop that goes on from `checkpoint` if it exists, else starts `new_model()`.
+
+        A resumed model is loaded into `backend` on `device` (default: those it was saved
+        from), and the loop's `resumed` is True.
+        """
         path = Path(checkpoint)
         if not path.exists():
             return cls(new_model(), source, path, **options)
-        model, extra = MultiTaskLearner.load_with_extra(path)
+        model, extra = MultiTaskLearner.load_with_extra(path, backend=backend, device=device)
         loop = cls(model, source, path, **options)
         loop._restore(extra)
+        loop.resumed = True
         logger.info("resumed from %s at %s", path, extra.get("position"))
         return loop
 

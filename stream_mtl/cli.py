@@ -16,12 +16,17 @@ import signal
 import socket
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from stream_mtl import MultiTaskLearner, __version__
-from stream_mtl.evaluate import Report, prequential
+from stream_mtl import __version__
 from stream_mtl.tasks import TASK_KINDS, task_from_kind
+
+# The model, River's metrics and pandas load when a command runs, not for `--help`.
+if typing.TYPE_CHECKING:
+    from stream_mtl import MultiTaskLearner
+    from stream_mtl.evaluate import Report
 
 logger = logging.getLogger("stream_mtl")
 
@@ -29,6 +34,8 @@ logger = logging.getLogger("stream_mtl")
 def _prequential(
     tasks: dict[str, str], stream, args: argparse.Namespace, every: int
 ) -> tuple[MultiTaskLearner, Report]:
+    from stream_mtl.evaluate import prequential
+
     model = _model_for(tasks, args)
     report = prequential(model, stream, every=every, progress=not args.no_progress, on_error="skip")
     return model, report
@@ -79,7 +86,10 @@ def _demo(args: argparse.Namespace) -> int:
     root = Path(args.report)
     drift_at = args.n // 2
     stream = SyntheticStream(
-        n=args.n, label_share=args.label_share, seed=args.seed, drifts=[Drift("c", drift_at)]
+        n=args.n,
+        label_share=args.label_share,
+        seed=_given(args, "seed"),
+        drifts=[Drift("c", drift_at)],
     )
     title = (
         f"synthetic: {args.n:,} observations, {len(DEFAULT_TASKS)} tasks sharing a non-linear "
@@ -181,14 +191,53 @@ def _names_option(text: str) -> list[str]:
     return [name for name in text.split(",") if name]
 
 
+# --seed, --backend and --hidden when given for a new model; None means "not given", so a
+# resumed model can tell an option that conflicts with its checkpoint from a default.
+MODEL_DEFAULTS = {"seed": 0, "backend": "numpy", "hidden": [64, 64]}
+
+
 def _model_for(tasks: dict[str, str], args: argparse.Namespace) -> MultiTaskLearner:
+    from stream_mtl import MultiTaskLearner
+
+    options = {name: _given(args, name) for name in MODEL_DEFAULTS}
     return MultiTaskLearner(
         tasks={name: task_from_kind(kind) for name, kind in tasks.items()},
-        hidden=tuple(args.hidden),
-        backend=args.backend,
+        hidden=tuple(options["hidden"]),
+        backend=options["backend"],
         device=getattr(args, "device", "cpu"),
-        seed=args.seed,
+        seed=options["seed"],
     )
+
+
+def _given(args: argparse.Namespace, name: str) -> typing.Any:
+    value = getattr(args, name)
+    return MODEL_DEFAULTS[name] if value is None else value
+
+
+def _check_resumed(
+    model: MultiTaskLearner, tasks: dict[str, str], args: argparse.Namespace
+) -> None:
+    """A resumed model takes the `--task`s it lacks; an option it contradicts is an error.
+
+    `--backend` is not checked: a checkpoint loads into either backend.
+    """
+    for name, given, held in (
+        ("hidden", args.hidden, list(model.hidden)),
+        ("seed", args.seed, model.seed),
+    ):
+        if given is not None and given != held:
+            raise ValueError(
+                f"checkpoint {args.checkpoint!r} holds a model with {name} "
+                f"{','.join(map(str, held)) if name == 'hidden' else held}; --{name} "
+                f"{','.join(map(str, given)) if name == 'hidden' else given} needs a new "
+                "checkpoint file (or leave the option out to resume)"
+            )
+    for name, kind in tasks.items():
+        known = model.tasks.get(name)
+        if known is None:
+            model.add_task(name, task_from_kind(kind))
+        elif known.kind != kind:
+            raise ValueError(f"task {name!r} is {known.kind} in the checkpoint, not {kind}")
 
 
 def _kafka_source(topic: str, servers: str, api_version, args: argparse.Namespace):
@@ -243,8 +292,11 @@ def _run(args: argparse.Namespace) -> int:
         sink=sink,
         label_wait=args.label_wait,
         log_every=args.log_every,
+        backend=args.backend,
+        device=args.device,
     )
-    _add_tasks(loop.model, tasks)
+    if loop.resumed:
+        _check_resumed(loop.model, tasks, args)
 
     def stop(number: int, _frame: object) -> None:
         logger.info("%s: checkpointing and stopping", signal.Signals(number).name)
@@ -267,16 +319,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_tasks(model: MultiTaskLearner, tasks: dict[str, str]) -> None:
-    """Add the `--task`s a resumed model lacks; one it has with another kind is an error."""
-    for name, kind in tasks.items():
-        known = model.tasks.get(name)
-        if known is None:
-            model.add_task(name, task_from_kind(kind))
-        elif known.kind != kind:
-            raise ValueError(f"task {name!r} is {known.kind} in the checkpoint, not {kind}")
-
-
 def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -292,8 +334,10 @@ def _serve(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     tasks = _tasks(args.task or [])
     if path.exists():
-        model = MultiTaskLearner.load(path)
-        _add_tasks(model, tasks)
+        from stream_mtl import MultiTaskLearner
+
+        model = MultiTaskLearner.load(path, backend=args.backend)
+        _check_resumed(model, tasks, args)
     elif tasks:
         model = _model_for(tasks, args)
     else:
@@ -301,7 +345,7 @@ def _serve(args: argparse.Namespace) -> int:
     listener = _listen(args.host, args.port)  # before anything starts or writes
     # block_timeout=0: a full learn queue answers 503 at once; the event loop never waits.
     service = OnlineModel(
-        model, checkpoint=path, checkpoint_every=args.checkpoint_every, block_timeout=0
+        model, checkpoint=path, checkpoint_seconds=args.checkpoint_seconds, block_timeout=0
     )
     logger.info("serving %s on http://%s:%d", sorted(model.tasks), args.host, args.port)
     # uvicorn turns SIGTERM and SIGINT into a shutdown, which closes the service:
@@ -326,11 +370,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
+    parser.add_argument("--seed", type=int, help="seed of a new model's weights (default 0)")
     parser.add_argument(
-        "--hidden", type=_hidden_option, default=[64, 64], help="trunk widths (default 64,64)"
+        "--backend",
+        choices=["numpy", "torch"],
+        help="numpy (default) or torch; a checkpoint loads into either",
     )
+    parser.add_argument("--hidden", type=_hidden_option, help="trunk widths (default 64,64)")
 
 
 def _common_options(parser: argparse.ArgumentParser, every: int | None, report: str) -> None:
@@ -470,7 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
-        "--checkpoint-every", type=float, default=60.0, help="seconds between checkpoints (60)"
+        "--checkpoint-seconds",
+        type=float,
+        default=60.0,
+        help="seconds between checkpoints (default 60); also on stop",
     )
     _model_options(serve)
     serve.set_defaults(run=_serve)

@@ -12,7 +12,7 @@ bad one raises in the caller's thread, naming the fault, and is never queued.
 
 Features predicted under a key are held (bounded in count and age) until
 `learn_label(key, y)` brings their labels. With a `checkpoint` path, the learner thread
-writes an atomic checkpoint every `checkpoint_every` seconds and on `close()`.
+writes an atomic checkpoint every `checkpoint_seconds` seconds and on `close()`.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class OnlineModel:
         self,
         model: MultiTaskLearner,
         checkpoint: str | os.PathLike | None = None,
-        checkpoint_every: float | None = None,
+        checkpoint_seconds: float | None = None,
         snapshot_every: int = 100,
         snapshot_ms: float = 50.0,
         queue_size: int = 10_000,
@@ -74,13 +74,13 @@ class OnlineModel:
         on_snapshot: Callable[[MultiTaskLearner], None] | None = None,
         window: int = 1000,
     ) -> None:
-        if checkpoint_every is not None and checkpoint is None:
-            raise InvalidInput("checkpoint_every needs a checkpoint path")
+        if checkpoint_seconds is not None and checkpoint is None:
+            raise InvalidInput("checkpoint_seconds needs a checkpoint path")
         if not isinstance(snapshot_every, int) or snapshot_every < 1:
             raise InvalidInput(f"snapshot_every must be a positive integer, got {snapshot_every!r}")
         self.model = model
         self.checkpoint_path = None if checkpoint is None else Path(checkpoint)
-        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
         self.snapshot_every = snapshot_every
         self.snapshot_ms = snapshot_ms
         self.block_timeout = block_timeout
@@ -184,7 +184,10 @@ class OnlineModel:
             ):
                 self._publish()
                 since_snapshot, snapshot_at = 0, now
-            if self.checkpoint_every is not None and now - checkpoint_at >= self.checkpoint_every:
+            if (
+                self.checkpoint_seconds is not None
+                and now - checkpoint_at >= self.checkpoint_seconds
+            ):
                 self.save()
                 checkpoint_at = now
 

@@ -12,9 +12,12 @@ import numbers
 import typing
 
 import numpy as np
-from river import base, metrics
+from river import base
 
 from stream_mtl.decision import RULES
+
+if typing.TYPE_CHECKING:
+    from river import metrics
 from stream_mtl.exceptions import InvalidInput, InvalidInputType
 
 Label = float | bool | int | str
@@ -87,6 +90,8 @@ class Regression(Task):
         return value
 
     def default_metrics(self) -> list[metrics.base.Metric]:
+        from river import metrics
+
         return [metrics.MAE(), metrics.RMSE(), metrics.R2()]
 
     def check_label_column(self, task: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +162,8 @@ class Binary(Task):
         )
 
     def default_metrics(self) -> list[metrics.base.Metric]:
+        from river import metrics
+
         return [metrics.Accuracy(), metrics.F1(), metrics.LogLoss(), metrics.ROCAUC()]
 
     def check_label_column(self, task: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,6 +222,8 @@ class Multiclass(Task):
         )
 
     def default_metrics(self) -> list[metrics.base.Metric]:
+        from river import metrics
+
         return [metrics.Accuracy(), metrics.MacroF1()]
 
 

@@ -19,7 +19,7 @@ def start_server(
     """Start the server (log beside the checkpoint) and wait until /healthz answers."""
     port = free_port()
     command = [sys.executable, "-m", "stream_mtl.cli", "serve", "--checkpoint", str(checkpoint)]
-    command += ["--port", str(port), "--checkpoint-every", "3600", *options]
+    command += ["--port", str(port), "--checkpoint-seconds", "3600", *options]
     for task in tasks:
         command += ["--task", task]
     log = checkpoint.with_suffix(f".{port}.log")

@@ -164,6 +164,25 @@ def test_serve_refuses_a_task_whose_kind_differs_from_the_checkpoint(tmp_path):
     assert "task 'price' is regression in the checkpoint, not binary" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--hidden", "8"], "holds a model with hidden 4; --hidden 8 needs a new checkpoint"),
+        (["--seed", "3"], "holds a model with seed 0; --seed 3 needs a new checkpoint"),
+    ],
+)
+def test_serve_refuses_an_option_that_contradicts_the_checkpoint(tmp_path, option, message):
+    from stream_mtl import MultiTaskLearner, Regression
+
+    path = tmp_path / "live.ckpt"
+    MultiTaskLearner(tasks={"price": Regression()}, hidden=(4,), seed=0).save(path)
+    before = path.read_bytes()
+    result = _cli("serve", "--checkpoint", str(path), *option, "--port", "1", check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert path.read_bytes() == before
+
+
 def test_serve_on_a_busy_port_fails_before_it_starts_or_writes_anything(tmp_path):
     import socket
 

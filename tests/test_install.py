@@ -35,6 +35,27 @@ def test_the_numpy_path_the_cli_and_the_data_sets_never_import_torch(tmp_path):
     assert result.stdout.strip() == "[]"
 
 
+def test_every_public_name_resolves_and_help_loads_neither_river_metrics_nor_pandas(tmp_path):
+    code = (
+        "import sys, stream_mtl\n"
+        "missing = [n for n in stream_mtl.__all__ if getattr(stream_mtl, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "assert set(stream_mtl.__all__) <= set(dir(stream_mtl))\n"
+        "for name in list(sys.modules):\n"
+        "    if name.startswith(('stream_mtl', 'river', 'pandas')):\n"
+        "        del sys.modules[name]\n"
+        "import stream_mtl.cli\n"
+        "try:\n"
+        "    stream_mtl.cli.main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('river.metrics', 'pandas') if m in sys.modules))\n"
+    )
+    result = _python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_asking_for_the_torch_backend_without_torch_says_how_to_install_it(tmp_path):
     code = (
         "import importlib.abc, sys\n"

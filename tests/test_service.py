@@ -110,7 +110,7 @@ def test_labels_join_the_features_predicted_under_their_key():
 
 def test_close_checkpoints_and_a_restart_goes_on_from_there(tmp_path):
     path = tmp_path / "service.ckpt"
-    service = OnlineModel(new_model(), checkpoint=path, checkpoint_every=0.05)
+    service = OnlineModel(new_model(), checkpoint=path, checkpoint_seconds=0.05)
     rng = np.random.default_rng(0)
     for _ in range(500):
         service.learn(*observation(rng))
