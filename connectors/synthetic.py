@@ -195,6 +195,14 @@ class SyntheticStream:
             score[rows] = self._score(X[rows], shared[rows], name, version)
         return score
 
+    def __repr__(self) -> str:
+        drifts = ", ".join(f"{d.task} at {d.at}" for d in self.drifts) or "none"
+        return (
+            f"SyntheticStream(n={self.n}, tasks={self.tasks}, n_features={self.n_features}, "
+            f"label_share={self.label_share}, noise={self.noise}, drifts: {drifts}, "
+            f"seed={self.seed})"
+        )
+
     def __iter__(self) -> Iterator[Observation]:
         rng = np.random.default_rng([self.seed, 1])
         switching = np.random.default_rng([self.seed, 3])  # gradual drifts' draws, apart

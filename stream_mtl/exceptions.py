@@ -27,7 +27,16 @@ __all__ = ["InvalidCheckpoint", "InvalidInput", "InvalidInputType"]
 
 
 class InvalidInput(ValueError):
-    """A feature, label, task name, setting or file that stream-mtl refuses; says which."""
+    """A feature, label, task name, setting or file that stream-mtl refuses; says which.
+
+    `reason` is the message without the offending value (for example "label of the wrong
+    type for regression task 'price'"): what a stream counts its set-aside records by,
+    so that one mix-up is one reason, however many values it takes.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = message if reason is None else reason
 
 
 class InvalidInputType(InvalidInput, TypeError):

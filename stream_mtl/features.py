@@ -33,7 +33,8 @@ def _check_name(name: object) -> None:
     if (type(name) is not str and not isinstance(name, numbers.Integral)) or isinstance(name, bool):
         raise InvalidInputType(
             f"feature name {name!r} is a {type(name).__name__}; feature names must be "
-            "strings or integers"
+            "strings or integers",
+            reason="a feature name that is neither a string nor an integer",
         )
 
 
@@ -184,7 +185,8 @@ class FeatureEncoder:
             else:
                 raise InvalidInputType(
                     f"feature {name!r} has a value of type {kind.__name__} ({value!r}); "
-                    "expected a number, a bool or a string"
+                    "expected a number, a bool or a string",
+                    reason=f"feature {name!r} has a value of an unsupported type",
                 )
             _check_name(name)
         array = np.array(values, dtype=float)
@@ -305,7 +307,8 @@ class FeatureEncoder:
             if not isinstance(value, str):
                 raise InvalidInputType(
                     f"feature {name!r} mixes strings with a value of type "
-                    f"{type(value).__name__} ({value!r})"
+                    f"{type(value).__name__} ({value!r})",
+                    reason=f"feature {name!r} mixes strings with other values",
                 )
             hits = values == value
             columns.append((_indicator(name, value), hits.astype(float), int(hits.argmax()), False))

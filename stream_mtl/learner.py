@@ -180,7 +180,9 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         self.optimizer = optimizer
         self.lr = lr
         self.dtype = dtype
-        self.weighting = weighting
+        # None stands for the default strategy, which is then what repr, clone and
+        # reports show (River's models treat an optimizer=None the same way).
+        self.weighting = weighting if weighting is not None else DriftAware()
         self.seed = seed
         self.activation = activation
         self.mixed_precision = mixed_precision
@@ -203,7 +205,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         self.drift_events: list[DriftEvent] = []
         self._drift_callbacks: list[typing.Callable[[DriftEvent], None]] = []
         self._thresholds: dict[int, OnlineThreshold] = {}  # binary task position -> tuner
-        self._weighting = weighting.clone() if weighting is not None else DriftAware()
+        self._weighting = self.weighting.clone()
         self._affinity = TaskAffinity()
         rng = np.random.default_rng(seed)
         self._backend = make_backend(
@@ -249,7 +251,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
             raise InvalidInput(f"hedge_rate must be a positive number, got {self.hedge_rate!r}")
         if not 0.0 <= self.hedge_floor < 1.0:
             raise InvalidInput(f"hedge_floor must be in [0, 1), got {self.hedge_floor!r}")
-        if self.weighting is not None and not isinstance(self.weighting, WeightingStrategy):
+        if not isinstance(self.weighting, WeightingStrategy):
             raise InvalidInputType(
                 f"weighting must be a weighting strategy such as Equal(), got {self.weighting!r}"
             )

@@ -53,8 +53,8 @@ class Task(base.Base):
         for row, value in enumerate(values):
             try:
                 checked.append(self.check_label(task, value))
-            except (TypeError, ValueError) as error:
-                raise type(error)(f"{error} (row {row})") from None
+            except InvalidInput as error:
+                raise type(error)(f"{error} (row {row})", reason=error.reason) from None
         present = np.array([label is not None for label in checked], dtype=bool)
         column = np.empty(len(checked), dtype=object)
         column[:] = checked
@@ -82,11 +82,15 @@ class Regression(Task):
         if isinstance(label, bool | np.bool_) or not isinstance(label, numbers.Real):
             raise InvalidInputType(
                 f"label {label!r} for regression task {task!r} is a {type(label).__name__}; "
-                "expected a number"
+                "expected a number",
+                reason=f"label of the wrong type for regression task {task!r}",
             )
         value = float(label)
         if math.isinf(value):
-            raise InvalidInput(f"label {label!r} for regression task {task!r} is infinite")
+            raise InvalidInput(
+                f"label {label!r} for regression task {task!r} is infinite",
+                reason=f"infinite label for regression task {task!r}",
+            )
         return value
 
     def default_metrics(self) -> list[metrics.base.Metric]:
@@ -103,7 +107,8 @@ class Regression(Task):
         if infinite.any():
             row = int(np.flatnonzero(infinite)[0])
             raise InvalidInput(
-                f"label {column[row]!r} for regression task {task!r} is infinite (row {row})"
+                f"label {column[row]!r} for regression task {task!r} is infinite (row {row})",
+                reason=f"infinite label for regression task {task!r}",
             )
         return column, ~np.isnan(column)
 
@@ -154,11 +159,13 @@ class Binary(Task):
                 return bool(label)
             raise InvalidInput(
                 f"label {label!r} for binary task {task!r} is neither 0 nor 1; "
-                "expected True/False or 0/1"
+                "expected True/False or 0/1",
+                reason=f"label neither 0 nor 1 for binary task {task!r}",
             )
         raise InvalidInputType(
             f"label {label!r} for binary task {task!r} is a {type(label).__name__}; "
-            "expected True/False or 0/1"
+            "expected True/False or 0/1",
+            reason=f"label of the wrong type for binary task {task!r}",
         )
 
     def default_metrics(self) -> list[metrics.base.Metric]:
@@ -179,7 +186,8 @@ class Binary(Task):
             row = int(np.flatnonzero(wrong)[0])
             raise InvalidInput(
                 f"label {values[row]!r} for binary task {task!r} is neither 0 nor 1; "
-                f"expected True/False or 0/1 (row {row})"
+                f"expected True/False or 0/1 (row {row})",
+                reason=f"label neither 0 nor 1 for binary task {task!r}",
             )
         return column, present
 
@@ -214,11 +222,13 @@ class Multiclass(Task):
                 return int(label)
             raise InvalidInput(
                 f"label {label!r} for multiclass task {task!r} is not a class: "
-                "expected a string, an integer or a boolean"
+                "expected a string, an integer or a boolean",
+                reason=f"label that is not a class for multiclass task {task!r}",
             )
         raise InvalidInputType(
             f"label {label!r} for multiclass task {task!r} is a {type(label).__name__}; "
-            "expected a string, an integer or a boolean"
+            "expected a string, an integer or a boolean",
+            reason=f"label of the wrong type for multiclass task {task!r}",
         )
 
     def default_metrics(self) -> list[metrics.base.Metric]:

@@ -112,6 +112,21 @@ def test_bad_observations_are_set_aside_and_counted_when_asked():
         prequential(_model(), stream, every=100, progress=False)
 
 
+def test_the_report_names_a_connectors_stream_by_its_settings():
+    stream = SyntheticStream(tasks=TASKS, n=200, seed=3)
+    report = prequential(_model(), stream, progress=False, baselines=())
+    assert report.config["stream"].startswith("SyntheticStream(n=200, ")
+    assert "seed=3" in report.config["stream"]
+
+
+def test_one_mix_up_is_one_reason_however_many_values_it_takes():
+    stream = _stream(300)
+    for row, label in zip(range(10, 70, 10), ["yes", "no", "maybe", "y", "n", "ok"]):
+        stream[row] = Observation(stream[row].x, {"flag": label})
+    report = prequential(_model(), stream, progress=False, baselines=(), on_error="skip")
+    assert report.rejected == {"label of the wrong type for binary task 'flag'": 6}
+
+
 def test_the_iterator_form_yields_the_run_so_far_at_every_checkpoint():
     observations = _stream(500)
     reports = list(
@@ -130,6 +145,10 @@ def test_a_saved_report_is_strict_json_that_opens_with_its_configuration(tmp_pat
     assert next(iter(content)) == "config"
     assert content["config"]["every"] == 100
     assert content["config"]["model"]["class"] == "stream_mtl.learner.MultiTaskLearner"
+    weighting = content["config"]["model"]["params"]["weighting"]
+    assert weighting["class"] == "stream_mtl.weighting.drift.DriftAware"  # not None
+    assert weighting["params"]["base"]["class"] == "stream_mtl.weighting.dwa.DWA"
+    assert content["config"]["stream"] == "list of 400 items"
     assert content["memory_bytes"] > 0
     assert len(content["task_affinity"]["matrix"]) == 2
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [

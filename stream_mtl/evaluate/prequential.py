@@ -91,12 +91,17 @@ def _as_observation(item: object) -> Observation:
 
 
 def _describe(obj: object) -> object:
+    """A River object's spec, else its own repr, else its type (and length): never an address."""
     if isinstance(obj, base.Base):
         try:
             return object_to_spec(obj)
         except TypeError:
             pass
-    return repr(obj)
+    kind = type(obj)
+    if kind.__repr__ is not object.__repr__ and not isinstance(obj, list | tuple):
+        return repr(obj)
+    name = f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins.")
+    return f"{name} of {len(obj):,} items" if hasattr(obj, "__len__") else name
 
 
 class _Run:
@@ -297,20 +302,23 @@ def _drive(run: _Run, stream: Iterable, progress: bool, on_error: str) -> Iterat
         raise InvalidInput(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     total = len(stream) if hasattr(stream, "__len__") else None
     every = run.every
-    with tqdm(
-        total=total, disable=not progress, unit="obs", mininterval=1.0, desc="prequential"
-    ) as bar:
+    # The bar's own rate counts the baselines' time too; the model's rate alone is shown
+    # beside it.
+    desc = "prequential, model and baselines" if len(run.contenders) > 1 else "prequential"
+    with tqdm(total=total, disable=not progress, unit="obs", mininterval=1.0, desc=desc) as bar:
         for item in stream:
             try:
                 new = run.step(item)
             except (ValueError, TypeError) as error:
                 if on_error == "raise":
                     raise
-                run.reject(str(error))
+                run.reject(getattr(error, "reason", str(error)))
                 continue
             if new and run.n % every == 0:
                 run.checkpoint()
                 bar.update(every)
+                if progress and run.seconds["model"]:
+                    bar.set_postfix_str(f"model {run.n / run.seconds['model']:,.0f} obs/s")
                 yield
         run.finish()
         bar.update(run.n % every)

@@ -140,8 +140,8 @@ class DriftAware(WeightingStrategy):
                 f"got {cooldown}, {relax} and {replay}"
             )
         super().__init__()
-        self.base = base
-        self.detector = detector
+        self.base = base if base is not None else DWA()
+        self.detector = detector if detector is not None else drift.ADWIN()
         self.detectors = dict(detectors or {})
         self.trunk_damping = trunk_damping
         self.cooldown = cooldown
@@ -150,8 +150,7 @@ class DriftAware(WeightingStrategy):
         self.max_hold = max_hold
         self.relax = relax
         self.replay = replay
-        self._base = base.clone() if base is not None else DWA()
-        self._template = detector if detector is not None else drift.ADWIN()
+        self._base = self.base.clone()
         self._ones = np.ones(0)
         self._detectors: list[river_base.DriftDetector] = []
         self._fed: list[array.array] = []  # per task: losses fed since its detector was made
@@ -161,7 +160,7 @@ class DriftAware(WeightingStrategy):
         return self._base.needs_grad_norms
 
     def _fresh_detector(self, position: int) -> river_base.DriftDetector:
-        return self.detectors.get(self.tasks[position], self._template).clone()
+        return self.detectors.get(self.tasks[position], self.detector).clone()
 
     def add_task(self, task: str) -> None:
         self._base.add_task(task)
