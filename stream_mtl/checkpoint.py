@@ -22,7 +22,8 @@ from river import base
 from stream_mtl.exceptions import InvalidCheckpoint, InvalidInput, InvalidInputType
 
 FORMAT = "stream-mtl-checkpoint"
-FORMAT_VERSION = 3  # 2: heads at every depth, second-order heads, Hedge mixture; 3: top heads
+FORMAT_VERSION = 4  # 2: heads at every depth, second-order heads, Hedge mixture; 3: top heads;
+# 4: task affinity by input sensitivity
 _META_KEY = "__meta__"
 _SPEC_MODULES = ("stream_mtl.", "river.")
 

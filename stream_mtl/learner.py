@@ -38,10 +38,9 @@ from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION, Label, Task
 from stream_mtl.weighting import DriftAware, WeightingStrategy
 
 DTYPES = ("float32", "float64")
-# Task affinity is fed (and the tasks' gradient Gram matrix computed for it) on one step
-# in this many, unless the weighting needs gradient norms at every step: a running
-# average loses little by sampling, and the per-observation path stays fast.
-AFFINITY_EVERY = 8
+# Step along each input, in standard deviations, of the finite differences that give
+# the Jacobian: small against the inputs' spread, large against float32's rounding.
+AFFINITY_PROBE = 1e-2
 # River's checks that learn from a data set (river.checks.common).
 RIVER_DATASET_CHECKS = (
     "check_learn_one",
@@ -130,6 +129,9 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         second-order rule as the linear heads (with that forgetting factor) while the
         trunk learns through it: the trunk's features read out by a few dozen labels
         rather than thousands of gradient steps. `()` for none.
+    affinity_inputs
+        How many inputs (the first, in order of appearance) `task_affinity` takes into
+        account; its memory is n_tasks x affinity_inputs^2 floats.
 
     Examples
     --------
@@ -172,6 +174,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         hedge_floor: float = 0.01,
         share_linear: bool = True,
         top_forgetting: tuple[float, ...] = (0.999, 0.99),
+        affinity_inputs: int = 128,
     ) -> None:
         self.tasks = dict(tasks or {})
         self.hidden = tuple(hidden)
@@ -191,6 +194,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         self.hedge_floor = hedge_floor
         self.share_linear = share_linear
         self.top_forgetting = tuple(top_forgetting)
+        self.affinity_inputs = affinity_inputs
         self._check_params()
 
         self._encoder = FeatureEncoder()
@@ -206,7 +210,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         self._drift_callbacks: list[typing.Callable[[DriftEvent], None]] = []
         self._thresholds: dict[int, OnlineThreshold] = {}  # binary task position -> tuner
         self._weighting = self.weighting.clone()
-        self._affinity = TaskAffinity()
+        self._affinity = TaskAffinity(max_inputs=affinity_inputs)
         rng = np.random.default_rng(seed)
         self._backend = make_backend(
             backend, self.hidden, activation, optimizer, float(lr), dtype, device, mixed_precision,
@@ -249,6 +253,12 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
             )
         if not (isinstance(self.hedge_rate, int | float) and self.hedge_rate > 0):
             raise InvalidInput(f"hedge_rate must be a positive number, got {self.hedge_rate!r}")
+        if isinstance(self.affinity_inputs, bool) or not (
+            isinstance(self.affinity_inputs, int) and self.affinity_inputs >= 0
+        ):
+            raise InvalidInput(
+                f"affinity_inputs must be a non-negative integer, got {self.affinity_inputs!r}"
+            )
         if not 0.0 <= self.hedge_floor < 1.0:
             raise InvalidInput(f"hedge_floor must be in [0, 1), got {self.hedge_floor!r}")
         if not isinstance(self.weighting, WeightingStrategy):
@@ -356,10 +366,14 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
 
     @property
     def task_affinity(self) -> pd.DataFrame:
-        """Running cosine similarity of the tasks' gradients at the shared representation.
+        """How much each pair of tasks depends on the same input directions, in [0, 1].
 
-        A task x task table: near 1, two tasks pull the shared trunk the same way; near
-        -1, they conflict; NaN for a pair never labelled in the same step.
+        A task x task table (see `affinity.TaskAffinity`): near 1, the two tasks'
+        predictions move with the same directions of the inputs (one structure serves
+        both, which is what a shared trunk exploits); near 0, with disjoint ones; NaN
+        for a task whose predictions do not yet move with any input. It is measured on
+        the model, from a sample of the observations learned, and does not need the
+        tasks to be labelled together.
         """
         return pd.DataFrame(self._affinity.matrix, index=self._task_names, columns=self._task_names)
 
@@ -450,6 +464,8 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
             row = np.array([[np.nan if t is None else t for t in targets]], dtype=float)
             self._tune_thresholds(row, result.predictions)
         self._after_step(result, counts, counts)
+        if self._affinity.due(1).size:
+            self._feed_affinity(encoded[None, :])
 
     def _tune_thresholds(self, targets: np.ndarray, predictions: np.ndarray) -> None:
         """Feed each tuned binary threshold the probabilities served before this step."""
@@ -502,7 +518,23 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
 
     def _wants_gram(self) -> bool:
         """Whether the next step must report the tasks' gradient Gram matrix."""
-        return self._weighting.needs_grad_norms or self._n_steps % AFFINITY_EVERY == 0
+        return self._weighting.needs_grad_norms
+
+    def _feed_affinity(self, encoded: np.ndarray) -> None:
+        """Hand `TaskAffinity` the Jacobian of the predictions at each row of `encoded`,
+        by forward differences along its first inputs (one batched forward pass)."""
+        n = min(self._backend.n_inputs, self._affinity.max_inputs)
+        if n == 0 or not len(encoded):
+            return
+        probes = np.repeat(encoded, n + 1, axis=0).astype(float)
+        steps = np.zeros((n + 1, encoded.shape[1]))
+        steps[1:, :n] = np.eye(n) * AFFINITY_PROBE
+        probes += np.tile(steps, (len(encoded), 1))
+        outputs = np.asarray(self._backend.forward_many(probes), float)
+        outputs = outputs.reshape(len(encoded), n + 1, -1)
+        column_task = self._backend.columns.column_task
+        for at in outputs:
+            self._affinity.update((at[1:] - at[0]).T / AFFINITY_PROBE, column_task)
 
     def _after_step(
         self, result: StepResult, labelled: typing.Sequence, counts: typing.Sequence[int]
@@ -510,7 +542,6 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         self._n_steps += 1
         gram, grad_norms = result.gram, None
         if gram is not None:
-            self._affinity.update(gram)
             grad_norms = np.sqrt(np.maximum(np.diagonal(gram), 0.0))
         detections = self._weighting.update(result.losses, labelled, self._n_steps, grad_norms)
         n_learned = self._n_learned
@@ -641,6 +672,8 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         )
         self._tune_thresholds(targets, result.predictions)
         self._after_step(result, counts > 0, counts)
+        labelled_rows = np.flatnonzero(~np.isnan(targets).all(axis=1))
+        self._feed_affinity(encoded[labelled_rows[self._affinity.due(len(labelled_rows))]])
 
     def _check_label_frame(
         self, Y: object, n_rows: int
@@ -754,6 +787,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
                 "hedge_floor": self.hedge_floor,
                 "share_linear": self.share_linear,
                 "top_forgetting": list(self.top_forgetting),
+                "affinity_inputs": self.affinity_inputs,
             },
             "tasks": [
                 [name, object_to_spec(task)]

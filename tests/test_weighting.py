@@ -173,27 +173,43 @@ def test_bad_strategy_parameters_are_clear_errors(make, message):
         make()
 
 
-def test_task_affinity_finds_related_and_unrelated_tasks():
-    tasks = {"y": Regression(), "y_again": Regression(), "noise": Regression()}
-    model = MultiTaskLearner(tasks=tasks, hidden=(16,), seed=0)
-    rng = np.random.default_rng(0)
-    for _ in range(3000):
-        x = {f"u{i}": float(v) for i, v in enumerate(rng.normal(size=3))}
-        y = float(np.tanh(x["u0"] + x["u1"]) + 0.3 * rng.normal())
-        model.learn_one(x, {"y": y, "y_again": y, "noise": float(rng.normal())})
+def test_task_affinity_is_high_for_tasks_of_one_structure_and_near_0_for_an_unrelated_one():
+    """a, b, c and flag mix the same latent factors of x0..x19 (the synthetic stream's
+    known structure); u is a non-linear function of x20..x29 alone."""
+    structure = SyntheticStream(seed=0)
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(4000, 30))
+    scores = structure.scores(X[:, :20])
+    unrelated = np.tanh(X[:, 20] + X[:, 21]) - X[:, 22] * X[:, 23] + np.tanh(X[:, 24:].sum(1))
+    tasks = {"a": Regression(), "b": Regression(), "c": Regression(), "flag": Binary()}
+    model = MultiTaskLearner(tasks={**tasks, "u": Regression()}, hidden=(32, 32), seed=0)
+    for i, row in enumerate(X):
+        y = {name: 10.0 * scores[name][i, 0] for name in ("a", "b", "c")}
+        y["flag"] = bool(scores["flag"][i, 0] > 0)
+        y["u"] = float(unrelated[i])
+        model.learn_one({f"x{j}": float(v) for j, v in enumerate(row)}, y)
     affinity = model.task_affinity
-    assert list(affinity.index) == list(affinity.columns) == ["y", "y_again", "noise"]
-    assert affinity.loc["y", "y_again"] > 0.9
-    assert abs(affinity.loc["y", "noise"]) < 0.3
+    assert list(affinity.index) == list(affinity.columns) == [*tasks, "u"]
+    related = affinity.loc[list(tasks), list(tasks)].to_numpy()
+    assert related.min() > 0.5, affinity.round(2)
+    assert affinity.loc[list(tasks), "u"].max() < 0.1, affinity.round(2)
     np.testing.assert_allclose(affinity.to_numpy(), affinity.to_numpy().T)
 
 
-def test_task_affinity_is_nan_for_tasks_never_labelled_together():
+def test_task_affinity_is_nan_until_it_is_first_measured():
     model = MultiTaskLearner(tasks={"a": Regression(), "b": Regression()}, hidden=(4,), seed=0)
-    for i in range(100):
-        model.learn_one({"u": i / 100}, {"a": i / 10} if i % 2 else {"b": -i / 10})
     assert np.isnan(model.task_affinity.loc["a", "b"])
     assert model.task_affinity.loc["a", "a"] == 1.0
+    for i in range(20):
+        model.learn_one({"u": i / 20, "v": i % 3}, {"a": i / 10})
+    assert 0.0 <= model.task_affinity.loc["a", "b"] <= 1.0
+
+
+def test_task_affinity_takes_at_most_affinity_inputs_inputs_into_account():
+    model = MultiTaskLearner(tasks={"a": Regression()}, hidden=(4,), seed=0, affinity_inputs=3)
+    for i in range(40):
+        model.learn_one({f"u{j}": (i * j) % 7 for j in range(10)}, {"a": i / 10})
+    assert model._affinity.state()["moments"].shape == (1, 3, 3)
 
 
 def test_a_gradual_drift_moves_labels_to_the_new_concept_over_its_width():

@@ -192,9 +192,9 @@ def _task_affinity(report: Report):
     matrix = np.array(affinity["matrix"], dtype=float)
     size = min(10, 2 + 0.45 * len(tasks))
     figure, axis = plt.subplots(figsize=(size + 1.5, size))
-    # a pair never labelled together: not 0, no data
-    colours = matplotlib.colormaps["RdBu_r"].with_extremes(bad=NO_DATA)
-    image = axis.imshow(np.ma.masked_invalid(matrix), cmap=colours, vmin=-1, vmax=1)
+    # a task not yet measured: not 0, no data
+    colours = matplotlib.colormaps["Blues"].with_extremes(bad=NO_DATA)
+    image = axis.imshow(np.ma.masked_invalid(matrix), cmap=colours, vmin=0, vmax=1)
     if len(tasks) <= MAX_LABELLED:
         axis.set_xticks(range(len(tasks)), tasks, rotation=90)
         axis.set_yticks(range(len(tasks)), tasks)
@@ -209,10 +209,10 @@ def _task_affinity(report: Report):
     else:
         axis.set_xlabel("task")
         axis.set_ylabel("task")
-    figure.colorbar(image, ax=axis, label="cosine of gradients")
-    title = "Task affinity at the end of the run"
+    figure.colorbar(image, ax=axis, label="overlap of the input directions each task uses")
+    title = "Task affinity at the end of the run: 1, one structure serves both; 0, none shared"
     if not np.isfinite(matrix).all():
-        title += "\n(grey: never labelled together, no data)"
+        title += "\n(grey: not measured yet)"
     axis.set_title(title, fontsize=10)
     figure.tight_layout()
     return figure
