@@ -51,7 +51,7 @@ class TaskAffinity:
     """
 
     def __init__(
-        self, rate: float = 0.01, max_inputs: int = 128, every: int = 16, max_rows: int = 8
+        self, rate: float = 0.01, max_inputs: int = 128, every: int = 16, max_rows: int = 2
     ) -> None:
         self.rate = rate
         self.max_inputs = max_inputs
