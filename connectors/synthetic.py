@@ -203,6 +203,11 @@ class SyntheticStream:
             f"seed={self.seed})"
         )
 
+    def __len__(self) -> int:
+        if self.n is None:
+            raise TypeError("an endless SyntheticStream (n=None) has no length")
+        return self.n
+
     def __iter__(self) -> Iterator[Observation]:
         rng = np.random.default_rng([self.seed, 1])
         switching = np.random.default_rng([self.seed, 3])  # gradual drifts' draws, apart

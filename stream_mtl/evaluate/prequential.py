@@ -101,7 +101,10 @@ def _describe(obj: object) -> object:
     if kind.__repr__ is not object.__repr__ and not isinstance(obj, list | tuple):
         return repr(obj)
     name = f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins.")
-    return f"{name} of {len(obj):,} items" if hasattr(obj, "__len__") else name
+    try:
+        return f"{name} of {len(obj):,} items"  # type: ignore[arg-type]
+    except TypeError:
+        return name
 
 
 class _Run:
@@ -300,7 +303,10 @@ def _drive(run: _Run, stream: Iterable, progress: bool, on_error: str) -> Iterat
     """Feed `stream` to `run`; pause at every checkpoint and at the end."""
     if on_error not in ("raise", "skip"):
         raise InvalidInput(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    total = len(stream) if hasattr(stream, "__len__") else None
+    try:
+        total = len(stream)  # type: ignore[arg-type]
+    except TypeError:  # an iterator, or an endless stream
+        total = None
     every = run.every
     # The bar's own rate counts the baselines' time too; the model's rate alone is shown
     # beside it.
