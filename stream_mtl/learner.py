@@ -30,7 +30,7 @@ from stream_mtl.checkpoint import (
     object_to_spec,
     save_checkpoint,
 )
-from stream_mtl.decision import OnlineThreshold
+from stream_mtl.decision import OnlineThreshold, PooledPrior
 from stream_mtl.exceptions import InvalidCheckpoint, InvalidInput, InvalidInputType
 from stream_mtl.features import FeatureEncoder
 from stream_mtl.moments import RunningMoments
@@ -209,6 +209,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         self.drift_events: list[DriftEvent] = []
         self._drift_callbacks: list[typing.Callable[[DriftEvent], None]] = []
         self._thresholds: dict[int, OnlineThreshold] = {}  # binary task position -> tuner
+        self._pooled_thresholds = PooledPrior(self._thresholds)
         self._weighting = self.weighting.clone()
         self._affinity = TaskAffinity(max_inputs=affinity_inputs)
         rng = np.random.default_rng(seed)
@@ -469,11 +470,17 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
 
     def _tune_thresholds(self, targets: np.ndarray, predictions: np.ndarray) -> None:
         """Feed each tuned binary threshold the probabilities served before this step."""
+        pooled = []
         for position, tuner in self._thresholds.items():
             rows = ~np.isnan(targets[:, position])
             if rows.any():
                 column = self._backend.columns.slices[position][1]
-                tuner.update(predictions[rows, column], targets[rows, position] == 1.0)
+                probabilities, labels = predictions[rows, column], targets[rows, position] == 1.0
+                tuner.update(probabilities, labels)
+                if tuner.rule == "f1":
+                    pooled.append((probabilities, labels))
+        if pooled:
+            self._pooled_thresholds.update(*map(np.concatenate, zip(*pooled)))
 
     def _targets_one(self, labels: list[Label | None]) -> list:
         targets: list = [None] * len(labels)
@@ -809,6 +816,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         arrays.update(
             {f"threshold.{self._task_names[k]}": t.state() for k, t in self._thresholds.items()}
         )
+        arrays["thresholds_pooled"] = self._pooled_thresholds.state()
         return meta, arrays
 
     @classmethod
@@ -844,6 +852,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         model._backend.load_state(section("backend."))
         for position, tuner in model._thresholds.items():
             tuner.load_state(arrays[f"threshold.{model._task_names[position]}"])
+        model._pooled_thresholds.load_state(arrays["thresholds_pooled"])
         model._n_learned = [int(n) for n in meta["n_learned"]]
         model._n_steps = int(meta["n_steps"])
         model.drift_events = [DriftEvent(*event) for event in meta["drift_events"]]

@@ -121,7 +121,9 @@ class Binary(Task):
     threshold
         How `predict_one` turns P(True) into a decision: `"f1"` (the default) predicts
         True above the threshold that maximised F1 over the task's recent predictions,
-        so a rare label is still predicted; `"prior"` above the recent share of
+        so a rare label is still predicted (with few positives of its own, a task borrows
+        the pooled predictions of the other F1-tuned tasks as a prior: see
+        `decision.PooledPrior`); `"prior"` above the recent share of
         positives; a number in (0, 1) above that number. Probabilities are the same
         whatever the rule (see `stream_mtl.decision`).
 

@@ -129,6 +129,21 @@ def test_rare_positives_are_predicted_with_an_f1_threshold_and_the_same_probabil
     assert tuned.thresholds["rare"] < 0.5 and fixed.thresholds["rare"] == 0.5
 
 
+def test_a_task_with_no_positive_yet_decides_by_the_other_f1_tasks_pooled_predictions():
+    model = MultiTaskLearner(
+        tasks={"rare": Binary(), "new": Binary(), "fixed": Binary(threshold=0.5)},
+        hidden=(8,), seed=0,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    for _ in range(2000):  # rows of "rare" only (10% positives)
+        u = rng.normal(size=3)
+        positive = rng.random() < 1.0 / (1.0 + np.exp(-(2.0 * u[0] + u[1] - 3.0)))
+        model.learn_one({f"u{j}": float(v) for j, v in enumerate(u)}, {"rare": bool(positive)})
+    assert model.thresholds["new"] < 0.4  # "new" has no row: its threshold is the pooled one
+    assert model.thresholds["new"] == pytest.approx(model.thresholds["rare"], abs=0.05)
+    assert model.thresholds["fixed"] == 0.5
+
+
 def test_the_prior_rule_decides_at_the_recent_share_of_positives():
     model = MultiTaskLearner(tasks={"rare": Binary(threshold="prior")}, hidden=(8,), seed=0)
     share = np.mean([y["rare"] for _, y in _rare_positives(3000)])
