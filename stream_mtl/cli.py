@@ -222,15 +222,14 @@ def _check_resumed(
     `--backend` is not checked: a checkpoint loads into either backend.
     """
     for name, given, held in (
-        ("hidden", args.hidden, list(model.hidden)),
+        ("hidden", _as_option(args.hidden), _as_option(model.hidden)),
         ("seed", args.seed, model.seed),
     ):
         if given is not None and given != held:
             raise ValueError(
-                f"checkpoint {args.checkpoint!r} holds a model with {name} "
-                f"{','.join(map(str, held)) if name == 'hidden' else held}; --{name} "
-                f"{','.join(map(str, given)) if name == 'hidden' else given} needs a new "
-                "checkpoint file (or leave the option out to resume)"
+                f"checkpoint {args.checkpoint!r} holds a model with {name} {held}; "
+                f"--{name} {given} needs a new checkpoint file (or leave the option out "
+                "to resume)"
             )
     for name, kind in tasks.items():
         known = model.tasks.get(name)
@@ -238,6 +237,11 @@ def _check_resumed(
             model.add_task(name, task_from_kind(kind))
         elif known.kind != kind:
             raise ValueError(f"task {name!r} is {known.kind} in the checkpoint, not {kind}")
+
+
+def _as_option(widths: typing.Sequence[int] | None) -> str | None:
+    """Trunk widths as `--hidden` spells them: 64,64."""
+    return None if widths is None else ",".join(map(str, widths))
 
 
 def _kafka_source(topic: str, servers: str, api_version, args: argparse.Namespace):
