@@ -96,7 +96,7 @@ class OnlineThreshold:
             return 0.5
         negatives, positives = self.counts + self.prior
         if self.rule == "prior":
-            return float(positives.sum() / self.counts.sum())
+            return float(positives.sum() / (negatives.sum() + positives.sum()))
         # Cut c predicts True for bins >= c: true and false positives are tail sums.
         tp = np.concatenate([np.cumsum(positives[::-1])[::-1], [0.0]])
         fp = np.concatenate([np.cumsum(negatives[::-1])[::-1], [0.0]])

@@ -55,6 +55,8 @@ class Task(base.Base):
                 checked.append(self.check_label(task, value))
             except InvalidInput as error:
                 raise type(error)(f"{error} (row {row})", reason=error.reason) from None
+            except (TypeError, ValueError) as error:  # raised by a conversion, not a check
+                raise type(error)(f"{error} (row {row})") from None
         present = np.array([label is not None for label in checked], dtype=bool)
         column = np.empty(len(checked), dtype=object)
         column[:] = checked
