@@ -38,7 +38,9 @@ from stream_mtl.connectors.messages import (
     codec,
     observation_from_message,
 )
+from stream_mtl.exceptions import InvalidInput
 from stream_mtl.observation import Observation
+from stream_mtl.stream import ReasonCounts
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +205,7 @@ class KafkaSource:
         self.poll_timeout = poll_timeout
         self.idle_timeout = idle_timeout
         self.keep_dead_letters = keep_dead_letters
-        self.rejected: collections.Counter = collections.Counter()
+        self.rejected = ReasonCounts()  # set-aside messages by reason, bounded
         self.dead_letters: collections.deque = collections.deque(maxlen=keep_dead_letters)
         self.n_consumed = 0
         self.on_revoke: Callable[[set[TopicPartition]], None] | None = None
@@ -341,19 +343,17 @@ class KafkaSource:
         try:
             obs = observation_from_message(self.decode(record.value), _text(record.key))
         except MalformedMessage as error:
-            self.set_aside(str(error), record.partition, record.offset, record.key, record.value)
+            self.set_aside(error, record.partition, record.offset, record.key, record.value)
             return None
         return Message(obs, record.partition, record.offset, record.key, record.value)
 
     def set_aside(
-        self, reason: str, partition: int, offset: int, key: bytes | None, value: bytes
+        self, error: InvalidInput, partition: int, offset: int, key: bytes | None, value: bytes
     ) -> None:
-        """Count a rejected message and send it to the dead-letter topic with `reason`.
-
-        The count is by the reason's first part (before any colon), so that messages
-        rejected for the same cause share a count.
-        """
-        self.rejected[reason.split(":")[0]] += 1
+        """Count a refused message by `error.reason` (so that messages refused for the same
+        cause share a count) and send it to the dead-letter topic with the error's text."""
+        self.rejected.add(error.reason)
+        reason = str(error)
         record = dead_letter(reason, self.topic, partition, offset, key, value or b"")
         self.dead_letters.append(record)
         if self._dead_letter_sink is not None:

@@ -1,16 +1,13 @@
 """LearningLoop: consume a Kafka topic, predict, learn, checkpoint, then commit.
 
-The loop is what `stream-mtl run` runs. For each poll of its `KafkaSource` it
-
-1. checks every message against the model (`check_one`) and sets a bad one aside in the
-   dead-letter topic with the model's reason, so that one bad record never stops or
-   spoils a batch;
-2. predicts every message that has features, before learning anything from the poll,
-   and sends the prediction with the message's key to the `KafkaSink` (if any);
-3. holds features that came without labels, by key, for a bounded wait
-   (`PendingFeatures`), and joins labels-only messages to them;
-4. learns: one `learn_many` step per run of rows with the same features when
-   `batch_learning` is on (the default on the torch backend), else `learn_one` per row.
+The loop is what `stream-mtl run` runs: the Kafka driver of the stream step
+(`stream_mtl.stream.StreamStep`). For each poll of its `KafkaSource` the step checks,
+predicts and joins every message before anything of the poll is learned (one
+`learn_many` per run of rows with the same features when `batch_learning` is on, the
+default on the torch backend, else `learn_one` per row); the loop sends each prediction
+with its message's key to the `KafkaSink` (if any), sets a refused message aside in the
+dead-letter topic with its reason, so that one bad record never stops or spoils a batch,
+and counts what each partition learned.
 
 Every `checkpoint_every` messages, when the topic goes idle, on a partition revocation
 and on `stop()`, it writes a checkpoint holding the model, the source's position and the
@@ -30,13 +27,10 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from stream_mtl import MultiTaskLearner
 from stream_mtl.connectors.kafka import KafkaSink, KafkaSource, Message
-from stream_mtl.evaluate.rolling_error import RollingError
-from stream_mtl.pending import PendingFeatures
+from stream_mtl.exceptions import InvalidInput
+from stream_mtl.learner import MultiTaskLearner
+from stream_mtl.stream import StreamStep
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +53,9 @@ class LearningLoop:
         Where predictions go, key preserved; None for none.
     batch_learning
         `learn_many` per poll (default: on the torch backend) or `learn_one` per message.
-    label_wait, max_pending
-        How long features wait for their labels (in later features messages), and how
-        many are held at most.
+    label_wait, max_pending, label_max_age
+        How long features wait for their labels (in later features messages, and in
+        seconds: None for no limit by age), and how many are held at most.
     log_every
         Seconds between log lines on throughput and per-task rolling error.
     window
@@ -89,6 +83,7 @@ class LearningLoop:
         batch_learning: bool | None = None,
         label_wait: int = 100_000,
         max_pending: int = 100_000,
+        label_max_age: float | None = None,
         log_every: float = 10.0,
         window: int = 1000,
         on_learned: Callable[[list[Message]], None] | None = None,
@@ -104,7 +99,14 @@ class LearningLoop:
         if batch_learning is None:
             batch_learning = model.backend == "torch"
         self.batch_learning = batch_learning
-        self.pending = PendingFeatures(label_wait, max_pending)
+        self.step = StreamStep(
+            model,
+            label_wait=label_wait,
+            max_pending=max_pending,
+            label_max_age=label_max_age,
+            batch=batch_learning,
+            window=window,
+        )
         self.log_every = log_every
         self.on_learned = on_learned
         self.learned: collections.Counter = collections.Counter()  # by partition
@@ -113,8 +115,6 @@ class LearningLoop:
         self._checkpointed: dict | None = None
         self._in_batch = False
         self._last_log = (time.monotonic(), 0)
-        self.window = window
-        self.errors: dict[str, RollingError] = {}  # by task, from its first scored label
         source.on_revoke = self._on_revoke
 
     @classmethod
@@ -149,7 +149,7 @@ class LearningLoop:
                 f"{extra.get('topic')!r}, not {self.source.topic!r}"
             )
         self.source.seek(extra["position"])
-        self.pending.load_state(extra["pending"])
+        self.step.pending.load_state(extra["pending"])
         self.learned.update({int(p): n for p, n in extra["learned"].items()})
         self._checkpointed = extra["position"]
 
@@ -206,7 +206,7 @@ class LearningLoop:
             "topic": self.source.topic,
             "group": self.source.group_id,
             "position": position,
-            "pending": self.pending.state(),
+            "pending": self.step.pending.state(),
             "learned": {str(p): n for p, n in sorted(self.learned.items())},
             "rejected": dict(self.source.rejected),
         }
@@ -220,126 +220,32 @@ class LearningLoop:
     # -- one poll ------------------------------------------------------------------------
 
     def _process(self, batch: list[Message]) -> None:
-        if self.batch_learning and self._process_as_one_batch(batch):
-            return
-        checked = self._checked(batch)
-        with_features = [m for m in checked if m.observation.x is not None]
-        predictions = dict(zip((id(m) for m in with_features), self._predict(with_features)))
-        rows: list[tuple[dict, dict, dict | None, Message]] = []
-        for message in checked:
-            obs = message.observation
-            prediction = predictions.get(id(message))
-            if prediction is not None and self.sink is not None:
-                self.sink.send(message.key, _prediction_record(message, prediction))
-            if obs.x is not None and obs.y:
-                rows.append((obs.x, obs.y, prediction, message))
-            elif obs.x is not None:
-                if obs.key is not None:
-                    self.pending.hold(obs.key, obs.x, prediction)
-            else:
-                held = self.pending.claim(obs.key)
-                if held is None:
-                    self._set_aside(message, "labels for an unknown or expired key")
-                else:
-                    rows.append((held.x, obs.y, held.extra, message))
-        if rows:
-            self._score(rows)
-            self._learn(rows)
+        """Predict every message of the poll (and send the predictions), then learn."""
+        observations = [message.observation for message in batch]
+        if self.batch_learning:
+            offers = self.step.offer_many(observations, batch)
+        else:
+            offers = [self.step.offer(obs, message) for obs, message in zip(observations, batch)]
+        ready = []
+        for message, offer in zip(batch, offers):
+            if offer.refused is not None:
+                self._set_aside(message, offer.refused)
+                continue
+            if offer.prediction is not None and self.sink is not None:
+                self.sink.send(message.key, _prediction_record(message, offer.prediction))
+            ready.extend(offer.ready)
+        refused = self.step.learn(ready)
+        for row, error in refused:
+            self._set_aside(row.tag, error)
+        not_learned = {id(row.tag) for row, _error in refused}
+        self._learned([row.tag for row in ready if id(row.tag) not in not_learned])
 
-    def _process_as_one_batch(self, batch: list[Message]) -> bool:
-        """The common case in batch mode, at batch cost: every message has features and
-        labels, and the model accepts the poll as one batch. Otherwise False, and nothing
-        has changed."""
-        observations = [m.observation for m in batch]
-        if not all(obs.x is not None and obs.y for obs in observations):
-            return False
-        X = features_frame([obs.x for obs in observations])
-        Y = labels_frame([obs.y for obs in observations])
-        try:
-            self.model.check_many(None, Y)
-            predicted = self.model.predict_many(X)  # checks the features
-        except (ValueError, TypeError):
-            return False
-        if self.sink is not None:
-            for message, prediction in zip(batch, predicted.to_dict("records")):
-                self.sink.send(message.key, _prediction_record(message, prediction))
-        for name in Y.columns:
-            self._error(name).update_many(Y[name].to_numpy(), predicted[name].to_numpy())
-        self._learn_frames(X, Y, [(obs.x, obs.y) for obs in observations])
-        self._learned(batch)
-        return True
-
-    def _checked(self, batch: list[Message]) -> list[Message]:
-        """The messages the model accepts; the others are set aside with its reason."""
-        return [message for message in batch if self._check(message)]
-
-    def _check(self, message: Message) -> bool:
-        obs = message.observation
-        try:
-            self.model.check_one(obs.x, obs.y)
-        except (ValueError, TypeError) as error:
-            self._set_aside(message, str(error))
-            return False
-        return True
-
-    def _set_aside(self, message: Message, reason: str) -> None:
-        self.source.set_aside(reason, message.partition, message.offset, message.key, message.value)
-
-    def _predict(self, messages: list[Message]) -> list[dict]:
-        if not messages:
-            return []
-        if not self.batch_learning:
-            return [self.model.predict_one(m.observation.x) for m in messages]
-        frame = features_frame([m.observation.x for m in messages])
-        try:
-            return self.model.predict_many(frame).to_dict("records")
-        except (ValueError, TypeError):  # rows that only make sense one by one
-            return [self.model.predict_one(m.observation.x) for m in messages]
-
-    def _score(self, rows: list) -> None:
-        for _x, y, prediction, _message in rows:
-            if prediction is not None:
-                for name, label in y.items():
-                    self._error(name).update(label, prediction.get(name))
-
-    def _error(self, task: str) -> RollingError:
-        if task not in self.errors:
-            self.errors[task] = RollingError(self.model.tasks[task].kind, self.window)
-        return self.errors[task]
-
-    def _learn(self, rows: list) -> None:
-        if not self.batch_learning:
-            for x, y, _prediction, message in rows:
-                self.model.learn_one(x, y)
-                self._learned([message])
-            return
-        start = 0
-        while start < len(rows):  # runs of rows with the same features, in order
-            names = rows[start][0].keys()
-            end = start + 1
-            while end < len(rows) and rows[end][0].keys() == names:
-                end += 1
-            self._learn_run(rows[start:end])
-            start = end
-
-    def _learn_run(self, rows: list) -> None:
-        X = features_frame([row[0] for row in rows])
-        Y = labels_frame([row[1] for row in rows])
-        self._learn_frames(X, Y, [(row[0], row[1]) for row in rows])
-        self._learned([row[3] for row in rows])
-
-    def _learn_frames(self, X: pd.DataFrame, Y: pd.DataFrame, rows: list) -> None:
-        try:
-            self.model.learn_many(X, Y)
-        except (ValueError, TypeError):
-            # Each row passed check_one, so what fails is the batch form (a column that
-            # mixes numbers and text, say): the model is unchanged; learn the rows one by one.
-            for x, y in rows:
-                self.model.learn_one(x, y)
+    def _set_aside(self, message: Message, error: InvalidInput) -> None:
+        self.source.set_aside(error, message.partition, message.offset, message.key, message.value)
 
     def _learned(self, messages: list[Message]) -> None:
         self.learned.update(message.partition for message in messages)
-        if self.on_learned is not None:
+        if self.on_learned is not None and messages:
             self.on_learned(messages)
 
     # -- reporting -----------------------------------------------------------------------
@@ -350,10 +256,10 @@ class LearningLoop:
             "consumed": self.source.n_consumed,
             "learned": sum(self.learned.values()),
             "set_aside": sum(self.source.rejected.values()),
-            "waiting_for_labels": len(self.pending),
-            "expired": self.pending.n_expired,
+            "waiting_for_labels": len(self.step.pending),
+            "expired": self.step.expired(),
             "checkpoints": self.n_checkpoints,
-            "rolling": {name: error.get() for name, error in self.errors.items()},
+            "rolling": self.step.scorer.get(),
         }
 
     def _log(self) -> None:
@@ -364,7 +270,8 @@ class LearningLoop:
         self._last_log = (now, consumed)
         stats = self.stats()
         errors = ", ".join(
-            f"{name} {error.name} {error.get():.4g}" for name, error in self.errors.items()
+            f"{name} {error.name} {error.get():.4g}"
+            for name, error in self.step.scorer.errors.items()
         )
         errors = errors or "no labels yet"
         logger.info(
@@ -377,35 +284,6 @@ class LearningLoop:
             f"{stats['waiting_for_labels']:,}",
             errors,
         )
-
-
-_NUMBERS = {float, int}
-
-
-def features_frame(xs: list[dict]) -> pd.DataFrame:
-    """The rows `xs` as a DataFrame; built from one array when they are all numbers
-    (not bools, which are indicators) under the same names, the common case.
-
-    >>> features_frame([{"a": 1, "b": 2.5}, {"a": 3, "b": 4.0}]).to_numpy().tolist()
-    [[1.0, 2.5], [3.0, 4.0]]
-    """
-    names = xs[0].keys()
-    types: set[type] = set()
-    for x in xs:
-        if x.keys() != names:
-            return pd.DataFrame.from_records(xs)
-        types.update(map(type, x.values()))
-    if types <= _NUMBERS:
-        values = np.array([list(x.values()) for x in xs], dtype=float)
-        return pd.DataFrame(values, columns=list(names))
-    return pd.DataFrame.from_records(xs)
-
-
-def labels_frame(ys: list[dict]) -> pd.DataFrame:
-    """The label dicts `ys` as a DataFrame with one column per task named, missing
-    (None or NaN, which the learner skips) where a row has no label for it."""
-    tasks = dict.fromkeys(name for y in ys for name in y)
-    return pd.DataFrame({name: [y.get(name) for y in ys] for name in tasks})
 
 
 def _prediction_record(message: Message, prediction: dict) -> dict:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import msgpack
 import orjson
 
+from stream_mtl.exceptions import InvalidInput
 from stream_mtl.observation import Observation
 
 Decoder = Callable[[bytes], object]
@@ -29,8 +30,9 @@ Encoder = Callable[[object], bytes]
 FIELDS = ("x", "y", "key", "time")
 
 
-class MalformedMessage(ValueError):
-    """A message that is not an observation; the text says why."""
+class MalformedMessage(InvalidInput):
+    """A message that is not an observation; the text says why, `reason` says it without
+    the offending value (what dead letters are counted by)."""
 
 
 def decode_json(raw: bytes) -> object:
@@ -46,7 +48,7 @@ def decode_json(raw: bytes) -> object:
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise MalformedMessage(f"not valid JSON: {error}") from None
+        raise MalformedMessage(f"not valid JSON: {error}", reason="not valid JSON") from None
 
 
 def decode_msgpack(raw: bytes) -> object:
@@ -58,7 +60,7 @@ def decode_msgpack(raw: bytes) -> object:
     try:
         return msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as error:
-        raise MalformedMessage(f"not valid msgpack: {error}") from None
+        raise MalformedMessage(f"not valid msgpack: {error}", reason="not valid msgpack") from None
 
 
 def encode_json(value: object) -> bytes:
@@ -93,26 +95,40 @@ def observation_from_message(message: object, key: typing.Any = None) -> Observa
     stream_mtl.connectors.messages.MalformedMessage: labels without features need a "key"
     """
     if not isinstance(message, dict):
-        raise MalformedMessage(f"a message must be an object, got {type(message).__name__}")
+        raise MalformedMessage(
+            f"a message must be an object, got {type(message).__name__}",
+            reason="a message that is not an object",
+        )
     unknown = [name for name in message if name not in FIELDS]
     if unknown:
-        raise MalformedMessage(f"unknown field(s) {unknown}; a message has {list(FIELDS)}")
+        raise MalformedMessage(
+            f"unknown field(s) {unknown}; a message has {list(FIELDS)}",
+            reason="unknown message fields",
+        )
     x, y = message.get("x"), message.get("y")
     for name, value in (("x", x), ("y", y)):
         if value is not None and not isinstance(value, dict):
-            raise MalformedMessage(f'"{name}" must be an object, got {type(value).__name__}')
+            raise MalformedMessage(
+                f'"{name}" must be an object, got {type(value).__name__}',
+                reason=f'"{name}" that is not an object',
+            )
     if x is None and not y:
         raise MalformedMessage('a message needs features "x", labels "y", or both')
     key = message.get("key", key)
     if isinstance(key, list):
         key = _tuple(key)
     elif isinstance(key, dict) or (isinstance(key, float) and not math.isfinite(key)):
-        raise MalformedMessage(f'"key" must be a string, a number or a list, got {key!r}')
+        raise MalformedMessage(
+            f'"key" must be a string, a number or a list, got {key!r}',
+            reason='"key" that is not a string, a number or a list',
+        )
     if x is None and key is None:
         raise MalformedMessage('labels without features need a "key"')
     time = message.get("time")
     if time is not None and (isinstance(time, bool) or not isinstance(time, int | float)):
-        raise MalformedMessage(f'"time" must be a number, got {time!r}')
+        raise MalformedMessage(
+            f'"time" must be a number, got {time!r}', reason='"time" that is not a number'
+        )
     return Observation(x, y or None, key, time)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import typing
 
-__version__ = "0.1.0"
+from stream_mtl.version import __version__
 
 _EXPORTS = {
     "Binary": "stream_mtl.tasks",
@@ -24,6 +24,7 @@ _EXPORTS = {
     "Observation": "stream_mtl.observation",
     "Regression": "stream_mtl.tasks",
     "Task": "stream_mtl.tasks",
+    "UnknownKey": "stream_mtl.exceptions",
 }
 
 __all__ = [
@@ -38,11 +39,17 @@ __all__ = [
     "Observation",
     "Regression",
     "Task",
+    "UnknownKey",
     "__version__",
 ]
 
 if typing.TYPE_CHECKING:
-    from stream_mtl.exceptions import InvalidCheckpoint, InvalidInput, InvalidInputType
+    from stream_mtl.exceptions import (
+        InvalidCheckpoint,
+        InvalidInput,
+        InvalidInputType,
+        UnknownKey,
+    )
     from stream_mtl.features import FeatureEncoder
     from stream_mtl.learner import DriftEvent, MultiTaskLearner
     from stream_mtl.observation import Observation

@@ -20,8 +20,8 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from stream_mtl import __version__
 from stream_mtl.tasks import TASK_KINDS, task_from_kind
+from stream_mtl.version import __version__
 
 # The model, River's metrics and pandas load when a command runs, not for `--help`.
 if typing.TYPE_CHECKING:
@@ -37,7 +37,14 @@ def _prequential(
     from stream_mtl.evaluate import prequential
 
     model = _model_for(tasks, args)
-    report = prequential(model, stream, every=every, progress=not args.no_progress, on_error="skip")
+    report = prequential(
+        model,
+        stream,
+        every=every,
+        progress=not args.no_progress,
+        on_error="skip",
+        batch_size=args.batch_size,
+    )
     return model, report
 
 
@@ -295,6 +302,7 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         sink=sink,
         label_wait=args.label_wait,
+        label_max_age=args.label_max_age,
         log_every=args.log_every,
         backend=args.backend,
         device=args.device,
@@ -349,7 +357,12 @@ def _serve(args: argparse.Namespace) -> int:
     listener = _listen(args.host, args.port)  # before anything starts or writes
     # block_timeout=0: a full learn queue answers 503 at once; the event loop never waits.
     service = OnlineModel(
-        model, checkpoint=path, checkpoint_seconds=args.checkpoint_seconds, block_timeout=0
+        model,
+        checkpoint=path,
+        checkpoint_seconds=args.checkpoint_seconds,
+        block_timeout=0,
+        label_wait=args.label_wait,
+        label_max_age=args.label_max_age,
     )
     logger.info("serving %s on http://%s:%d", sorted(model.tasks), args.host, args.port)
     # uvicorn turns SIGTERM and SIGINT into a shutdown, which closes the service:
@@ -390,6 +403,12 @@ def _common_options(parser: argparse.ArgumentParser, every: int | None, report: 
         type=int,
         default=every,
         help=f"rolling-window length (default {every or 'a twentieth of the file, 50 to 1,000'})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="evaluate in mini-batches of this many observations, each predicted then "
+        "learned with learn_many (for the torch backend; default: one by one)",
     )
     parser.add_argument("--report", default=report, help=f"report folder (default {report})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -481,13 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dead-letter-topic", help="send malformed messages here, with the reason")
     run.add_argument("--api-version", help="broker version, e.g. 0.9 (default: detected)")
     run.add_argument("--format", default="json", choices=["json", "msgpack"])
-    run.add_argument(
-        "--label-wait",
-        type=int,
-        default=100_000,
-        help="later features messages a features-only message waits for its labels "
-        "(default 100,000)",
-    )
+    _label_options(run, max_age=None)
     run.add_argument(
         "--idle-exit", type=float, help="stop after the topic is idle this many seconds"
     )
@@ -525,9 +538,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds between checkpoints (default 60); also on stop",
     )
+    _label_options(serve, max_age=3600.0)
     _model_options(serve)
     serve.set_defaults(run=_serve)
     return parser
+
+
+def _label_options(parser: argparse.ArgumentParser, max_age: float | None) -> None:
+    """How long features sent under a key wait for their labels: the same in run and serve."""
+    parser.add_argument(
+        "--label-wait",
+        type=int,
+        default=100_000,
+        help="features held under a key expire after this many later ones (default 100,000)",
+    )
+    parser.add_argument(
+        "--label-max-age",
+        type=float,
+        default=max_age,
+        help="seconds features held under a key wait for their labels "
+        f"(default {'no limit' if max_age is None else f'{max_age:g}'})",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

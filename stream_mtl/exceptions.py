@@ -23,7 +23,7 @@ InvalidInputType - label 'cheap' for regression task 'price' is a str; expected 
 
 from __future__ import annotations
 
-__all__ = ["InvalidCheckpoint", "InvalidInput", "InvalidInputType"]
+__all__ = ["InvalidCheckpoint", "InvalidInput", "InvalidInputType", "UnknownKey"]
 
 
 class InvalidInput(ValueError):
@@ -45,3 +45,19 @@ class InvalidInputType(InvalidInput, TypeError):
 
 class InvalidCheckpoint(InvalidInput):
     """A file that is not a stream-mtl checkpoint this version can load, or is corrupt."""
+
+
+class UnknownKey(InvalidInput, KeyError):
+    """Labels sent under a key that holds no features: never sent, or held too long.
+
+    Also a `KeyError`, so that a service can answer it as "not found".
+    """
+
+    def __init__(self, key: object) -> None:
+        super().__init__(
+            f"no features are held under key {key!r} (never sent, or expired)",
+            reason="labels for an unknown or expired key",
+        )
+        self.key = key
+
+    __str__ = InvalidInput.__str__  # KeyError's own would quote the message

@@ -8,10 +8,10 @@
   events, affinity.
 - `GET /healthz`, `GET /metrics` (Prometheus text).
 
-A request that is not an object of the right shape, or that the model refuses, gets a
-4xx whose `detail` names the field at fault; nothing is learned from it. A full learn
-queue answers 503 with `Retry-After`. Needs the `serve` extra (fastapi, uvicorn,
-prometheus_client).
+A request that is not an object of the right shape (400), or that the model refuses
+(422; labels for a key that holds nothing: 404), gets a 4xx whose `detail` names the
+field at fault; nothing is learned from it. A full learn queue answers 503 with
+`Retry-After`. Needs the `serve` extra (fastapi, uvicorn, prometheus_client).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from stream_mtl.service import OnlineModel, QueueFull, UnknownKey
+from stream_mtl.exceptions import InvalidInput, UnknownKey
+from stream_mtl.service import OnlineModel, QueueFull
 
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5)
 
@@ -80,6 +81,14 @@ class _ServiceCollector:
         )
         refused.add_metric([], service.n_refused)
         yield refused
+        expired = GaugeMetricFamily(
+            "stream_mtl_labels_expired",
+            "Features held under a key whose labels never came, by cause",
+            labels=["cause"],
+        )
+        for cause, count in service.expired().items():
+            expired.add_metric([cause], count)
+        yield expired
 
 
 def _features(value: object, field: str = "x") -> dict:
@@ -163,17 +172,10 @@ def create_app(service: OnlineModel) -> FastAPI:
     async def bad_request(_request: Request, error: BadRequest) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=400)
 
-    @app.exception_handler(ValueError)
-    async def refused(_request: Request, error: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=422)
-
-    @app.exception_handler(TypeError)
-    async def wrong_type(_request: Request, error: TypeError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=422)
-
-    @app.exception_handler(UnknownKey)
-    async def unknown_key(_request: Request, error: UnknownKey) -> JSONResponse:
-        return JSONResponse({"detail": error.args[0]}, status_code=404)
+    @app.exception_handler(InvalidInput)  # what the model refuses; any other error is a bug
+    async def refused(_request: Request, error: InvalidInput) -> JSONResponse:
+        status = 404 if isinstance(error, UnknownKey) else 422
+        return JSONResponse({"detail": str(error)}, status_code=status)
 
     @app.exception_handler(QueueFull)
     async def full(_request: Request, error: QueueFull) -> JSONResponse:
@@ -205,7 +207,7 @@ def create_app(service: OnlineModel) -> FastAPI:
     @app.get("/tasks")
     async def tasks() -> dict:
         model = service.snapshot  # consistent, and never changed under us
-        weights = service.model.task_weights
+        weights = model.task_weights
         affinity = model.task_affinity
         mixture = model.mixture
         return {

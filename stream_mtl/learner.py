@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 from river import base
 
-from stream_mtl import __version__
 from stream_mtl.affinity import TaskAffinity
 from stream_mtl.backends import BACKENDS, make_backend
 from stream_mtl.backends.base import StepResult
@@ -30,11 +29,12 @@ from stream_mtl.checkpoint import (
     object_to_spec,
     save_checkpoint,
 )
-from stream_mtl.decision import OnlineThreshold, PooledPrior
 from stream_mtl.exceptions import InvalidCheckpoint, InvalidInput, InvalidInputType
 from stream_mtl.features import FeatureEncoder
-from stream_mtl.moments import RunningMoments
-from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION, Label, Task
+from stream_mtl.outputs import Outputs
+from stream_mtl.predictor import Predicting
+from stream_mtl.tasks import MULTICLASS, Task
+from stream_mtl.version import __version__
 from stream_mtl.weighting import DriftAware, WeightingStrategy
 
 DTYPES = ("float32", "float64")
@@ -66,7 +66,7 @@ class DriftEvent(typing.NamedTuple):
     detector: str
 
 
-class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
+class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelClassifier):
     """An online multi-task model: a shared MLP trunk, and per task a mixture of heads.
 
     Each task's prediction is a Hedge mixture of heads at every depth (Sahoo et al.,
@@ -198,18 +198,13 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         self._check_params()
 
         self._encoder = FeatureEncoder()
-        self._targets = RunningMoments()  # one column per task; used by regression tasks
-        self._task_names: list[str] = []
-        self._task_objects: list[Task] = []
-        self._task_positions: dict[str, int] = {}
-        self._classes: dict[str, list[Label]] = {}
-        self._class_index: dict[str, dict[Label, int]] = {}
+        self._outputs = Outputs(on_new_class=self._grow_classes)
+        self._task_names = self._outputs.names  # the same lists, by task position
+        self._task_objects = self._outputs.tasks
         self._n_learned: list[int] = []
         self._n_steps = 0
         self.drift_events: list[DriftEvent] = []
         self._drift_callbacks: list[typing.Callable[[DriftEvent], None]] = []
-        self._thresholds: dict[int, OnlineThreshold] = {}  # binary task position -> tuner
-        self._pooled_thresholds = PooledPrior(self._thresholds)
         self._weighting = self.weighting.clone()
         self._affinity = TaskAffinity(max_inputs=affinity_inputs)
         rng = np.random.default_rng(seed)
@@ -321,19 +316,14 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         self._register_task(name, task)
 
     def _register_task(self, name: str, task: Task) -> None:
-        self._task_positions[name] = len(self._task_names)
-        self._task_names.append(name)
-        self._task_objects.append(task)
+        self._outputs.add_task(name, task)
         self._n_learned.append(0)
-        self._targets.grow(len(self._task_names))
-        if task.kind == MULTICLASS:
-            self._classes[name] = []
-            self._class_index[name] = {}
-        if task.kind == BINARY and isinstance(task.threshold, str):
-            self._thresholds[len(self._task_names) - 1] = OnlineThreshold(task.threshold)
         self._weighting.add_task(name)
         self._affinity.add_task()
-        self._backend.set_head(name, task.kind, 0 if task.kind == MULTICLASS else 1)
+        self._backend.set_head(name, task.kind, self._outputs.n_outputs(len(self._task_names) - 1))
+
+    def _grow_classes(self, task: str, n_classes: int) -> None:
+        self._backend.set_head(task, MULTICLASS, n_classes)
 
     @property
     def task_weights(self) -> dict[str, float]:
@@ -351,19 +341,6 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         names = self._backend.head_names
         alpha = self._backend.hedge.alpha.tolist()
         return {task: dict(zip(names, row)) for task, row in zip(self._task_names, alpha)}
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """Each binary task's decision threshold on P(True) as of now."""
-        return {
-            name: self._threshold(position)
-            for position, (name, task) in enumerate(zip(self._task_names, self._task_objects))
-            if task.kind == BINARY
-        }
-
-    def _threshold(self, position: int) -> float:
-        tuner = self._thresholds.get(position)
-        return tuner.threshold if tuner is not None else self._task_objects[position].threshold
 
     @property
     def task_affinity(self) -> pd.DataFrame:
@@ -392,56 +369,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         """How many labels each task has learned from."""
         return dict(zip(self._task_names, self._n_learned))
 
-    @property
-    def classes(self) -> dict[str, list[Label]]:
-        """The classes each multiclass task has seen, in order of first appearance."""
-        return {name: list(labels) for name, labels in self._classes.items()}
-
-    # -- checking labels ---------------------------------------------------------------
-
-    def _task_position(self, name: object) -> int:
-        try:
-            return self._task_positions[name]  # type: ignore[index]
-        except (KeyError, TypeError):
-            raise InvalidInput(
-                f"unknown task {name!r}; this model's tasks are {self._task_names}"
-            ) from None
-
-    def _check_labels(self, y: object) -> list[Label | None]:
-        """Canonical labels by task position (None where absent); raises naming the fault."""
-        if not isinstance(y, Mapping):
-            raise InvalidInputType(
-                f"labels must be a dict of task -> label, got {type(y).__name__}"
-            )
-        labels: list[Label | None] = [None] * len(self._task_names)
-        for name, label in y.items():
-            position = self._task_position(name)
-            labels[position] = self._task_objects[position].check_label(name, label)
-        return labels
-
     # -- one observation ---------------------------------------------------------------
-
-    def check_one(self, x: dict | None, y: dict | None = None) -> None:
-        """Raise the error `learn_one(x, y)` would raise, naming the fault; change nothing.
-
-        A stream consumer uses it to set a bad record aside before batching the rest.
-        `x=None` checks labels alone (a late label), `y=None` features alone.
-
-        >>> from stream_mtl import MultiTaskLearner, Regression
-        >>> model = MultiTaskLearner(tasks={"price": Regression()}, hidden=(4,))
-        >>> model.check_one({"age": float("nan")}, {"price": 1.0})
-        Traceback (most recent call last):
-        ...
-        stream_mtl.exceptions.InvalidInput: feature 'age' is NaN; features must be finite numbers
-        >>> model.check_one({"age": 3}, {"margin": 1.0})
-        Traceback (most recent call last):
-        ...
-        stream_mtl.exceptions.InvalidInput: unknown task 'margin'; this model's tasks are ['price']
-        """
-        if y is not None:
-            self._check_labels(y)
-        if x is not None:
-            self._encoder.check_one(x)
 
     def learn_one(self, x: dict, y: dict) -> None:
         """Learn from one observation; `y` may label any subset of the tasks.
@@ -449,62 +377,29 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         Everything is checked before anything changes: a rejected call leaves the
         model exactly as it was.
         """
-        labels = self._check_labels(y)
+        labels = self._outputs.check_labels(y)
         n_before = self._encoder.n_features
         encoded = self._encoder.learn_one(x)
         self._grow_inputs(n_before)
         if all(label is None for label in labels):
             return  # nothing to learn from; the feature statistics have been updated
-        targets = self._targets_one(labels)
+        targets = self._outputs.targets_one(labels)
         weights = self._weighting.step_weights()
         result = self._backend.step_one(
             encoded, targets, weights.loss, weights.trunk, self._wants_gram()
         )
         counts = [0 if t is None else 1 for t in targets]
-        if self._thresholds:
+        if self._outputs.tuners:
             row = np.array([[np.nan if t is None else t for t in targets]], dtype=float)
             self._tune_thresholds(row, result.predictions)
         self._after_step(result, counts, counts)
         if self._affinity.due(1).size:
             self._feed_affinity(encoded[None, :])
 
-    def _tune_thresholds(self, targets: np.ndarray, predictions: np.ndarray) -> None:
+    def _tune_thresholds(self, targets: np.ndarray, probabilities: np.ndarray) -> None:
         """Feed each tuned binary threshold the probabilities served before this step."""
-        pooled = []
-        for position, tuner in self._thresholds.items():
-            rows = ~np.isnan(targets[:, position])
-            if rows.any():
-                column = self._backend.columns.slices[position][1]
-                probabilities, labels = predictions[rows, column], targets[rows, position] == 1.0
-                tuner.update(probabilities, labels)
-                if tuner.rule == "f1":
-                    pooled.append((probabilities, labels))
-        if pooled:
-            self._pooled_thresholds.update(*map(np.concatenate, zip(*pooled)))
-
-    def _targets_one(self, labels: list[Label | None]) -> list:
-        targets: list = [None] * len(labels)
-        moments = self._targets
-        for position, label in enumerate(labels):
-            if label is None:
-                continue
-            kind = self._task_objects[position].kind
-            if kind == REGRESSION:
-                targets[position] = moments.update_and_scale_scalar(position, label)
-            elif kind == BINARY:
-                targets[position] = 1.0 if label else 0.0
-            else:
-                targets[position] = self._class_position(self._task_names[position], label)
-        return targets
-
-    def _class_position(self, task: str, label: Label) -> int:
-        index = self._class_index[task]
-        position = index.get(label)
-        if position is None:
-            position = index[label] = len(self._classes[task])
-            self._classes[task].append(label)
-            self._backend.set_head(task, MULTICLASS, len(self._classes[task]))
-        return position
+        columns = [start for _kind, start, _stop in self._backend.columns.slices]
+        self._outputs.tune_thresholds(targets, probabilities, columns)
 
     def _grow_inputs(self, n_before: int) -> None:
         """Give the backend the features the encoder has registered since `n_before`."""
@@ -561,101 +456,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
             for callback in self._drift_callbacks:
                 callback(event)
 
-    def predict_one(self, x: dict) -> dict[str, Label | None]:
-        """Each task's prediction for `x`: a number, a bool or a class (None before any class).
-
-        A binary task predicts True where P(True) is above its threshold (see `Binary`).
-        """
-        outputs = self._backend.forward_one(self._encoder.transform_one(x)).tolist()
-        prediction: dict[str, Label | None] = {}
-        mean, std = self._targets.mean, self._targets.stdev
-        start = 0
-        for position, (name, task) in enumerate(zip(self._task_names, self._task_objects)):
-            kind = task.kind
-            if kind == REGRESSION:
-                prediction[name] = outputs[start] * float(std[position]) + float(mean[position])
-                start += 1
-            elif kind == BINARY:
-                prediction[name] = outputs[start] > self._threshold(position)
-                start += 1
-            else:
-                classes = self._classes[name]
-                logits = outputs[start : start + len(classes)]
-                prediction[name] = classes[logits.index(max(logits))] if classes else None
-                start += len(classes)
-        return prediction
-
-    def predict_proba_one(self, x: dict) -> dict[str, dict[Label, float]]:
-        """Class probabilities of each classification task for `x`."""
-        outputs = self._backend.forward_one(self._encoder.transform_one(x))
-        return self._probabilities(outputs[None, :])[0]
-
-    def _decode(self, outputs: np.ndarray) -> list[dict[str, Label | None]]:
-        columns: dict[str, list] = {}
-        start = 0
-        for position, (name, task) in enumerate(zip(self._task_names, self._task_objects)):
-            if task.kind == REGRESSION:
-                std = self._targets.stdev[position]
-                values = outputs[:, start] * std + self._targets.mean[position]
-                columns[name] = values.astype(float).tolist()
-                start += 1
-            elif task.kind == BINARY:
-                columns[name] = (outputs[:, start] > self._threshold(position)).tolist()
-                start += 1
-            else:
-                classes = self._classes[name]
-                if classes:
-                    best = outputs[:, start : start + len(classes)].argmax(axis=1)
-                    columns[name] = [classes[i] for i in best]
-                else:
-                    columns[name] = [None] * len(outputs)
-                start += len(classes)
-        return (
-            [dict(zip(columns, row)) for row in zip(*columns.values())]
-            if columns
-            else [{} for _ in range(len(outputs))]
-        )
-
-    def _probabilities(self, outputs: np.ndarray) -> list[dict[str, dict[Label, float]]]:
-        rows: list[dict[str, dict[Label, float]]] = [{} for _ in range(len(outputs))]
-        start = 0
-        for name, task in zip(self._task_names, self._task_objects):
-            if task.kind == REGRESSION:
-                start += 1
-            elif task.kind == BINARY:
-                for row, p in zip(rows, outputs[:, start].astype(float).tolist()):
-                    row[name] = {False: 1.0 - p, True: p}
-                start += 1
-            else:
-                classes = self._classes[name]
-                probabilities = outputs[:, start : start + len(classes)].astype(float)
-                start += len(classes)
-                for row, p in zip(rows, probabilities.tolist()):
-                    row[name] = dict(zip(classes, p))
-        return rows
-
     # -- many observations -------------------------------------------------------------
-
-    def check_many(
-        self, X: pd.DataFrame | np.ndarray | None, Y: pd.DataFrame | Mapping | None = None
-    ) -> None:
-        """Raise the error `learn_many(X, Y)` would raise, naming the fault; change nothing.
-
-        Either may be None: a stream consumer checks a poll's features and labels at once
-        before it falls back to checking record by record.
-
-        >>> import pandas as pd
-        >>> from stream_mtl import MultiTaskLearner, Regression
-        >>> model = MultiTaskLearner(tasks={"price": Regression()}, hidden=(4,))
-        >>> model.check_many(pd.DataFrame({"age": [1.0, 2.0]}), pd.DataFrame({"price": [1, "x"]}))
-        Traceback (most recent call last):
-        ...
-        stream_mtl.exceptions.InvalidInputType: label 'x' for regression task 'price' ... (row 1)
-        """
-        if Y is not None:
-            self._check_label_frame(Y, len(X) if X is not None else len(Y))
-        if X is not None:
-            self._encoder._parse_frame(X)
 
     def learn_many(self, X: pd.DataFrame | np.ndarray, Y: pd.DataFrame | Mapping) -> None:
         """Learn from a mini-batch in one optimiser step on the mean loss over its rows.
@@ -665,11 +466,11 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         `learn_one` would; the parameters take one step whose gradient is the mean of
         the rows' gradients (River's convention for mini-batch gradient descent).
         """
-        labels = self._check_label_frame(Y, len(X))
+        labels = self._outputs.check_label_frame(Y, len(X))
         n_before = self._encoder.n_features
         encoded = self._encoder.learn_many(X)
         self._grow_inputs(n_before)
-        targets = self._targets_many(labels, len(X))
+        targets = self._outputs.targets_many(labels, len(X))
         counts = (~np.isnan(targets)).sum(axis=0)
         if not counts.any():
             return
@@ -681,65 +482,6 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
         self._after_step(result, counts > 0, counts)
         labelled_rows = np.flatnonzero(~np.isnan(targets).all(axis=1))
         self._feed_affinity(encoded[labelled_rows[self._affinity.due(len(labelled_rows))]])
-
-    def _check_label_frame(
-        self, Y: object, n_rows: int
-    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Per task position: its labels in canonical form and which rows have one."""
-        if isinstance(Y, pd.DataFrame):
-            columns = {name: Y[name].to_numpy() for name in Y.columns}
-        elif isinstance(Y, Mapping):
-            columns = {name: np.asarray(values) for name, values in Y.items()}
-        else:
-            raise InvalidInputType(
-                f"labels must be a DataFrame with one column per task, got {type(Y).__name__}"
-            )
-        checked = {}
-        for name, values in columns.items():
-            position = self._task_position(name)
-            if len(values) != n_rows:
-                raise InvalidInput(
-                    f"labels for task {name!r} have {len(values)} rows; the features have {n_rows}"
-                )
-            checked[position] = self._task_objects[position].check_label_column(name, values)
-        return checked
-
-    def _targets_many(
-        self, labels: dict[int, tuple[np.ndarray, np.ndarray]], n_rows: int
-    ) -> np.ndarray:
-        targets = np.full((n_rows, len(self._task_names)), np.nan)
-        for position, (column, present) in labels.items():
-            kind = self._task_objects[position].kind
-            if kind == REGRESSION:
-                scaled = self._targets.update_and_scale_batch(
-                    np.array([position]), np.where(present, column, 0.0)[:, None], present[:, None]
-                )[:, 0]
-                targets[present, position] = scaled[present]
-            elif kind == BINARY:
-                targets[present, position] = column[present]
-            else:
-                name = self._task_names[position]
-                targets[present, position] = [
-                    self._class_position(name, label) for label in column[present]
-                ]
-        return targets
-
-    def predict_many(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
-        """Predictions for each row of `X`: a DataFrame with one column per task."""
-        outputs = self._backend.forward_many(self._encoder.transform_many(X))
-        index = X.index if isinstance(X, pd.DataFrame) else None
-        return pd.DataFrame(self._decode(outputs), index=index, columns=self._task_names)
-
-    def predict_proba_many(self, X: pd.DataFrame | np.ndarray) -> dict[str, pd.DataFrame]:
-        """Class probabilities for each row of `X`: a DataFrame per classification task."""
-        outputs = self._backend.forward_many(self._encoder.transform_many(X))
-        index = X.index if isinstance(X, pd.DataFrame) else None
-        rows = self._probabilities(outputs)
-        return {
-            name: pd.DataFrame([row[name] for row in rows], index=index)
-            for name, task in zip(self._task_names, self._task_objects)
-            if task.kind != REGRESSION
-        }
 
     # -- checkpoints -------------------------------------------------------------------
 
@@ -776,6 +518,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
 
     def _state(self) -> tuple[dict, dict[str, np.ndarray]]:
         encoder_meta, encoder_arrays = self._encoder.state()
+        outputs_meta, outputs_arrays = self._outputs.state()
         weighting_meta, weighting_arrays = self._weighting.state()
         meta = {
             "library_version": __version__,
@@ -800,7 +543,7 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
                 [name, object_to_spec(task)]
                 for name, task in zip(self._task_names, self._task_objects)
             ],
-            "classes": self._classes,
+            **outputs_meta,
             "n_learned": self._n_learned,
             "n_steps": self._n_steps,
             "feature_seed": self._feature_seed,
@@ -809,14 +552,10 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
             "drift_events": [list(event) for event in self.drift_events],
         }
         arrays = {f"encoder.{k}": v for k, v in encoder_arrays.items()}
-        arrays.update({f"targets.{k}": v for k, v in self._targets.state().items()})
+        arrays.update(outputs_arrays)
         arrays.update({f"weighting.{k}": v for k, v in weighting_arrays.items()})
         arrays.update({f"affinity.{k}": v for k, v in self._affinity.state().items()})
         arrays.update({f"backend.{k}": v for k, v in self._backend.state().items()})
-        arrays.update(
-            {f"threshold.{self._task_names[k]}": t.state() for k, t in self._thresholds.items()}
-        )
-        arrays["thresholds_pooled"] = self._pooled_thresholds.state()
         return meta, arrays
 
     @classmethod
@@ -842,17 +581,10 @@ class MultiTaskLearner(base.MultiTargetRegressor, base.MultiLabelClassifier):
             return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
         model._encoder.load_state(meta["encoder"], section("encoder."))
-        model._targets.load_state(section("targets."))
         model._weighting.load_state(meta["weighting"]["state"], section("weighting."))
         model._affinity.load_state(section("affinity."))
-        for name, classes in meta["classes"].items():
-            model._classes[name] = list(classes)
-            model._class_index[name] = {label: i for i, label in enumerate(classes)}
-            model._backend.set_head(name, MULTICLASS, len(classes))
+        model._outputs.load_state(meta, arrays)  # grows the multiclass heads
         model._backend.load_state(section("backend."))
-        for position, tuner in model._thresholds.items():
-            tuner.load_state(arrays[f"threshold.{model._task_names[position]}"])
-        model._pooled_thresholds.load_state(arrays["thresholds_pooled"])
         model._n_learned = [int(n) for n in meta["n_learned"]]
         model._n_steps = int(meta["n_steps"])
         model.drift_events = [DriftEvent(*event) for event in meta["drift_events"]]

@@ -1,55 +1,71 @@
 """PendingFeatures: features held under a key until their labels arrive, for a bounded wait.
 
 A stream may send an event's features first (to be predicted at once) and its labels
-later, under the same key. Whoever joins the two - prequential evaluation, the Kafka
-learning loop, the live service - holds the features here. The wait is bounded twice:
-a key expires once `max_wait` more features have been held after it, and at most
-`max_pending` keys are held (the oldest is dropped first). Expired keys are counted,
-never silently lost, and labels for a key that is not held are the caller's to report.
+later, under the same key. The stream step (`stream_mtl.stream`) holds the features here,
+with the prediction that was served for them, so that the labels score what the client
+was told. The wait is bounded three ways: a key expires once `max_wait` more features have
+been held after it (by count), once it has waited `max_age` seconds (by age, when set),
+and at most `max_pending` keys are held (the oldest goes first, counted by count). Every
+expiry is counted, by cause; labels for a key that is not held are the caller's to report.
 """
 
 from __future__ import annotations
 
 import collections
+import time
 import typing
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from stream_mtl.exceptions import InvalidInput, InvalidInputType
 
 
 class Held(typing.NamedTuple):
-    """What is held under a key: the features, the caller's extra data, and when it came."""
+    """What is held under a key: the features, the prediction served for them (None if
+    none was), their arrival number and the clock's time when they came."""
 
     x: dict
-    extra: typing.Any
+    served: dict | None
     arrival: int
+    time: float
 
 
 class PendingFeatures:
-    """Features waiting for their labels, by key, for at most `max_wait` later arrivals.
+    """Features waiting for their labels, by key: at most `max_wait` later arrivals, at
+    most `max_age` seconds (None: no limit), at most `max_pending` keys.
 
     >>> pending = PendingFeatures(max_wait=2)
-    >>> pending.hold("a", {"f": 1.0}); pending.hold("b", {"f": 2.0})
-    >>> pending.claim("a").x
-    {'f': 1.0}
+    >>> pending.hold("a", {"f": 1.0}, served={"y": 0.5}); pending.hold("b", {"f": 2.0})
+    >>> pending.claim("a")[:2]
+    ({'f': 1.0}, {'y': 0.5})
     >>> pending.claim("a") is None     # claimed once only
     True
     >>> pending.hold("c", {"f": 3.0}); pending.hold("d", {"f": 4.0})
-    >>> pending.claim("b") is None, pending.n_expired   # two arrivals after b: expired
+    >>> pending.claim("b") is None, pending.n_expired_by_count   # two arrivals after b
     (True, 1)
     >>> len(pending)
     2
     """
 
-    def __init__(self, max_wait: int = 100_000, max_pending: int = 100_000) -> None:
+    def __init__(
+        self,
+        max_wait: int = 100_000,
+        max_pending: int = 100_000,
+        max_age: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         for name, value in (("max_wait", max_wait), ("max_pending", max_pending)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
+        if max_age is not None and not (isinstance(max_age, int | float) and max_age > 0):
+            raise InvalidInput(f"max_age must be a positive number of seconds, got {max_age!r}")
         self.max_wait = max_wait
         self.max_pending = max_pending
+        self.max_age = max_age
+        self.clock = clock
         self._held: collections.OrderedDict[Hashable, Held] = collections.OrderedDict()
         self.n_arrived = 0
-        self.n_expired = 0
+        self.n_expired_by_count = 0
+        self.n_expired_by_age = 0
 
     def __len__(self) -> int:
         return len(self._held)
@@ -57,8 +73,14 @@ class PendingFeatures:
     def __contains__(self, key: object) -> bool:
         return key in self._held
 
-    def hold(self, key: Hashable, x: dict, extra: typing.Any = None) -> None:
-        """Hold `x` (and `extra`) under `key`; a key held twice keeps the later features."""
+    @property
+    def n_expired(self) -> int:
+        """Keys that expired unclaimed, by count and by age."""
+        return self.n_expired_by_count + self.n_expired_by_age
+
+    def hold(self, key: Hashable, x: dict, served: dict | None = None) -> None:
+        """Hold `x` (and the prediction `served` for it) under `key`; a key held twice
+        keeps the later features."""
         if key is None:
             raise InvalidInput("features held for later labels need a key; got key=None")
         try:
@@ -66,38 +88,54 @@ class PendingFeatures:
         except TypeError:
             raise InvalidInputType(f"a key must be hashable, got {type(key).__name__}") from None
         self.n_arrived += 1
-        self._held[key] = Held(x, extra, self.n_arrived)
-        self._expire()
+        self._held[key] = Held(x, served, self.n_arrived, self.clock())
+        self.expire()
 
     def claim(self, key: Hashable) -> Held | None:
         """Take what is held under `key`, or None if nothing is (never came, or expired)."""
+        self.expire()
         try:
             return self._held.pop(key, None)
         except TypeError:
             return None
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Drop (and count) the keys held too long; holding and claiming call it."""
         held = self._held
+        oldest_time = None if self.max_age is None else self.clock() - self.max_age
         while held:
             oldest = next(iter(held.values()))
-            if len(held) <= self.max_pending and self.n_arrived - oldest.arrival < self.max_wait:
+            if oldest_time is not None and oldest.time < oldest_time:
+                self.n_expired_by_age += 1
+            elif len(held) > self.max_pending or self.n_arrived - oldest.arrival >= self.max_wait:
+                self.n_expired_by_count += 1
+            else:
                 return
             held.popitem(last=False)
-            self.n_expired += 1
 
     def state(self) -> dict:
-        """JSON-able state (keys and features must be JSON values) for a checkpoint."""
+        """JSON-able state (keys, features and predictions must be JSON values) for a
+        checkpoint; times are kept as ages, so that they mean the same in a new process."""
+        now = self.clock()
         return {
             "n_arrived": self.n_arrived,
-            "n_expired": self.n_expired,
-            "held": [[key, h.x, h.extra, h.arrival] for key, h in self._held.items()],
+            "n_expired_by_count": self.n_expired_by_count,
+            "n_expired_by_age": self.n_expired_by_age,
+            "held": [
+                [key, h.x, h.served, h.arrival, now - h.time] for key, h in self._held.items()
+            ],
         }
 
     def load_state(self, state: dict) -> None:
+        """Go on from `state()`; a state of 0.1's loops (no ages, one expiry count) loads
+        with every age 0 and its expiries counted by count."""
+        now = self.clock()
         self.n_arrived = int(state["n_arrived"])
-        self.n_expired = int(state["n_expired"])
+        self.n_expired_by_count = int(state.get("n_expired_by_count", state.get("n_expired", 0)))
+        self.n_expired_by_age = int(state.get("n_expired_by_age", 0))
         self._held = collections.OrderedDict(
-            (_hashable(key), Held(x, extra, arrival)) for key, x, extra, arrival in state["held"]
+            (_hashable(row[0]), Held(row[1], row[2], row[3], now - (row[4] if len(row) > 4 else 0)))
+            for row in state["held"]
         )
 
 

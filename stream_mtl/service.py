@@ -1,6 +1,6 @@
 """OnlineModel: a learner embedded in a live service - predicting from any thread while it learns.
 
-Predictions come from a read-only snapshot of the model: a private copy that is never
+Predictions come from a read-only `Snapshot` of the model: a private copy that is never
 changed once published and is swapped in (one reference assignment) after every
 `snapshot_every` updates or `snapshot_ms` milliseconds, whichever comes first. A
 prediction therefore never waits for a learning step and never sees half of one.
@@ -10,14 +10,16 @@ raises at once with `block_timeout=0`, as the HTTP service does: its event loop 
 never block). Every input is checked when it is offered, so a
 bad one raises in the caller's thread, naming the fault, and is never queued.
 
-Features predicted under a key are held (bounded in count and age) until
-`learn_label(key, y)` brings their labels. With a `checkpoint` path, the learner thread
-writes an atomic checkpoint every `checkpoint_seconds` seconds and on `close()`.
+Features predicted under a key are held, with the prediction served for them (bounded
+in count and age), until `learn_label(key, y)` brings their labels; the rolling error
+scores the prediction that was served. What happens to each event is the stream step's
+(`stream_mtl.stream`): this module keeps the threads and the queue. With a `checkpoint`
+path, the learner thread writes an atomic checkpoint every `checkpoint_seconds` seconds
+and on `close()`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import queue
@@ -27,10 +29,14 @@ import typing
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
-from stream_mtl.evaluate.rolling_error import RollingError
-from stream_mtl.exceptions import InvalidInput
+from stream_mtl.exceptions import InvalidInput, UnknownKey
 from stream_mtl.learner import MultiTaskLearner
-from stream_mtl.pending import PendingFeatures
+from stream_mtl.observation import Observation
+from stream_mtl.predictor import Snapshot
+from stream_mtl.rolling_error import RollingError
+from stream_mtl.stream import Labelled, Offer, StreamStep
+
+__all__ = ["OnlineModel", "QueueFull", "UnknownKey"]  # UnknownKey: raised by learn_label
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +45,6 @@ _STOP = object()
 
 class QueueFull(RuntimeError):
     """The learn queue stayed full for the whole wait: the observation was not queued."""
-
-
-class UnknownKey(KeyError):
-    """`learn_label` for a key with no features held (never sent, or expired)."""
 
 
 class OnlineModel:
@@ -71,7 +73,7 @@ class OnlineModel:
         block_timeout: float = 1.0,
         label_wait: int = 100_000,
         label_max_age: float | None = 3600.0,
-        on_snapshot: Callable[[MultiTaskLearner], None] | None = None,
+        on_snapshot: Callable[[Snapshot], None] | None = None,
         window: int = 1000,
     ) -> None:
         if checkpoint_seconds is not None and checkpoint is None:
@@ -90,13 +92,17 @@ class OnlineModel:
         self.n_refused = 0
         self.n_snapshots = 0
         self.learn_errors = 0
-        self.window = window
-        self.errors: dict[str, RollingError] = {}  # by task: test-then-train, on the learner
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._pending = PendingFeatures(max_wait=label_wait, max_pending=label_wait)
-        self._pending_lock = threading.Lock()
         self._closed = False
         self._snapshot = self._copy()
+        self._step = StreamStep(
+            model,
+            reader=self._snapshot,
+            label_wait=label_wait,
+            max_pending=label_wait,
+            label_max_age=label_max_age,
+            window=window,
+        )
         self._thread = threading.Thread(target=self._learn_loop, name="stream-mtl-learner")
         self._thread.daemon = True
         self._thread.start()
@@ -104,18 +110,15 @@ class OnlineModel:
     # -- predicting (any thread) -----------------------------------------------------------
 
     @property
-    def snapshot(self) -> MultiTaskLearner:
-        """The model predictions come from now; never changed once published."""
+    def snapshot(self) -> Snapshot:
+        """The read-only copy of the model that predictions come from now; never changed
+        once published."""
         return self._snapshot
 
     def predict(self, x: dict, key: Hashable | None = None) -> dict:
-        """Predictions for `x` from the current snapshot; with a `key`, `x` is held for
-        `learn_label(key, y)`."""
-        prediction = self._snapshot.predict_one(x)
-        if key is not None:
-            with self._pending_lock:
-                self._pending.hold(key, x, time.monotonic())
-        return prediction
+        """Predictions for `x` from the current snapshot; with a `key`, `x` and the
+        prediction are held for `learn_label(key, y)`."""
+        return _accepted(self._step.offer(Observation(x, key=key))).prediction
 
     def predict_proba(self, x: dict) -> dict:
         return self._snapshot.predict_proba_one(x)
@@ -127,33 +130,46 @@ class OnlineModel:
     # -- learning (any thread offers, one thread learns) -----------------------------------
 
     def learn(self, x: dict, y: dict) -> None:
-        """Queue `(x, y)` for learning; raises at once if the model would refuse it."""
-        self._snapshot.check_one(x, y)
-        self._offer((x, y))
+        """Queue `(x, y)` for learning; raises at once if the model would refuse it.
+
+        Its rolling error scores the snapshot's prediction for `x` at the time of the call.
+        """
+        self._enqueue(_accepted(self._step.offer(Observation(x, y))).ready)
 
     def learn_label(self, key: Hashable, y: dict) -> None:
-        """Learn `y` with the features held under `key` by `predict(x, key=key)`."""
-        self._snapshot.check_one(None, y)
-        with self._pending_lock:
-            held = self._pending.claim(key)
-        if held is None or (
-            self.label_max_age is not None and time.monotonic() - held.extra > self.label_max_age
-        ):
-            raise UnknownKey(f"no features are held under key {key!r} (never sent, or expired)")
-        self._offer((held.x, y))
+        """Learn `y` with the features held under `key` by `predict(x, key=key)`; raises
+        `UnknownKey` if none are held. Refused for a full queue, the features stay held,
+        so that the labels may be sent again."""
+        ready = _accepted(self._step.offer(Observation(None, y, key=key))).ready
+        try:
+            self._enqueue(ready)
+        except QueueFull:
+            for row in ready:
+                self._step.hold_again(key, row)
+            raise
 
-    def _offer(self, item: tuple) -> None:
+    def _enqueue(self, rows: list[Labelled]) -> None:
         if self._closed:
             raise RuntimeError("this OnlineModel is closed")
-        try:
-            self._queue.put(item, block=self.block_timeout > 0, timeout=self.block_timeout)
-        except queue.Full:
-            self.n_refused += 1
-            raise QueueFull(
-                f"the learn queue is full ({self._queue.maxsize} observations waiting); "
-                "learning is slower than the labels come"
-            ) from None
-        self.n_queued += 1
+        for row in rows:
+            try:
+                self._queue.put(row, block=self.block_timeout > 0, timeout=self.block_timeout)
+            except queue.Full:
+                self.n_refused += 1
+                raise QueueFull(
+                    f"the learn queue is full ({self._queue.maxsize} observations waiting); "
+                    "learning is slower than the labels come"
+                ) from None
+            self.n_queued += 1
+
+    @property
+    def errors(self) -> dict[str, RollingError]:
+        """Each task's rolling error: the predictions served, scored by their labels."""
+        return self._step.scorer.errors
+
+    def expired(self) -> dict[str, int]:
+        """Features held under a key whose labels never came, by cause: count and age."""
+        return self._step.expired()
 
     @property
     def queue_depth(self) -> int:
@@ -170,13 +186,10 @@ class OnlineModel:
             if item is _STOP:
                 break
             if item is not None:
-                try:
-                    self._score(*item)
-                    self.model.learn_one(*item)
-                    since_snapshot += 1
-                except (ValueError, TypeError) as error:  # checked when offered; rare
+                for _row, error in self._step.learn([item]):  # checked when offered; rare
                     self.learn_errors += 1
                     logger.warning("observation not learned: %s", error)
+                since_snapshot += 1
             now = time.monotonic()
             if since_snapshot and (
                 since_snapshot >= self.snapshot_every
@@ -191,27 +204,17 @@ class OnlineModel:
                 self.save()
                 checkpoint_at = now
 
-    def _score(self, x: dict, y: dict) -> None:
-        """Each task's rolling error: the live model's prediction, then its label."""
-        prediction = self.model.predict_one(x)
-        for name, label in y.items():
-            if name not in self.errors:
-                self.errors[name] = RollingError(self.model.tasks[name].kind, self.window)
-            self.errors[name].update(label, prediction.get(name))
-
     @property
     def alive(self) -> bool:
         """Whether the learner thread is running."""
         return self._thread.is_alive()
 
-    def _copy(self) -> MultiTaskLearner:
-        # The weighting strategy (and its drift detectors) is left out: predicting needs
-        # only the encoder, the target scaling, the classes and the parameters.
-        return copy.deepcopy(self.model, {id(self.model._weighting): None})
+    def _copy(self) -> Snapshot:
+        return Snapshot(self.model)
 
     def _publish(self) -> None:
         snapshot = self._copy()
-        self._snapshot = snapshot
+        self._snapshot = self._step.reader = snapshot
         self.n_snapshots += 1
         if self.on_snapshot is not None:
             self.on_snapshot(snapshot)
@@ -237,3 +240,10 @@ class OnlineModel:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _accepted(offer: Offer) -> Offer:
+    """The offer, or its refusal raised in the caller's thread."""
+    if offer.refused is not None:
+        raise offer.refused
+    return offer

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -54,3 +56,15 @@ def kafka():
 
     with running_broker() as broker:
         yield broker
+
+
+@pytest.fixture
+def fresh_python():
+    """Run Python code in a new interpreter; return what it printed (it must succeed)."""
+
+    def run(code: str) -> str:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    return run

@@ -1,4 +1,4 @@
-"""Connectors without a broker: River sources, message decoding, held features, batch frames."""
+"""Connectors without a broker: River sources, files, message decoding."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from river.datasets import synth
 
 from stream_mtl import MultiTaskLearner
 from stream_mtl.connectors.files import CSVSource, JSONLinesSource
-from stream_mtl.connectors.learning_loop import features_frame, labels_frame
 from stream_mtl.connectors.messages import (
     MalformedMessage,
     decode_json,
@@ -21,7 +20,6 @@ from stream_mtl.connectors.messages import (
 )
 from stream_mtl.connectors.river import RiverSource
 from stream_mtl.evaluate import prequential
-from stream_mtl.pending import PendingFeatures
 from stream_mtl.tasks import task_from_kind
 
 
@@ -69,38 +67,6 @@ def test_msgpack_garbage_is_a_malformed_message():
     assert decode_msgpack(encode_msgpack({"x": {"a": 1}})) == {"x": {"a": 1}}
     with pytest.raises(MalformedMessage, match="not valid msgpack"):
         decode_msgpack(b"\xc1\xff")
-
-
-def test_held_features_survive_a_checkpoint_through_json():
-    pending = PendingFeatures(max_wait=10)
-    pending.hold(("shop", 7), {"a": 1.0}, {"price": 3.0})
-    pending.hold("order-2", {"a": 2.0})
-    restored = PendingFeatures(max_wait=10)
-    restored.load_state(json.loads(json.dumps(pending.state())))
-    assert restored.claim(("shop", 7)).extra == {"price": 3.0}
-    assert restored.claim("order-2").x == {"a": 2.0}
-    assert len(restored) == 0
-
-
-def test_at_most_max_pending_features_are_held_oldest_dropped_first():
-    pending = PendingFeatures(max_pending=2)
-    for key in "abc":
-        pending.hold(key, {"f": 1.0})
-    assert "a" not in pending and "b" in pending and "c" in pending
-    assert pending.n_expired == 1
-
-
-def test_a_batch_frame_keeps_bools_as_indicators_not_numbers():
-    frame = features_frame([{"a": 1.0, "flag": True}, {"a": 2.0, "flag": False}])
-    assert frame["flag"].dtype == bool
-    assert features_frame([{"a": 1.0}, {"a": 2}])["a"].dtype == float
-
-
-def test_a_labels_frame_has_a_column_per_task_named_and_a_gap_where_absent():
-    frame = labels_frame([{"a": 1.0}, {"b": "x"}])
-    assert list(frame.columns) == ["a", "b"]
-    assert frame["a"].isna().tolist() == [False, True]
-    assert frame["b"].isna().tolist() == [True, False]
 
 
 def test_a_csv_with_a_byte_order_mark_reads_its_first_column_by_name(tmp_path):

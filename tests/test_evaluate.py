@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from river import metrics
 
@@ -66,6 +67,29 @@ def test_the_verdict_says_per_metric_whether_the_model_is_best_or_who_beats_it()
         assert "the model is best" in line or "is behind" in line
 
 
+def test_a_torch_model_is_evaluated_in_mini_batches_each_predicted_then_learned():
+    pytest.importorskip("torch")
+    observations = _stream(640)
+    by_hand = MultiTaskLearner(
+        tasks={"a": Regression(), "flag": Binary()}, hidden=(8,), seed=0, backend="torch"
+    )
+    model = by_hand.clone()
+    mae = metrics.MAE()
+    for start in range(0, 640, 64):
+        batch = observations[start : start + 64]
+        frame = pd.DataFrame([obs.x for obs in batch])
+        predicted = by_hand.predict_many(frame)
+        for obs, guess in zip(batch, predicted["a"]):
+            if "a" in obs.y:
+                mae.update(obs.y["a"], guess)
+        by_hand.learn_many(frame, pd.DataFrame([obs.y for obs in batch]))
+    report = prequential(model, observations, progress=False, baselines=(), batch_size=64)
+    assert report.config["batch_size"] == 64 and "learn_many" in report.config["learning"]
+    assert report.metrics["a"]["MAE"] == pytest.approx(mae.get(), rel=1e-6)
+    assert model.n_learned == by_hand.n_learned
+    assert report.n_observations == 640
+
+
 def test_a_fixed_delay_learns_each_label_that_many_observations_later():
     observations = _stream(300)
     model = _model()
@@ -97,7 +121,7 @@ def test_late_labels_join_their_features_by_key_and_unknown_keys_are_counted():
     report = prequential(model, stream, every=100, progress=False, on_error="skip")
     assert report.n_observations == 200
     assert sum(model.n_learned.values()) == sum(len(o.y) for o in observations[:-5])
-    assert report.rejected == {"late label for an unknown or expired key": 1}
+    assert report.rejected == {"labels for an unknown or expired key": 1}
 
 
 def test_bad_observations_are_set_aside_and_counted_when_asked():
@@ -184,16 +208,26 @@ def test_features_whose_labels_never_come_are_counted_once_they_expire(monkeypat
     import functools
     import importlib
 
-    from stream_mtl.pending import PendingFeatures
-
     module = importlib.import_module("stream_mtl.evaluate.prequential")
-
-    monkeypatch.setattr(module, "PendingFeatures", functools.partial(PendingFeatures, max_wait=3))
+    monkeypatch.setattr(module, "StreamStep", functools.partial(module.StreamStep, label_wait=3))
     observations = _stream(10)
     stream = [Observation(obs.x, None, key=i) for i, obs in enumerate(observations)]
     stream.append(Observation(None, {"a": 1.0}, key=0))  # too late: key 0 has expired
     report = prequential(_model(), stream, progress=False, baselines=(), on_error="skip")
     assert report.rejected == {
-        module.EXPIRED: 7,  # 10 held, the last 3 still waiting
-        "late label for an unknown or expired key": 1,
+        "features whose labels never came (expired by count)": 7,  # 10 held, 3 still waiting
+        "labels for an unknown or expired key": 1,
     }
+
+
+def test_the_plots_leave_the_process_matplotlib_backend_alone(tmp_path, fresh_python):
+    backend = fresh_python(
+        "import matplotlib; matplotlib.use('svg'); "
+        "import stream_mtl.evaluate.plots; print(matplotlib.get_backend())"
+    )
+    assert backend == "svg"
+    report = prequential(_model(), _stream(300), every=100, progress=False, baselines=())
+    data = json.loads((report.save(tmp_path)).read_text())  # plots from the JSON alone
+    from stream_mtl.evaluate.plots import save_plots
+
+    assert {p.name for p in save_plots(data, tmp_path / "again")} >= {"rolling_metrics.png"}

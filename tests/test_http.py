@@ -123,6 +123,8 @@ def test_metrics_are_prometheus_text_with_requests_latency_queue_and_tasks(serve
     errors = {s.labels["task"]: s.value for s in families["stream_mtl_rolling_error"].samples}
     assert set(errors) == {"a", "flag"} and all(math.isfinite(v) for v in errors.values())
     assert "stream_mtl_drift_events" in families
+    expired = {s.labels["cause"]: s.value for s in families["stream_mtl_labels_expired"].samples}
+    assert expired == {"count": 0, "age": 0}
 
 
 def test_eight_threads_predict_while_one_learns_5000_requests(server):

@@ -48,7 +48,7 @@ def test_a_batch_leaves_the_statistics_a_loop_of_learn_one_leaves():
             getattr(batch._encoder.moments, attr), getattr(loop._encoder.moments, attr), rtol=1e-12
         )
         np.testing.assert_allclose(
-            getattr(batch._targets, attr), getattr(loop._targets, attr), rtol=1e-12
+            getattr(batch._outputs.scale, attr), getattr(loop._outputs.scale, attr), rtol=1e-12
         )
 
 

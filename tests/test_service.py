@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -108,6 +109,60 @@ def test_labels_join_the_features_predicted_under_their_key():
     assert service.model.n_learned == {"a": 1, "flag": 0}
 
 
+def test_the_rolling_error_scores_the_prediction_served_under_the_key():
+    service = OnlineModel(new_model(), snapshot_every=1)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        service.learn(*observation(rng))
+    x = {"x0": 1.0, "x1": 0.0}
+    served = service.predict(x, key="order-7")["a"]
+    for _ in range(300):  # the model moves on before the label comes
+        service.learn(*observation(rng))
+    service.learn_label("order-7", {"a": 50.0})
+    service.close()
+    assert service.model.predict_one(x)["a"] != pytest.approx(served)
+    assert service.errors["a"]._errors[-1] == pytest.approx(abs(50.0 - served))
+
+
+def test_held_features_expire_by_age_and_each_expiry_is_counted():
+    service = OnlineModel(new_model(), label_max_age=0.05)
+    service.predict({"x0": 1.0}, key="slow")
+    service.predict({"x0": 1.0}, key="quick")
+    service.learn_label("quick", {"a": 1.0})
+    time.sleep(0.1)
+    with pytest.raises(UnknownKey, match="'slow'"):
+        service.learn_label("slow", {"a": 1.0})
+    service.close()
+    assert service.expired() == {"count": 0, "age": 1}
+
+
+def test_a_label_refused_for_a_full_queue_can_be_sent_again():
+    service = OnlineModel(new_model(hidden=(512, 512)), queue_size=1, block_timeout=0)
+    rng = np.random.default_rng(0)
+    x = {"x0": 1.0}
+    refused = False
+    for _ in range(1000):
+        service.predict(x, key="retry")
+        with contextlib.suppress(QueueFull):
+            service.learn(*observation(rng))  # fills the one place in the queue
+        try:
+            service.learn_label("retry", {"a": 1.0})
+        except QueueFull:
+            refused = True
+            break
+    assert refused
+    deadline = time.monotonic() + 30
+    while True:  # as the 503 asks: send it again once the queue has room
+        try:
+            service.learn_label("retry", {"a": 1.0})
+            break
+        except QueueFull:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    service.close()
+    assert service.n_queued == service.model.n_learned["a"]
+
+
 def test_close_checkpoints_and_a_restart_goes_on_from_there(tmp_path):
     path = tmp_path / "service.ckpt"
     service = OnlineModel(new_model(), checkpoint=path, checkpoint_seconds=0.05)
@@ -121,3 +176,11 @@ def test_close_checkpoints_and_a_restart_goes_on_from_there(tmp_path):
     assert restored.predict_one(probe) == service.predict(probe)
     with pytest.raises(RuntimeError, match="closed"):
         service.learn(*observation(rng))
+
+
+def test_importing_the_service_loads_neither_the_evaluation_package_nor_tqdm(fresh_python):
+    loaded = fresh_python(
+        "import sys, stream_mtl.service; "
+        "print(sorted(m for m in sys.modules if m.startswith(('stream_mtl.evaluate', 'tqdm'))))"
+    )
+    assert loaded == "[]"

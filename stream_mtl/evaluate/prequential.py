@@ -8,7 +8,7 @@ learns. Metrics are kept over the whole run and over a rolling window, side by s
 
 from __future__ import annotations
 
-import collections
+import itertools
 import logging
 import math
 import time
@@ -19,21 +19,19 @@ from river import base, utils
 from river import metrics as river_metrics
 from tqdm import tqdm
 
-from stream_mtl import __version__
 from stream_mtl.checkpoint import object_to_spec
 from stream_mtl.evaluate.baselines import RiverLinear, SecondOrderLinear, SingleTaskModels
 from stream_mtl.evaluate.report import Report
-from stream_mtl.exceptions import InvalidInput, InvalidInputType
-from stream_mtl.observation import Observation
-from stream_mtl.pending import PendingFeatures
+from stream_mtl.exceptions import InvalidInput
+from stream_mtl.stream import EXPIRED, StreamStep, features_frame
 from stream_mtl.tasks import REGRESSION
+from stream_mtl.version import __version__
 
 logger = logging.getLogger(__name__)
 
 Metrics = dict[str, list[river_metrics.base.Metric]]
 BASELINES = ("single_task", "linear", "river_linear")
 MAX_REASONS = 20  # distinct rejection reasons kept in a report
-EXPIRED = "features whose labels never came (held too long)"
 
 
 def default_metrics(model: typing.Any) -> Metrics:
@@ -48,7 +46,7 @@ def _rolling(metric: river_metrics.base.Metric, window: int) -> utils.Rolling:
     return utils.Rolling(type(metric), window_size=window, **params)
 
 
-class _Scores:
+class _Score:
     """One contender's metrics per task, over the whole run and over a rolling window."""
 
     def __init__(self, metrics: Metrics, window: int) -> None:
@@ -80,16 +78,6 @@ def _value(metric: river_metrics.base.Metric) -> float:
     return value if math.isfinite(value) else float("nan")
 
 
-def _as_observation(item: object) -> Observation:
-    if isinstance(item, Observation):
-        return item
-    if isinstance(item, tuple) and len(item) == 2:
-        return Observation(*item)
-    raise InvalidInputType(
-        f"a stream yields (x, y) pairs or Observations, got {type(item).__name__}"
-    )
-
-
 def _describe(obj: object) -> object:
     """A River object's spec, else its own repr, else its type (and length): never an address."""
     if isinstance(obj, base.Base):
@@ -107,41 +95,143 @@ def _describe(obj: object) -> object:
         return name
 
 
+class _Contenders:
+    """The model and its baselines as one reader and learner for the stream step: each
+    predicts every event (the baselines only the tasks labelled with it, where known) and
+    learns every label, and each one's seconds are counted apart."""
+
+    def __init__(self, model: typing.Any, baselines: typing.Sequence[str]) -> None:
+        self.model = model
+        self.members: dict[str, typing.Any] = {"model": model}
+        if "single_task" in baselines:
+            self.members["single_task"] = SingleTaskModels(model)
+        if "linear" in baselines:
+            self.members["linear"] = SecondOrderLinear(model)
+        if "river_linear" in baselines:
+            self.members["river_linear"] = RiverLinear(dict(model.tasks))
+        # Only classification tasks have probabilities: a regression-only model is spared
+        # the second forward pass that predict_proba_one would cost.
+        self.wants_proba = any(task.kind != REGRESSION for task in model.tasks.values())
+        self.seconds = dict.fromkeys(self.members, 0.0)
+
+    @property
+    def tasks(self) -> dict:
+        return self.model.tasks
+
+    def check_one(self, x: dict) -> None:
+        self.model.check_one(x)
+
+    def check_many(self, X: typing.Any) -> None:
+        self.model.check_many(X)
+
+    def predict(self, xs: list[dict], tasks: list[list[str] | None]) -> list[dict]:
+        """Every member's (prediction, probabilities) for each row of `xs`."""
+        outputs: list[dict] = [{} for _ in xs]
+        for name, member in self.members.items():
+            started = time.perf_counter()
+            if name == "model":
+                served = self._model_outputs(xs)
+            else:
+                served = [
+                    (member.predict_one(x, wanted), member.predict_proba_one(x, wanted))
+                    for x, wanted in zip(xs, tasks)
+                ]
+            for row, pair in zip(outputs, served):
+                row[name] = pair
+            self.seconds[name] += time.perf_counter() - started
+        return outputs
+
+    def _model_outputs(self, xs: list[dict]) -> list[tuple[dict, dict]]:
+        """The model's (prediction, probabilities) per row: for rows of one schema with
+        `predict_many` (a mini-batch), else one by one."""
+        model = self.model
+        if len(xs) > 1 and all(x.keys() == xs[0].keys() for x in xs):
+            frame = features_frame(xs)
+            try:
+                predictions = model.predict_many(frame).to_dict("records")
+                probas = self._probas(frame) if self.wants_proba else [{} for _ in xs]
+                return list(zip(predictions, probas))
+            except InvalidInput:  # a column whose mix of types only makes sense row by row
+                pass
+        return [
+            (model.predict_one(x), model.predict_proba_one(x) if self.wants_proba else {})
+            for x in xs
+        ]
+
+    def _probas(self, frame: typing.Any) -> list[dict]:
+        rows: list[dict] = [{} for _ in range(len(frame))]
+        for task, probabilities in self.model.predict_proba_many(frame).items():
+            for row, proba in zip(rows, probabilities.to_dict("records")):
+                row[task] = proba
+        return rows
+
+    def learn_one(self, x: dict, y: dict) -> None:
+        for name, member in self.members.items():
+            started = time.perf_counter()
+            member.learn_one(x, y)
+            self.seconds[name] += time.perf_counter() - started
+
+    def learn_many(self, X: typing.Any, Y: typing.Any) -> None:
+        """The model learns the batch in one step; the baselines learn it row by row."""
+        started = time.perf_counter()
+        self.model.learn_many(X, Y)
+        self.seconds["model"] += time.perf_counter() - started
+        if len(self.members) == 1:
+            return
+        rows = list(zip(X.to_dict("records"), Y.to_dict("records")))
+        for name, member in self.members.items():
+            if name == "model":
+                continue
+            started = time.perf_counter()
+            for x, y in rows:
+                member.learn_one(x, {task: v for task, v in y.items() if v is not None and v == v})
+            self.seconds[name] += time.perf_counter() - started
+
+
+class _Scores:
+    """Every member's `_Score` of the prediction served to it: the step's scorer."""
+
+    def __init__(self, members: typing.Iterable[str], metrics: Metrics, window: int) -> None:
+        self.by_member = {name: _Score(metrics, window) for name in members}
+
+    def update(self, y: dict, served: dict) -> None:
+        for name, score in self.by_member.items():
+            score.update(y, *served[name])
+
+    def update_many(self, rows: typing.Sequence) -> None:
+        for row in rows:
+            self.update(row.y, row.served)
+
+
 class _Run:
     """The state of one prequential run; `iter_prequential` drives it."""
 
-    def __init__(self, model, stream, metrics, delay, every, baselines) -> None:
-        if delay is not None and (not isinstance(delay, int) or delay < 0):
-            raise InvalidInput(f"delay must be a non-negative integer, got {delay!r}")
+    def __init__(self, model, stream, metrics, delay, every, baselines, batch_size) -> None:
         if not isinstance(every, int) or every < 1:
             raise InvalidInput(f"every must be a positive integer, got {every!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
         unknown = set(baselines) - set(BASELINES)
         if unknown:
             raise InvalidInput(f"unknown baselines {sorted(unknown)}; expected some of {BASELINES}")
         self.model = model
-        self.tasks = dict(model.tasks)
-        # Only classification tasks have probabilities: a regression-only model is spared
-        # the second forward pass that predict_proba_one would cost.
-        self.wants_proba = any(task.kind != REGRESSION for task in self.tasks.values())
         self.every = every
-        self.delay = delay
+        self.batch_size = batch_size
         metrics = metrics or default_metrics(model)
-        self.contenders: dict[str, typing.Any] = {"model": model}
-        if "single_task" in baselines:
-            self.contenders["single_task"] = SingleTaskModels(model)
-        if "linear" in baselines:
-            self.contenders["linear"] = SecondOrderLinear(model)
-        if "river_linear" in baselines:
-            self.contenders["river_linear"] = RiverLinear(self.tasks)
-        self.scores = {name: _Scores(metrics, every) for name in self.contenders}
-        self.pending: collections.deque = collections.deque()
-        self.keyed = PendingFeatures()
-        self.rejected: collections.Counter = collections.Counter()
-        self.windows: dict[str, list[dict]] = {name: [] for name in self.contenders}
+        self.contenders = _Contenders(model, baselines)
+        self.scores = _Scores(self.contenders.members, metrics, every)
+        self.step = StreamStep(
+            self.contenders,
+            delay=delay,
+            batch=batch_size is not None,
+            scorer=self.scores,
+            predict=self.contenders.predict,
+            max_reasons=MAX_REASONS,
+        )
+        self.windows: dict[str, list[dict]] = {name: [] for name in self.contenders.members}
         self.task_weights: list[dict] = []
         self.mixture: list[dict] = []
         self.n = 0
-        self.seconds = {name: 0.0 for name in self.contenders}
         self.started = time.perf_counter()
         self.config = {
             "library_version": __version__,
@@ -151,78 +241,41 @@ class _Run:
             "every": every,
             "delay": delay,
             "baselines": list(baselines),
+            "batch_size": batch_size,
+            "learning": (
+                f"learn_many on mini-batches of {batch_size} (each batch predicted, then learned)"
+                if batch_size
+                else "learn_one on each observation"
+            ),
         }
 
-    def reject(self, reason: str) -> None:
-        if reason in self.rejected or len(self.rejected) < MAX_REASONS:
-            self.rejected[reason] += 1
+    def take(self, events: list, on_error: str) -> int:
+        """Offer `events` (one, or a mini-batch) and learn what is ready; the new
+        observations among them."""
+        if self.batch_size is None:
+            offers = [self.step.offer(events[0])]
         else:
-            self.rejected["other reasons"] += 1
-        logger.debug("observation set aside: %s", reason)
+            offers = self.step.offer_many(events)
+        ready = []
+        new = 0
+        for offer in offers:
+            if offer.refused is not None:
+                if on_error == "raise":
+                    raise offer.refused
+                continue
+            new += offer.prediction is not None
+            ready.extend(offer.ready)
+        self._learn(ready, on_error)
+        self.n += new
+        return new
 
-    def labels(self, y: dict | None) -> dict:
-        """Canonical labels of known tasks (absent ones dropped); raises naming the fault."""
-        labels = {}
-        for name, label in (y or {}).items():
-            if name not in self.tasks:
-                raise InvalidInput(f"unknown task {name!r}")
-            label = self.tasks[name].check_label(name, label)
-            if label is not None:
-                labels[name] = label
-        return labels
-
-    def predict(self, x: dict, wanted: list[str] | None) -> dict:
-        """Every contender's (prediction, probabilities) for `x`; baselines only for `wanted`."""
-        outputs = {}
-        for name, contender in self.contenders.items():
-            started = time.perf_counter()
-            if name == "model":
-                proba = contender.predict_proba_one(x) if self.wants_proba else {}
-                outputs[name] = (contender.predict_one(x), proba)
-            else:
-                outputs[name] = (
-                    contender.predict_one(x, wanted),
-                    contender.predict_proba_one(x, wanted),
-                )
-            self.seconds[name] += time.perf_counter() - started
-        return outputs
-
-    def score_and_learn(self, x: dict, y: dict, outputs: dict) -> None:
-        if not y:
-            return
-        for name, contender in self.contenders.items():
-            self.scores[name].update(y, *outputs[name])
-            started = time.perf_counter()
-            contender.learn_one(x, y)
-            self.seconds[name] += time.perf_counter() - started
-
-    def step(self, item: object) -> bool:
-        """Take one item of the stream; whether it was a new observation."""
-        obs = _as_observation(item)
-        if obs.x is None:  # a late label for features predicted earlier under this key
-            y = self.labels(obs.y)  # checked before the held features are claimed
-            held = self.keyed.claim(obs.key)
-            if held is None:
-                self.reject("late label for an unknown or expired key")
-                return False
-            self.score_and_learn(held.x, y, held.extra)
-            return False
-        y = self.labels(obs.y)
-        features_only = obs.key is not None and not obs.y
-        outputs = self.predict(obs.x, None if features_only else list(y))
-        self.n += 1
-        if features_only:
-            self.keyed.hold(obs.key, obs.x, outputs)
-        elif self.delay:
-            self.pending.append((obs.x, y, outputs))
-            if len(self.pending) > self.delay:
-                self.score_and_learn(*self.pending.popleft())
-        else:
-            self.score_and_learn(obs.x, y, outputs)
-        return True
+    def _learn(self, rows: list, on_error: str) -> None:
+        refused = self.step.learn(rows)
+        if refused and on_error == "raise":
+            raise refused[0][1]
 
     def checkpoint(self) -> None:
-        for name, scores in self.scores.items():
+        for name, scores in self.scores.by_member.items():
             self.windows[name].append({"step": self.n, **scores.summary(rolling=True)})
         weights = getattr(self.model, "task_weights", None)
         if weights is not None:
@@ -231,36 +284,36 @@ class _Run:
         if mixture is not None:
             self.mixture.append({"step": self.n, **mixture})
 
-    def finish(self) -> None:
-        while self.pending:
-            self.score_and_learn(*self.pending.popleft())
+    def finish(self, on_error: str) -> None:
+        self._learn(self.step.finish(), on_error)
 
     def _rejected_and_expired(self) -> dict[str, int]:
-        rejected = dict(self.rejected)
-        if self.keyed.n_expired:
-            rejected[EXPIRED] = self.keyed.n_expired
+        rejected = dict(self.step.refused)
+        for cause, n in self.step.expired().items():
+            if n:
+                rejected[EXPIRED.format(cause)] = n
         return rejected
 
     def report(self) -> Report:
         seconds = time.perf_counter() - self.started
         affinity = getattr(self.model, "task_affinity", None)
-        model_seconds = self.seconds["model"]
+        spent = self.contenders.seconds
         return Report(
             config=self.config,
-            metrics=self.scores["model"].summary(),
+            metrics=self.scores.by_member["model"].summary(),
             windows=list(self.windows["model"]),
             baselines={
                 name: {
-                    "metrics": self.scores[name].summary(),
+                    "metrics": self.scores.by_member[name].summary(),
                     "windows": list(self.windows[name]),
-                    "throughput": self.n / self.seconds[name] if self.seconds[name] else 0.0,
+                    "throughput": self.n / spent[name] if spent[name] else 0.0,
                 }
-                for name in self.contenders
+                for name in self.contenders.members
                 if name != "model"
             },
             n_observations=self.n,
             seconds=seconds,
-            throughput=self.n / model_seconds if model_seconds else 0.0,
+            throughput=self.n / spent["model"] if spent["model"] else 0.0,
             memory_bytes=int(getattr(self.model, "_raw_memory_usage", 0)),
             drift_events=list(getattr(self.model, "drift_events", [])),
             task_weights=list(self.task_weights),
@@ -283,6 +336,7 @@ def iter_prequential(
     progress: bool = True,
     baselines: typing.Sequence[str] = BASELINES,
     on_error: str = "raise",
+    batch_size: int | None = None,
 ) -> Iterator[Report]:
     """`prequential` as it goes: a `Report` of the run so far every `every` observations,
     and a last one when the stream ends (after any delayed labels are learned).
@@ -294,13 +348,14 @@ def iter_prequential(
     >>> [r.n_observations for r in iter_prequential(model, stream, every=200, progress=False)]
     [200, 400, 500]
     """
-    run = _Run(model, stream, metrics, delay, every, baselines)
+    run = _Run(model, stream, metrics, delay, every, baselines, batch_size)
     for _ in _drive(run, stream, progress, on_error):
         yield run.report()
 
 
 def _drive(run: _Run, stream: Iterable, progress: bool, on_error: str) -> Iterator[None]:
-    """Feed `stream` to `run`; pause at every checkpoint and at the end."""
+    """Feed `stream` to `run` (an event or a mini-batch at a time); pause at every
+    checkpoint and at the end."""
     if on_error not in ("raise", "skip"):
         raise InvalidInput(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     try:
@@ -310,25 +365,26 @@ def _drive(run: _Run, stream: Iterable, progress: bool, on_error: str) -> Iterat
     every = run.every
     # The bar's own rate counts the baselines' time too; the model's rate alone is shown
     # beside it.
-    desc = "prequential, model and baselines" if len(run.contenders) > 1 else "prequential"
+    members = run.contenders.members
+    desc = "prequential, model and baselines" if len(members) > 1 else "prequential"
     with tqdm(total=total, disable=not progress, unit="obs", mininterval=1.0, desc=desc) as bar:
-        for item in stream:
-            try:
-                new = run.step(item)
-            except (ValueError, TypeError) as error:
-                if on_error == "raise":
-                    raise
-                run.reject(getattr(error, "reason", str(error)))
-                continue
-            if new and run.n % every == 0:
+        for events in _chunks(stream, run.batch_size or 1):
+            new = run.take(events, on_error)
+            bar.update(new)
+            if new and run.n // every > (run.n - new) // every:
                 run.checkpoint()
-                bar.update(every)
-                if progress and run.seconds["model"]:
-                    bar.set_postfix_str(f"model {run.n / run.seconds['model']:,.0f} obs/s")
+                spent = run.contenders.seconds["model"]
+                if progress and spent:
+                    bar.set_postfix_str(f"model {run.n / spent:,.0f} obs/s")
                 yield
-        run.finish()
-        bar.update(run.n % every)
+        run.finish(on_error)
     yield
+
+
+def _chunks(stream: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(stream)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def prequential(
@@ -340,6 +396,7 @@ def prequential(
     progress: bool = True,
     baselines: typing.Sequence[str] = BASELINES,
     on_error: str = "raise",
+    batch_size: int | None = None,
 ) -> Report:
     """Test then train on each observation of `stream`; return a `Report`.
 
@@ -356,6 +413,9 @@ def prequential(
     linear model per task); pass `()` for none. With `on_error="skip"`, an
     observation that is rejected (a NaN feature, a label of the wrong type, an
     unknown task) is counted in `Report.rejected` by reason instead of stopping the run.
+    With `batch_size=N` the model (a torch model, say) is evaluated in mini-batches:
+    each batch of N events is predicted, then learned with `learn_many` (the baselines
+    still learn row by row); the report's config says so.
 
     >>> from stream_mtl.connectors.synthetic import SyntheticStream
     >>> from stream_mtl import MultiTaskLearner, Regression
@@ -366,8 +426,11 @@ def prequential(
     (['MAE', 'R2', 'RMSE'], 2, 500)
     >>> sorted(report.baselines)
     ['linear', 'river_linear', 'single_task']
+    >>> batched = prequential(model.clone(), stream, every=250, progress=False, batch_size=50)
+    >>> batched.config["learning"], batched.n_observations
+    ('learn_many on mini-batches of 50 (each batch predicted, then learned)', 500)
     """
-    run = _Run(model, stream, metrics, delay, every, baselines)
+    run = _Run(model, stream, metrics, delay, every, baselines, batch_size)
     for _ in _drive(run, stream, progress, on_error):
         pass
     return run.report()

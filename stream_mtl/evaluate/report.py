@@ -61,7 +61,7 @@ class Report(typing.NamedTuple):
         path = folder / "report.json"
         path.write_text(json.dumps(self.to_json(), indent=2))
         if plots:
-            save_plots(self, folder)
+            save_plots(self.to_json(), folder)
         return path
 
     def table(self, max_tasks: int = 12) -> str:
