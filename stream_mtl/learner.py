@@ -510,9 +510,11 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         meta, arrays = load_checkpoint(path)
         try:
             model = cls._from_state(meta, arrays, backend, device)
-        except (KeyError, IndexError, TypeError) as error:
+        except InvalidInput:
+            raise
+        except Exception as error:  # whatever a crafted file makes fail: its fault, named
             raise InvalidCheckpoint(
-                f"checkpoint {str(path)!r} is incomplete or corrupt: {error!r}"
+                f"checkpoint {str(path)!r} is incomplete or corrupt: {error!r:.300}"
             ) from None
         return model, meta.get("extra", {})
 
@@ -574,6 +576,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         tasks = {name: object_from_spec(spec) for name, spec in meta["tasks"]}
         if not all(isinstance(task, Task) for task in tasks.values()):
             raise InvalidCheckpoint("checkpoint tasks must be Regression, Binary or Multiclass")
+        _check_declared_structure(params, meta, arrays)
         model = cls(tasks=tasks, weighting=weighting, **params)
         model._feature_seed = int(meta["feature_seed"])
 
@@ -599,3 +602,38 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
 def _factors(values: tuple) -> bool:
     """Whether every value is a forgetting factor in [0.5, 1]."""
     return all(isinstance(f, int | float) and 0.5 <= f <= 1.0 for f in values)
+
+
+def _check_declared_structure(params: dict, meta: dict, arrays: dict) -> None:
+    """Refuse a checkpoint whose parameters or arrays declare layers, heads, inputs or
+    classes that its arrays do not hold, before a model of that size is built: whatever
+    a crafted file says, a load allocates no more than the file stores."""
+    hidden, forgetting = params["hidden"], params["forgetting"]
+    if not (isinstance(hidden, tuple) and isinstance(forgetting, tuple)):
+        raise InvalidCheckpoint("checkpoint parameters hidden and forgetting must be lists")
+    for layer, width in enumerate(hidden):
+        stored = arrays.get(f"backend.param.trunk.{layer}.weight")
+        if stored is None or stored.ndim != 2 or stored.shape[1] != width:
+            raise InvalidCheckpoint(
+                f"checkpoint declares a trunk layer {layer} of width {width!r} that its "
+                "arrays do not hold"
+            )
+    classes = meta["classes"]
+    heads = [(f"linear{i}", 1) for i in range(len(forgetting))]
+    if hidden:
+        heads += [(f"top{i}", hidden[-1] + 1) for i in range(len(params["top_forgetting"]))]
+    for name, _spec in meta["tasks"]:
+        rows = len(classes[name]) if name in classes else 1
+        for group, width in heads:
+            stored = arrays.get(f"backend.{group}.{name}.cov")
+            if width == 1 and stored is not None:  # a linear head: as wide as the inputs
+                width = arrays[f"backend.{group}.{name}.weight"].shape[-1]
+            if stored is None or stored.shape != (rows, width, width):
+                raise InvalidCheckpoint(
+                    f"checkpoint declares a head {group} for task {name!r} that its arrays "
+                    "do not hold"
+                )
+    inputs = arrays["backend.param.trunk.0.weight"].shape[0] if hidden else None
+    linear = arrays.get(f"backend.linear0.{meta['tasks'][0][0]}.weight") if meta["tasks"] else None
+    if inputs is not None and linear is not None and linear.shape[-1] != inputs + 1:
+        raise InvalidCheckpoint("checkpoint declares more inputs than its linear heads hold")

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
 from conftest import assert_same_state, mixed_observation, mixed_tasks, model_state
 
 from stream_mtl import Binary, InvalidCheckpoint, Multiclass, MultiTaskLearner, Regression
-from stream_mtl.checkpoint import FORMAT_VERSION
+from stream_mtl.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from stream_mtl.connectors.synthetic import SyntheticStream
 
 
@@ -105,16 +113,15 @@ def test_a_save_that_fails_after_writing_leaves_no_temporary_file(tmp_path, trai
 def test_a_checkpoint_holds_no_pickle(tmp_path, trained_model):
     path = tmp_path / "m.ckpt"
     trained_model.save(path)
-    with np.load(path, allow_pickle=False) as archive:
-        for name in archive.files:
-            assert archive[name].dtype != object
+    _meta, arrays = load_checkpoint(path)
+    assert all(array.dtype != object for array in arrays.values())
 
 
 def test_a_truncated_file_is_rejected(tmp_path, trained_model):
     path = tmp_path / "m.ckpt"
     trained_model.save(path)
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(InvalidCheckpoint, match="not a stream-mtl checkpoint"):
+    with pytest.raises(InvalidCheckpoint, match="is corrupt: its checksum does not match"):
         MultiTaskLearner.load(path)
 
 
@@ -140,20 +147,20 @@ def test_a_pickle_is_refused_without_advice_to_unpickle_it(tmp_path):
     assert "allow_pickle" not in str(raised.value)
 
 
-def _rewrite_meta(path, change) -> None:
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    meta = json.loads(arrays["__meta__"].tobytes())
-    change(meta)
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(path, **arrays)
-    os.replace(str(path) + ".npz", path)
+def _rewrite(path, change_meta=None, change_arrays=None) -> None:
+    """Change a checkpoint as a crafted file would: its checksum is made to match."""
+    meta, arrays = load_checkpoint(path)
+    if change_meta is not None:
+        change_meta(meta)
+    if change_arrays is not None:
+        change_arrays(arrays)
+    save_checkpoint(path, meta, arrays)
 
 
 def test_a_checkpoint_of_another_format_version_is_rejected(tmp_path, trained_model):
     path = tmp_path / "m.ckpt"
     trained_model.save(path)
-    _rewrite_meta(path, lambda meta: meta.update(format_version=FORMAT_VERSION + 1))
+    _rewrite(path, lambda meta: meta.update(format_version=FORMAT_VERSION + 1))
     with pytest.raises(InvalidCheckpoint, match="format version"):
         MultiTaskLearner.load(path)
 
@@ -161,20 +168,120 @@ def test_a_checkpoint_of_another_format_version_is_rejected(tmp_path, trained_mo
 def test_a_checkpoint_naming_a_foreign_class_is_rejected(tmp_path, trained_model):
     path = tmp_path / "m.ckpt"
     trained_model.save(path)
-    _rewrite_meta(path, lambda meta: meta["weighting"]["spec"].update({"class": "os.system"}))
-    with pytest.raises(InvalidCheckpoint, match="outside stream_mtl and river"):
+    _rewrite(path, lambda meta: meta["weighting"]["spec"].update({"class": "os.system"}))
+    with pytest.raises(InvalidCheckpoint, match=r"'os\.system', which is not one that"):
         MultiTaskLearner.load(path)
 
 
 def test_a_checkpoint_with_missing_arrays_is_rejected(tmp_path, trained_model):
     path = tmp_path / "m.ckpt"
     trained_model.save(path)
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {n: archive[n] for n in archive.files if not n.startswith("backend.param.trunk")}
-    np.savez(path, **arrays)
-    os.replace(str(path) + ".npz", path)
+    _rewrite(path, change_arrays=lambda arrays: arrays.pop("backend.param.trunk.0.weight"))
+    with pytest.raises(InvalidCheckpoint, match=r"trunk layer 0 .* its arrays do not hold"):
+        MultiTaskLearner.load(path)
+    trained_model.save(path)
+    _rewrite(path, change_arrays=lambda arrays: arrays.pop("encoder.scaled"))
     with pytest.raises(InvalidCheckpoint, match="incomplete or corrupt"):
         MultiTaskLearner.load(path)
+
+
+def test_every_flipped_byte_of_a_checkpoint_is_refused(tmp_path):
+    model = MultiTaskLearner(tasks={"a": Regression()}, hidden=(2,), seed=0)
+    model.learn_one({"x": 1.0}, {"a": 1.0})
+    model.save(tmp_path / "m.ckpt")
+    data = bytearray((tmp_path / "m.ckpt").read_bytes())
+    for at in range(len(data)):
+        data[at] ^= 0x01
+        with pytest.raises(InvalidCheckpoint):
+            read_checkpoint(bytes(data))
+        data[at] ^= 0x01
+    assert read_checkpoint(bytes(data))[0]["format_version"] == FORMAT_VERSION
+
+
+@pytest.mark.parametrize(
+    ("change_meta", "message"),
+    [
+        (lambda m: m["params"].update(hidden=[10**6, 10**6]), "trunk layer 0 of width 1000000"),
+        (lambda m: m["params"].update(forgetting=[0.99] * 500), "head linear2 for task"),
+        (lambda m: m["weighting"]["spec"].update(params={"rm": 1}), "parameters it does not"),
+        (
+            lambda m: m["weighting"]["spec"]["params"]["detector"]["params"].update(delta="x"),
+            "parameter 'delta' a str",
+        ),
+        (lambda m: m["tasks"][0][1].update({"class": "builtins.eval"}), "'builtins.eval'"),
+        (lambda m: m["weighting"].update(spec=[1, 2]), "without a class name"),
+    ],
+)
+def test_a_crafted_checkpoint_is_refused_before_anything_is_built(
+    tmp_path, trained_model, change_meta, message
+):
+    path = tmp_path / "m.ckpt"
+    trained_model.save(path)
+    _rewrite(path, change_meta=change_meta)
+    with pytest.raises(InvalidCheckpoint, match=message):
+        MultiTaskLearner.load(path)
+
+
+def test_a_checkpoint_declaring_more_inputs_or_classes_than_it_holds_is_refused(tmp_path):
+    model = _model()
+    for obs in _stream(50, seed=0):
+        model.learn_one(obs.x, obs.y)
+    path = tmp_path / "m.ckpt"
+    model.save(path)
+
+    def wide_trunk(arrays):  # 10,000 inputs: their heads' covariances would take 800 MB each
+        arrays["backend.param.trunk.0.weight"] = np.zeros((10_000, 16), dtype=np.float32)
+
+    _rewrite(path, change_arrays=wide_trunk)
+    with pytest.raises(InvalidCheckpoint, match="more inputs than its linear heads hold"):
+        MultiTaskLearner.load(path)
+    model.save(path)
+    _rewrite(path, change_meta=lambda meta: meta["classes"]["c"].extend(range(100, 5000)))
+    with pytest.raises(InvalidCheckpoint, match="head linear0 for task 'c'"):
+        MultiTaskLearner.load(path)
+
+
+def test_an_array_declaring_more_bytes_than_it_holds_is_refused_unallocated(tmp_path):
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(path, {}, {"w": np.zeros(4)})
+    data = path.read_bytes()
+    header = data[: data.index(b"\n", data.index(b"\n") + 1) + 1]
+    crafted = io.BytesIO()  # what an attacker can write: valid zip CRCs, a valid checksum
+    with (
+        zipfile.ZipFile(io.BytesIO(data[len(header) :])) as source,
+        zipfile.ZipFile(crafted, "w") as target,
+    ):
+        for info in source.infolist():
+            member = source.read(info)
+            if info.filename == "w.npy":
+                member = member.replace(b"(4,), }" + b" " * 12, b"(4000000000000,), }")
+            target.writestr(info.filename, member)
+    archive = crafted.getvalue()
+    header = header[: header.index(b"sha256 ") + 7] + hashlib.sha256(archive).hexdigest().encode()
+    with pytest.raises(InvalidCheckpoint, match="declares 32,000,000,000,000 bytes"):
+        read_checkpoint(header + b"\n" + archive)
+
+
+def test_a_checkpoint_of_the_previous_format_still_loads(tmp_path, trained_model):
+    path = tmp_path / "m.ckpt"
+    trained_model.save(path)
+    meta, arrays = load_checkpoint(path)
+    meta["format_version"] = 4  # what 0.1's saves wrote: a bare archive
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "v4.npz", **arrays)
+    restored = MultiTaskLearner.load(tmp_path / "v4.npz")
+    assert restored.n_learned == trained_model.n_learned
+
+
+def test_a_save_removes_what_killed_saves_left_behind(tmp_path, trained_model):
+    path = tmp_path / "m.ckpt"
+    orphan = tmp_path / ".m.ckpt.abc123"
+    orphan.write_bytes(b"half a checkpoint")
+    os.utime(orphan, (0, 0))
+    fresh = tmp_path / ".m.ckpt.def456"  # a save under way in another process
+    fresh.write_bytes(b"")
+    trained_model.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.ckpt.def456", "m.ckpt"]
 
 
 def test_a_missing_file_is_reported(tmp_path):
@@ -191,3 +298,20 @@ def test_a_checkpoint_loads_into_the_numpy_backend_when_asked(tmp_path):
     restored = MultiTaskLearner.load(tmp_path / "m.ckpt", backend="numpy", device="cpu")
     x, _ = mixed_observation(rng)
     assert restored.predict_one(x) == model.predict_one(x)
+
+
+def test_saving_a_class_a_checkpoint_cannot_load_back_is_refused_at_once(tmp_path):
+    from river import drift
+
+    from stream_mtl import InvalidInputType
+    from stream_mtl.weighting import DriftAware
+
+    class MyDetector(drift.ADWIN):
+        pass
+
+    model = MultiTaskLearner(
+        tasks={"a": Regression()}, hidden=(2,), weighting=DriftAware(detector=MyDetector())
+    )
+    with pytest.raises(InvalidInputType, match="MyDetector cannot be stored in a checkpoint"):
+        model.save(tmp_path / "m.ckpt")
+    assert not (tmp_path / "m.ckpt").exists()

@@ -19,7 +19,7 @@ from river import base, utils
 from river import metrics as river_metrics
 from tqdm import tqdm
 
-from stream_mtl.checkpoint import object_to_spec
+from stream_mtl.checkpoint import describe
 from stream_mtl.evaluate.baselines import RiverLinear, SecondOrderLinear, SingleTaskModels
 from stream_mtl.evaluate.report import Report
 from stream_mtl.exceptions import InvalidInput
@@ -82,7 +82,7 @@ def _describe(obj: object) -> object:
     """A River object's spec, else its own repr, else its type (and length): never an address."""
     if isinstance(obj, base.Base):
         try:
-            return object_to_spec(obj)
+            return describe(obj)
         except TypeError:
             pass
     kind = type(obj)
