@@ -8,9 +8,11 @@ group, each partition starts at the later of the checkpoint's position and the g
 committed offset, and an `on_revoke` callback lets the owner checkpoint and commit
 before partitions are handed over.
 
-A message that cannot be read goes to the dead-letter topic (when one is given) with
-its reason, topic, partition, offset and original bytes; it is counted in `rejected`,
-and the consumer goes on. `KafkaSink` sends JSON (or msgpack) values with their keys.
+A message that cannot be read - whatever its bytes: not JSON, nested too deeply, of the
+wrong shape, larger than `max_message_bytes` - goes to the dead-letter topic (when one
+is given) with its reason, topic, partition, offset and original bytes (none for a
+message too large to fetch); it is counted in `rejected`, and the consumer goes on.
+`KafkaSink` sends JSON (or msgpack) values with their keys.
 
 kafka-python talks to brokers older than 0.10 only when told their version: pass
 `api_version=(0, 9)` for those; by default the version is detected.
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import RecordTooLargeError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from stream_mtl.connectors.messages import (
@@ -45,6 +48,7 @@ from stream_mtl.stream import ReasonCounts
 logger = logging.getLogger(__name__)
 
 Position = dict[str, int]  # partition number (as text, for JSON) -> next offset to read
+FRAMING_BYTES = 1024  # a fetch's room for a message's framing and key, beyond its value
 
 
 class Message(typing.NamedTuple):
@@ -196,8 +200,13 @@ class KafkaSource:
         poll_timeout: float = 0.5,
         idle_timeout: float | None = None,
         keep_dead_letters: int = 100,
+        max_message_bytes: int = 1_000_000,
         **consumer_config: typing.Any,
     ) -> None:
+        if not isinstance(max_message_bytes, int) or max_message_bytes < 1:
+            raise InvalidInput(
+                f"max_message_bytes must be a positive integer, got {max_message_bytes!r}"
+            )
         self.topic = topic
         self.decode = codec(decoder, DECODERS)
         self.group_id = group_id
@@ -205,6 +214,7 @@ class KafkaSource:
         self.poll_timeout = poll_timeout
         self.idle_timeout = idle_timeout
         self.keep_dead_letters = keep_dead_letters
+        self.max_message_bytes = max_message_bytes
         self.rejected = ReasonCounts()  # set-aside messages by reason, bounded
         self.dead_letters: collections.deque = collections.deque(maxlen=keep_dead_letters)
         self.n_consumed = 0
@@ -221,9 +231,12 @@ class KafkaSource:
         config = {
             "auto_offset_reset": "earliest",
             "max_poll_records": max_poll_records,
+            # A fetch holds a whole message (with its framing) of the largest size read.
+            "max_partition_fetch_bytes": max(max_message_bytes + FRAMING_BYTES, 1_048_576),
             **consumer_config,
             "enable_auto_commit": False,
         }
+        self._fetch_bytes = config["max_partition_fetch_bytes"]
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
@@ -322,9 +335,14 @@ class KafkaSource:
         """
         idle_since = time.monotonic()
         while not self._stopping:
-            records = self._consumer.poll(
-                timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_poll_records
-            )
+            try:
+                records = self._consumer.poll(
+                    timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_poll_records
+                )
+            except RecordTooLargeError as error:  # brokers before 0.10.1 cannot return it
+                self._skip_too_large(error.args[1])
+                yield []
+                continue
             if self._newly_assigned:
                 self._settle_assignment(records)
             batch = [self._read(record) for part in records.values() for record in part]
@@ -338,14 +356,42 @@ class KafkaSource:
             yield batch
 
     def _read(self, record: typing.Any) -> Message | None:
+        """The message a record holds, or None once it is set aside: whatever its bytes,
+        a record leaves here as one or the other."""
         self.n_consumed += 1
         self._next[record.partition] = record.offset + 1
+        value = record.value or b""
         try:
-            obs = observation_from_message(self.decode(record.value), _text(record.key))
-        except MalformedMessage as error:
-            self.set_aside(error, record.partition, record.offset, record.key, record.value)
+            if len(value) > self.max_message_bytes:
+                raise MalformedMessage(
+                    f"a message of {len(value):,} bytes; at most {self.max_message_bytes:,} "
+                    "are read (max_message_bytes)",
+                    reason="a message larger than max_message_bytes",
+                )
+            obs = observation_from_message(self.decode(value), _text(record.key))
+        except Exception as error:  # a decoder's own errors too: never stop on one record
+            if not isinstance(error, InvalidInput):
+                error = MalformedMessage(
+                    f"the decoder raised {type(error).__name__}: {str(error)[:300]}",
+                    reason=f"the decoder raised {type(error).__name__}",
+                )
+            self.set_aside(error, record.partition, record.offset, record.key, value)
             return None
-        return Message(obs, record.partition, record.offset, record.key, record.value)
+        return Message(obs, record.partition, record.offset, record.key, value)
+
+    def _skip_too_large(self, offsets: dict[TopicPartition, int]) -> None:
+        """Set aside (without its bytes, which the broker will not hand over) each message
+        too large to fetch, and go on after it."""
+        for tp, offset in offsets.items():
+            self.n_consumed += 1
+            error = MalformedMessage(
+                f"a message larger than the fetch size of {self._fetch_bytes:,} bytes "
+                "(max_message_bytes); its bytes are not kept",
+                reason="a message larger than max_message_bytes",
+            )
+            self.set_aside(error, tp.partition, offset, None, b"")
+            self._consumer.seek(tp, offset + 1)
+            self._next[tp.partition] = offset + 1
 
     def set_aside(
         self, error: InvalidInput, partition: int, offset: int, key: bytes | None, value: bytes

@@ -6,8 +6,9 @@ predicts and joins every message before anything of the poll is learned (one
 `learn_many` per run of rows with the same features when `batch_learning` is on, the
 default on the torch backend, else `learn_one` per row); the loop sends each prediction
 with its message's key to the `KafkaSink` (if any), sets a refused message aside in the
-dead-letter topic with its reason, so that one bad record never stops or spoils a batch,
-and counts what each partition learned.
+dead-letter topic with its reason, so that one bad record never stops or spoils a batch
+(a message on which the model raises something unexpected too: it is set aside with the
+exception's text and the traceback is logged), and counts what each partition learned.
 
 Every `checkpoint_every` messages, when the topic goes idle, on a partition revocation
 and on `stop()`, it writes a checkpoint holding the model, the source's position and the
@@ -106,6 +107,7 @@ class LearningLoop:
             label_max_age=label_max_age,
             batch=batch_learning,
             window=window,
+            contain_errors=True,  # one message must never stop the loop
         )
         self.log_every = log_every
         self.on_learned = on_learned

@@ -47,7 +47,11 @@ def decode_json(raw: bytes) -> object:
         pass
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except RecursionError:
+        raise MalformedMessage(
+            "not valid JSON: nested too deeply", reason="JSON nested too deeply"
+        ) from None
+    except ValueError as error:  # also an integer of more than 4,300 digits
         raise MalformedMessage(f"not valid JSON: {error}", reason="not valid JSON") from None
 
 
@@ -59,7 +63,7 @@ def decode_msgpack(raw: bytes) -> object:
     """
     try:
         return msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as error:
+    except (ValueError, RecursionError, msgpack.UnpackException) as error:
         raise MalformedMessage(f"not valid msgpack: {error}", reason="not valid msgpack") from None
 
 
@@ -114,20 +118,19 @@ def observation_from_message(message: object, key: typing.Any = None) -> Observa
             )
     if x is None and not y:
         raise MalformedMessage('a message needs features "x", labels "y", or both')
-    key = message.get("key", key)
-    if isinstance(key, list):
-        key = _tuple(key)
-    elif isinstance(key, dict) or (isinstance(key, float) and not math.isfinite(key)):
-        raise MalformedMessage(
-            f'"key" must be a string, a number or a list, got {key!r}',
-            reason='"key" that is not a string, a number or a list',
-        )
+    key = _key(message.get("key", key))
     if x is None and key is None:
         raise MalformedMessage('labels without features need a "key"')
     time = message.get("time")
-    if time is not None and (isinstance(time, bool) or not isinstance(time, int | float)):
+    if time is not None and (
+        isinstance(time, bool)
+        or not isinstance(time, int | float)
+        or (isinstance(time, int) and not _int64(time))
+        or not math.isfinite(time)
+    ):
         raise MalformedMessage(
-            f'"time" must be a number, got {time!r}', reason='"time" that is not a number'
+            f'"time" must be a finite number, got {time!r:.80}',
+            reason='"time" that is not a finite number',
         )
     return Observation(x, y or None, key, time)
 
@@ -141,5 +144,26 @@ def message_from_observation(obs: Observation) -> dict:
     return {name: value for name, value in zip(FIELDS, obs) if value is not None}
 
 
-def _tuple(value: list) -> tuple:
-    return tuple(_tuple(v) if isinstance(v, list) else v for v in value)
+MAX_KEY_DEPTH = 8  # lists nested in a key
+
+
+def _int64(value: object) -> bool:
+    """Whether `value` is an integer (or bool) that JSON encoders write: 64 bits at most."""
+    return isinstance(value, int) and -(2**63) <= value < 2**64
+
+
+def _key(key: object, depth: int = 0) -> typing.Hashable:
+    """A message's key as a hashable that a checkpoint and a prediction record can write
+    back: a string, a 64-bit integer, a finite number or a bool, or a list of those (as a
+    tuple, nested at most `MAX_KEY_DEPTH`)."""
+    if (key is None and depth == 0) or isinstance(key, str) or _int64(key):
+        return key
+    if isinstance(key, float) and math.isfinite(key):
+        return key
+    if isinstance(key, list) and depth < MAX_KEY_DEPTH:
+        return tuple(_key(part, depth + 1) for part in key)
+    raise MalformedMessage(
+        f'"key" must be a string, a finite number or a list of those, got '
+        f"{type(key).__name__}" + ("" if isinstance(key, list) else f" {key!r:.80}"),
+        reason='"key" that is not a string, a number or a list of those',
+    )

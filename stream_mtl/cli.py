@@ -262,6 +262,7 @@ def _kafka_source(topic: str, servers: str, api_version, args: argparse.Namespac
         api_version=api_version,
         dead_letter_topic=args.dead_letter_topic,
         idle_timeout=args.idle_exit,
+        max_message_bytes=args.max_message_bytes,
         bootstrap_timeout_ms=int(args.connect_timeout * 1000),
         **_session_options(args.session_timeout),
     )
@@ -500,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dead-letter-topic", help="send malformed messages here, with the reason")
     run.add_argument("--api-version", help="broker version, e.g. 0.9 (default: detected)")
     run.add_argument("--format", default="json", choices=["json", "msgpack"])
+    run.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=1_000_000,
+        help="larger messages go to the dead-letter topic unread (default 1,000,000; it "
+        "also sets the fetch size)",
+    )
     _label_options(run, max_age=None)
     run.add_argument(
         "--idle-exit", type=float, help="stop after the topic is idle this many seconds"

@@ -23,7 +23,13 @@ InvalidInputType - label 'cheap' for regression task 'price' is a str; expected 
 
 from __future__ import annotations
 
-__all__ = ["InvalidCheckpoint", "InvalidInput", "InvalidInputType", "UnknownKey"]
+__all__ = [
+    "InvalidCheckpoint",
+    "InvalidInput",
+    "InvalidInputType",
+    "UnexpectedError",
+    "UnknownKey",
+]
 
 
 class InvalidInput(ValueError):
@@ -61,3 +67,16 @@ class UnknownKey(InvalidInput, KeyError):
         self.key = key
 
     __str__ = InvalidInput.__str__  # KeyError's own would quote the message
+
+
+class UnexpectedError(InvalidInput):
+    """An event on which the model raised something other than `InvalidInput` (a fault of
+    the library's, or of a value no check foresaw). A driver that must not stop on one
+    event (the Kafka loop) sets it aside like bad input, with this text, and logs the
+    traceback; the original exception is its `__cause__`."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(
+            f"the model raised {type(error).__name__}: {str(error)[:300]}",
+            reason=f"the model raised {type(error).__name__}",
+        )

@@ -113,9 +113,9 @@ class FeatureEncoder:
             return None
         try:
             finite = math.isfinite(math.fsum(values))
-        except (OverflowError, ValueError):  # huge finite values, or inf - inf
-            finite = False
-        array = np.array(values, dtype=float)
+            array = np.array(values, dtype=float)
+        except (OverflowError, ValueError):  # huge values, or inf - inf: checked one by one
+            return None
         if not finite and not np.isfinite(array).all():
             FeatureEncoder._raise_not_finite(list(x), array)
         return array
@@ -170,7 +170,7 @@ class FeatureEncoder:
                 isinstance(value, numbers.Real) and not isinstance(value, _BOOL_TYPES)
             ):
                 names.append(name)
-                values.append(float(value))
+                values.append(_as_float(name, value))
                 scaled.append(True)
             elif isinstance(value, _BOOL_TYPES):
                 names.append(name)
@@ -330,3 +330,14 @@ class FeatureEncoder:
         self._fast_keys = None
         if not (len(self._scaled) == len(self.moments) == len(self.names)):
             raise InvalidInput("feature encoder state is inconsistent: array lengths differ")
+
+
+def _as_float(name: object, value: numbers.Real) -> float:
+    """`value` as a float; an integer too large for one (over about 1.8e308) is refused."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidInput(
+            f"feature {name!r} is an integer too large for a float (over 1.8e308)",
+            reason=f"feature {name!r} too large for a float",
+        ) from None

@@ -13,6 +13,7 @@ questions and answers, `river.evaluate.progressive_val_score` drives the model.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 import typing
@@ -21,11 +22,13 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from stream_mtl.exceptions import InvalidInput, InvalidInputType, UnknownKey
+from stream_mtl.exceptions import InvalidInput, InvalidInputType, UnexpectedError, UnknownKey
 from stream_mtl.observation import Observation
 from stream_mtl.pending import PendingFeatures
 from stream_mtl.rolling_error import RollingErrors
 from stream_mtl.tasks import check_labels
+
+logger = logging.getLogger(__name__)
 
 EXPIRED = "features whose labels never came (expired by {})"  # count or age
 OTHER_REASONS = "other reasons"
@@ -73,6 +76,12 @@ class ReasonCounts(collections.Counter):
         self[reason] += n
 
 
+def _unexpected(error: Exception) -> UnexpectedError:
+    wrapped = UnexpectedError(error)
+    wrapped.__cause__ = error
+    return wrapped
+
+
 def as_observation(event: object) -> Observation:
     """An `Observation` from an `Observation` or an `(x, y)` pair; raises for anything else."""
     if isinstance(event, Observation):
@@ -118,6 +127,10 @@ class StreamStep:
         default: `predict_rows(reader, xs)`.
     max_reasons
         Distinct refusal reasons counted in `refused`.
+    contain_errors
+        Refuse an event on which the model raises anything else than `InvalidInput` as an
+        `UnexpectedError` (logged with its traceback) instead of raising: for a driver
+        that must not stop on one event. Off by default, so that a bug surfaces.
     clock
         Seconds, for `label_max_age`.
 
@@ -156,6 +169,7 @@ class StreamStep:
         scorer: typing.Any = None,
         predict: Callable[[list[dict], list[list[str] | None]], list] | None = None,
         max_reasons: int = 20,
+        contain_errors: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if delay is not None and (not isinstance(delay, int) or delay < 0):
@@ -168,6 +182,9 @@ class StreamStep:
         self.scorer = RollingErrors(model, window) if scorer is None else scorer
         self._predict = predict
         self.refused = ReasonCounts(max_reasons)
+        self._refusable: tuple[type[BaseException], ...] = (
+            (Exception,) if contain_errors else (InvalidInput,)
+        )
         self.n_predicted = 0
         self._delayed: collections.deque[Labelled] = collections.deque()
         self._frames: dict[tuple[int, ...], pd.DataFrame] = {}  # one batch's, by row identity
@@ -190,9 +207,9 @@ class StreamStep:
             y = check_labels(self.reader.tasks, obs.y) if obs.y else {}
             self.reader.check_one(obs.x)
             served = self._serve([obs.x], [list(y) or None])[0]
-        except InvalidInput as error:
+            return Offer(served, self._ready(obs, y, served, tag))
+        except self._refusable as error:
             return self._refuse(error)
-        return Offer(served, self._ready(obs, y, served, tag))
 
     def offer_many(self, events: Sequence, tags: Sequence | None = None) -> list[Offer]:
         """`offer` for a batch: every event is checked and predicted (`predict_many` over
@@ -221,11 +238,16 @@ class StreamStep:
                 if not features_checked:
                     self.reader.check_one(obs.x)
                 checked.append((obs, y))
-            except InvalidInput as error:
+            except self._refusable as error:
                 checked.append(error)
         with_features = [c for c in checked if type(c) is tuple and c[0].x is not None]
         xs = [obs.x for obs, _y in with_features]
-        served = iter(self._serve(xs, [list(y) or None for _obs, y in with_features]))
+        try:
+            served = iter(self._serve(xs, [list(y) or None for _obs, y in with_features]))
+        except self._refusable:
+            # Nothing is held or joined yet: offer the events one by one, so that the
+            # error is the event's that raised it, not the batch's.
+            return [self.offer(event, tag) for event, tag in zip(events, tags)]
         offers = []
         for item, tag in zip(checked, tags):
             if type(item) is not tuple:
@@ -256,12 +278,14 @@ class StreamStep:
     def _serve(self, xs: list[dict], tasks: list[list[str] | None]) -> list:
         if not xs:
             return []
-        self.n_predicted += len(xs)
         if self._predict is not None:
-            return self._predict(xs, tasks)
-        if len(xs) == 1:
-            return [self.reader.predict_one(xs[0])]
-        return predict_rows(self.reader, xs, self._frames)
+            served = self._predict(xs, tasks)
+        elif len(xs) == 1:
+            served = [self.reader.predict_one(xs[0])]
+        else:
+            served = predict_rows(self.reader, xs, self._frames)
+        self.n_predicted += len(xs)
+        return served
 
     def _ready(self, obs: Observation, y: dict, served: typing.Any, tag: typing.Any) -> list:
         if not y:
@@ -289,11 +313,14 @@ class StreamStep:
                 held = self.pending.claim(obs.key)
             if held is None:
                 raise UnknownKey(obs.key)
-        except InvalidInput as error:
+        except self._refusable as error:
             return self._refuse(error)
         return Offer(None, [Labelled(held.x, y, held.served, tag)] if y else [])
 
-    def _refuse(self, error: InvalidInput) -> Offer:
+    def _refuse(self, error: Exception) -> Offer:
+        if not isinstance(error, InvalidInput):
+            logger.error("an event made the model raise; set aside", exc_info=error)
+            error = _unexpected(error)
         with self._lock:
             self.refused.add(error.reason)
         return Offer(refused=error)
@@ -325,7 +352,7 @@ class StreamStep:
                 frame = features_frame(xs[start:end])
             try:
                 self.model.learn_many(frame, labels_frame([row.y for row in run]))
-            except InvalidInput:
+            except self._refusable:
                 # Every row passed its check, so what fails is the batch form (a column
                 # that mixes numbers and text, say): the model is unchanged; go row by row.
                 for row in run:
@@ -335,10 +362,9 @@ class StreamStep:
     def _learn_one(self, row: Labelled, refused: list) -> None:
         try:
             self.model.learn_one(row.x, row.y)
-        except InvalidInput as error:
-            refused.append((row, error))
-            with self._lock:
-                self.refused.add(error.reason)
+        except self._refusable as error:
+            refusal = self._refuse(error).refused
+            refused.append((row, refusal))
 
     def finish(self) -> list[Labelled]:
         """The rows still delayed, for a finite stream's end: learn them."""

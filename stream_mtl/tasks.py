@@ -88,7 +88,14 @@ class Regression(Task):
                 "expected a number",
                 reason=f"label of the wrong type for regression task {task!r}",
             )
-        value = float(label)
+        try:
+            value = float(label)
+        except OverflowError:
+            raise InvalidInput(
+                f"label for regression task {task!r} is an integer too large for a float "
+                "(over 1.8e308)",
+                reason=f"infinite label for regression task {task!r}",
+            ) from None
         if math.isinf(value):
             raise InvalidInput(
                 f"label {label!r} for regression task {task!r} is infinite",
@@ -200,8 +207,8 @@ class Binary(Task):
 class Multiclass(Task):
     """A categorical target whose classes are discovered as they appear (the head grows).
 
-    Class labels are strings, integers or booleans; an integral float such as `2.0`
-    (what pandas makes of an integer column with missing values) is read as `2`.
+    Class labels are strings, integers (of 64 bits) or booleans; an integral float such
+    as `2.0` (what pandas makes of an integer column with missing values) is read as `2`.
 
     >>> Multiclass().check_label("segment", "b")
     'b'
@@ -220,14 +227,19 @@ class Multiclass(Task):
             return bool(label)
         if isinstance(label, str):
             return str(label)
-        if isinstance(label, numbers.Integral):
+        if isinstance(label, numbers.Integral) and -(2**63) <= label < 2**63:
             return int(label)
-        if isinstance(label, numbers.Real):
-            if math.isfinite(label) and float(label).is_integer():
+        if isinstance(label, numbers.Real) and not isinstance(label, numbers.Integral):
+            if math.isfinite(label) and float(label).is_integer() and abs(label) < 2**63:
                 return int(label)
             raise InvalidInput(
                 f"label {label!r} for multiclass task {task!r} is not a class: "
                 "expected a string, an integer or a boolean",
+                reason=f"label that is not a class for multiclass task {task!r}",
+            )
+        if isinstance(label, numbers.Integral):
+            raise InvalidInput(
+                f"label for multiclass task {task!r} is an integer beyond 64 bits",
                 reason=f"label that is not a class for multiclass task {task!r}",
             )
         raise InvalidInputType(

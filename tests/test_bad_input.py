@@ -12,6 +12,7 @@ from stream_mtl import InvalidInput, InvalidInputType
 BAD_ONE = [
     ({"a": float("nan")}, {"price": 1.0}, InvalidInput, "'a' is NaN"),
     ({"a": float("inf")}, {"price": 1.0}, InvalidInput, "'a' is infinite"),
+    ({"a": 10**400}, {"price": 1.0}, InvalidInput, "'a' is an integer too large for a float"),
     ({"a": 1.0, "b": [1, 2]}, {"price": 1.0}, InvalidInputType, "'b'"),
     ({}, {"price": 1.0}, InvalidInput, "empty"),
     ([("a", 1.0)], {"price": 1.0}, InvalidInputType, "dict"),
@@ -21,6 +22,8 @@ BAD_ONE = [
     ({"a": 1.0}, {"price": "cheap"}, InvalidInputType, "regression task 'price'"),
     ({"a": 1.0}, {"price": True}, InvalidInputType, "regression task 'price'"),
     ({"a": 1.0}, {"price": float("inf")}, InvalidInput, "'price' is infinite"),
+    ({"a": 1.0}, {"price": -(10**400)}, InvalidInput, "'price' is an integer too large"),
+    ({"a": 1.0}, {"segment": 10**30}, InvalidInput, "'segment' is an integer beyond 64 bits"),
     ({"a": 1.0}, {"churn": 2}, InvalidInput, "binary task 'churn'"),
     ({"a": 1.0}, {"churn": "yes"}, InvalidInputType, "binary task 'churn'"),
     ({"a": 1.0}, {"segment": 1.5}, InvalidInput, "multiclass task 'segment'"),
@@ -41,7 +44,7 @@ def test_learn_one_rejects_bad_input_and_changes_nothing(trained_model, x, y, er
     assert_same_state(before, model_state(trained_model))
 
 
-@pytest.mark.parametrize(("x", "y", "error", "message"), BAD_ONE[:7])
+@pytest.mark.parametrize(("x", "y", "error", "message"), BAD_ONE[:8])
 def test_predict_one_rejects_bad_features(trained_model, x, y, error, message):
     before = model_state(trained_model)
     with pytest.raises(error, match=message):

@@ -49,8 +49,8 @@ def test_an_endless_river_generator_needs_n():
         (b'{"x": {"a": 1}, "Y": {"t": 1}}', "unknown field(s) ['Y']"),
         (b'{"x": [1, 2]}', '"x" must be an object, got list'),
         (b'{"key": "k"}', 'a message needs features "x", labels "y", or both'),
-        (b'{"x": {"a": 1}, "key": {"id": 1}}', '"key" must be a string, a number or a list'),
-        (b'{"x": {"a": 1}, "time": "noon"}', '"time" must be a number'),
+        (b'{"x": {"a": 1}, "key": {"id": 1}}', '"key" must be a string, a finite number or a list'),
+        (b'{"x": {"a": 1}, "time": "noon"}', '"time" must be a finite number'),
     ],
 )
 def test_a_malformed_message_is_refused_with_its_reason(raw, reason):
@@ -61,6 +61,26 @@ def test_a_malformed_message_is_refused_with_its_reason(raw, reason):
 def test_a_list_key_becomes_a_tuple_so_that_late_labels_find_their_features():
     obs = observation_from_message({"x": {"a": 1.0}, "key": ["shop", 7]})
     assert obs.key == ("shop", 7)
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (encode_msgpack({"x": {"a": 1}, "key": b"\x00\xff"}), '"key" that is not a string'),
+        (b'{"x": {"a": 1}, "key": ' + b"9" * 401 + b"}", '"key" that is not a string'),
+        (b'{"x": {"a": 1}, "key": ' + b"[" * 20 + b"]" * 20 + b"}", '"key" that is not'),
+        (b'{"x": {"a": 1}, "time": ' + b"9" * 401 + b"}", '"time" that is not a finite number'),
+        (b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "JSON nested too deeply"),
+        (b'{"x": {"a": ' + b"9" * 5000 + b"}}", "not valid JSON"),
+    ],
+)
+def test_a_message_a_checkpoint_or_a_prediction_record_could_not_write_is_malformed(
+    message, reason
+):
+    decode = decode_msgpack if message[:1] != b"{" else decode_json
+    with pytest.raises(MalformedMessage) as refused:
+        observation_from_message(decode(message))
+    assert refused.value.reason.startswith(reason)
 
 
 def test_msgpack_garbage_is_a_malformed_message():

@@ -194,6 +194,65 @@ def test_malformed_messages_go_to_the_dead_letter_topic_with_their_reason(kafka,
     assert sum(loop.source.rejected.values()) == 50
 
 
+POISONS = {
+    b'{"x": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3001: "nested too deeply",
+    b'{"x": {"x0": ' + b"9" * 401 + b'}, "y": {"a": 1.0}}': "an integer too large for a float",
+    b'{"x": {"x0": 1.0}, "y": {"a": ' + b"9" * 401 + b"}}": "an integer too large for a float",
+    b'{"x": {"x0": 1.0}, "key": [1, {"b": 2}]}': '"key" must be a string',
+    b'{"x": {"x0": 1.0, "boom": 1.0}, "y": {"a": 1.0}}': "the model raised RuntimeError: boom",
+    b'{"x": {"x0": "' + b"z" * 200_000 + b'"}}': "larger than the fetch size of 150,000 bytes",
+}
+
+
+def test_a_poison_message_is_a_dead_letter_and_never_stops_the_loop(kafka, tmp_path):
+    topic, dead, group = unique("poison"), unique("dead"), unique("group")
+    kafka.create_topic(topic)
+    kafka.create_topic(dead)
+    good = [encode_json(m) for m in synthetic_messages(60)]
+    values = good[:10] + list(POISONS) + good[10:]
+    placed = produce(kafka, topic, values)
+
+    def new_loop():
+        model = new_model("torch")
+        predict_one, predict_many = model.predict_one, model.predict_many
+
+        def faulty(predict):  # a fault of the model's on one message
+            def predict_or_raise(x):
+                if "boom" in (x.columns if hasattr(x, "columns") else x):
+                    raise RuntimeError("boom")
+                return predict(x)
+
+            return predict_or_raise
+
+        model.predict_one, model.predict_many = faulty(predict_one), faulty(predict_many)
+        # A fetch smaller than the largest message: a 0.9 broker cannot hand it over.
+        source = source_for(
+            kafka,
+            topic,
+            group,
+            dead_letter_topic=dead,
+            max_message_bytes=150_000,
+            max_partition_fetch_bytes=150_000,
+        )
+        return LearningLoop(model, source, tmp_path / "m.ckpt")
+
+    loop = new_loop()
+    loop.run()
+    assert loop.model.n_learned == {"a": 60, "flag": 60}
+    letters = [json.loads(record.value) for record in drain(kafka, dead, len(POISONS))]
+    reasons = {letter["offset"]: letter["reason"] for letter in letters}
+    assert len(letters) == len(POISONS)
+    for offset, expected in enumerate(POISONS.values(), start=10):
+        assert expected in reasons[offset], (offset, reasons[offset])
+    _, extra = MultiTaskLearner.load_with_extra(tmp_path / "m.ckpt")
+    assert extra["position"] == end_offsets(placed)
+    again = LearningLoop.resume_or_start(  # goes on after the poison: nothing read twice
+        tmp_path / "m.ckpt", new_model, source_for(kafka, topic, group)
+    )
+    again.run()
+    assert again.source.n_consumed == 0 and again.model.n_learned == {"a": 60, "flag": 60}
+
+
 def test_predictions_land_on_the_output_topic_with_their_keys(kafka, tmp_path):
     topic, out, group = unique("split"), unique("predictions"), unique("group")
     kafka.create_topic(topic)

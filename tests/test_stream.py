@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stream_mtl import Binary, InvalidInput, MultiTaskLearner, Observation, Regression, UnknownKey
+from stream_mtl.exceptions import UnexpectedError
 from stream_mtl.pending import PendingFeatures
 from stream_mtl.stream import ReasonCounts, StreamStep, features_frame, labels_frame
 
@@ -190,3 +191,32 @@ def test_a_labels_frame_has_a_column_per_task_named_and_a_gap_where_absent():
     assert list(frame.columns) == ["a", "b"]
     assert frame["a"].isna().tolist() == [False, True]
     assert frame["b"].isna().tolist() == [True, False]
+
+
+def _faulty_model():
+    """A real model with a fault injected: it raises on any row with the feature "boom"."""
+    model = _model()
+    learn_one = model.learn_one
+
+    def learn_or_raise(x, y):
+        if "boom" in x:
+            raise RuntimeError("boom")
+        learn_one(x, y)
+
+    model.learn_one = learn_or_raise
+    return model
+
+
+def test_an_unexpected_error_surfaces_unless_the_driver_contains_it():
+    events = [*_events(3), Observation({"x0": 1.0, "boom": 1.0}, {"a": 1.0}), *_events(2, seed=1)]
+    step = StreamStep(_faulty_model())
+    ready = [row for event in events for row in step.offer(event).ready]
+    with pytest.raises(RuntimeError, match="boom"):
+        step.learn(ready)
+    contained = StreamStep(_faulty_model(), contain_errors=True)
+    ready = [row for event in events for row in contained.offer(event).ready]
+    [(row, error)] = contained.learn(ready)
+    assert "boom" in row.x and str(error) == "the model raised RuntimeError: boom"
+    assert isinstance(error, UnexpectedError) and isinstance(error.__cause__, RuntimeError)
+    assert contained.model.n_learned["a"] == 5
+    assert dict(contained.refused) == {"the model raised RuntimeError": 1}
