@@ -49,6 +49,10 @@ class _Parsed(typing.NamedTuple):
 class FeatureEncoder:
     """Turns feature dicts into dense vectors whose length grows with new features.
 
+    A numeric value beyond `max_magnitude` (in absolute value) is refused, as NaN and
+    infinity are: its square would overflow the running variance, or one such value
+    would swamp a feature's scale for good.
+
     >>> enc = FeatureEncoder()
     >>> enc.learn_one({"size": 3.0, "colour": "red"}).tolist()
     [0.0, 1.0]
@@ -60,7 +64,8 @@ class FeatureEncoder:
     [-1.0, 0.0, 0.0]
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_magnitude: float = math.inf) -> None:
+        self.max_magnitude = max_magnitude
         self.names: list[FeatureName] = []
         self._index: dict[FeatureName, int] = {}
         self._scaled = np.zeros(0, dtype=bool)
@@ -103,8 +108,7 @@ class FeatureEncoder:
         values[numeric] = self.moments.scale(columns[numeric], values[numeric])
         return self._dense(columns, values)
 
-    @staticmethod
-    def _fast_values(x: object, keys: tuple | None) -> np.ndarray | None:
+    def _fast_values(self, x: object, keys: tuple | None) -> np.ndarray | None:
         """The values of `x` as an array when `x` has the all-numeric schema `keys`."""
         if type(x) is not dict or tuple(x) != keys:
             return None
@@ -116,8 +120,8 @@ class FeatureEncoder:
             array = np.array(values, dtype=float)
         except (OverflowError, ValueError):  # huge values, or inf - inf: checked one by one
             return None
-        if not finite and not np.isfinite(array).all():
-            FeatureEncoder._raise_not_finite(list(x), array)
+        if not finite or max(values) > self.max_magnitude or min(values) < -self.max_magnitude:
+            self._check_values(list(x), array)
         return array
 
     def _dense(self, columns: np.ndarray | slice, values: np.ndarray) -> np.ndarray:
@@ -190,17 +194,29 @@ class FeatureEncoder:
                 )
             _check_name(name)
         array = np.array(values, dtype=float)
-        if not np.isfinite(array).all():
-            self._raise_not_finite(names, array)
+        self._check_values(names, array)
         if not names:
             raise InvalidInput("features are empty: every feature value is None")
         return _Parsed(names, array, scaled)
 
-    @staticmethod
-    def _raise_not_finite(names: list, values: np.ndarray) -> typing.NoReturn:
-        bad = int(np.flatnonzero(~np.isfinite(values))[0])
-        what = "NaN" if math.isnan(values[bad]) else "infinite"
-        raise InvalidInput(f"feature {names[bad]!r} is {what}; features must be finite numbers")
+    def _check_values(self, names: list, values: np.ndarray, rows: bool = False) -> None:
+        """Raise naming the first value (of a row, or of a column's rows) that is NaN,
+        infinite or beyond `max_magnitude`."""
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.abs(values) <= self.max_magnitude)
+        if not bad.any():
+            return
+        at = int(np.flatnonzero(bad)[0])
+        name, where = (names[0], f" in row {at}") if rows else (names[at], "")
+        value = float(values[at])
+        if math.isfinite(value):
+            raise InvalidInput(
+                f"feature {name!r} is {value:.3g}{where}, beyond max_magnitude="
+                f"{self.max_magnitude:g}; rescale it, or raise the model's max_magnitude",
+                reason=f"feature {name!r} beyond max_magnitude",
+            )
+        what = "NaN" if math.isnan(value) else "infinite"
+        raise InvalidInput(f"feature {name!r} is {what}{where}; features must be finite numbers")
 
     def _register(self, names: typing.Iterable[FeatureName], scaled: typing.Iterable[bool]) -> None:
         new = [(n, s) for n, s in zip(names, scaled) if n not in self._index]
@@ -270,13 +286,7 @@ class FeatureEncoder:
                 parsed.append((name, column.to_numpy(dtype=float), 0, False))
             elif pd.api.types.is_numeric_dtype(column.dtype):
                 values = column.to_numpy(dtype=float)
-                finite = np.isfinite(values)
-                if not finite.all():
-                    row = int(np.flatnonzero(~finite)[0])
-                    what = "NaN" if math.isnan(values[row]) else "infinite"
-                    raise InvalidInput(
-                        f"feature {name!r} is {what} in row {row}; features must be finite numbers"
-                    )
+                self._check_values([name], values, rows=True)
                 parsed.append((name, values, 0, True))
             else:
                 parsed.extend(self._indicator_columns(name, column.to_numpy(dtype=object)))
@@ -286,14 +296,11 @@ class FeatureEncoder:
         self, X: pd.DataFrame
     ) -> list[tuple[FeatureName, np.ndarray, int, bool]]:
         values = X.to_numpy()
-        finite = np.isfinite(values)
-        if not finite.all():
-            row, column = (int(i[0]) for i in np.nonzero(~finite))
-            what = "NaN" if math.isnan(values[row, column]) else "infinite"
-            raise InvalidInput(
-                f"feature {X.columns[column]!r} is {what} in row {row}; "
-                "features must be finite numbers"
-            )
+        with np.errstate(invalid="ignore"):
+            good = np.abs(values) <= self.max_magnitude
+        if not good.all():
+            column = int(np.nonzero(~good)[1][0])
+            self._check_values([X.columns[column]], values[:, column], rows=True)
         for name in X.columns:
             _check_name(name)
         return [(name, values[:, j], 0, True) for j, name in enumerate(X.columns)]

@@ -132,6 +132,12 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
     affinity_inputs
         How many inputs (the first, in order of appearance) `task_affinity` takes into
         account; its memory is n_tasks x affinity_inputs^2 floats.
+    max_magnitude
+        The largest absolute value a numeric feature or a regression label may have; a
+        larger one is refused like a NaN (`InvalidInput`), since its square would
+        overflow the running variance (about 1e154 and up) or one such value would swamp
+        the scale of its feature or task for good. 1e15 by default: beyond it float64
+        integers are no longer exact. `math.inf` for no bound.
 
     Examples
     --------
@@ -175,6 +181,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         share_linear: bool = True,
         top_forgetting: tuple[float, ...] = (0.999, 0.99),
         affinity_inputs: int = 128,
+        max_magnitude: float = 1e15,
     ) -> None:
         self.tasks = dict(tasks or {})
         self.hidden = tuple(hidden)
@@ -195,10 +202,11 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         self.share_linear = share_linear
         self.top_forgetting = tuple(top_forgetting)
         self.affinity_inputs = affinity_inputs
+        self.max_magnitude = max_magnitude
         self._check_params()
 
-        self._encoder = FeatureEncoder()
-        self._outputs = Outputs(on_new_class=self._grow_classes)
+        self._encoder = FeatureEncoder(max_magnitude=float(max_magnitude))
+        self._outputs = Outputs(self._grow_classes, max_magnitude=float(max_magnitude))
         self._task_names = self._outputs.names  # the same lists, by task position
         self._task_objects = self._outputs.tasks
         self._n_learned: list[int] = []
@@ -254,6 +262,13 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         ):
             raise InvalidInput(
                 f"affinity_inputs must be a non-negative integer, got {self.affinity_inputs!r}"
+            )
+        if isinstance(self.max_magnitude, bool) or not (
+            isinstance(self.max_magnitude, int | float) and self.max_magnitude > 0
+        ):
+            raise InvalidInput(
+                f"max_magnitude must be a positive number (inf: no bound), got "
+                f"{self.max_magnitude!r}"
             )
         if not 0.0 <= self.hedge_floor < 1.0:
             raise InvalidInput(f"hedge_floor must be in [0, 1), got {self.hedge_floor!r}")
@@ -540,6 +555,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
                 "share_linear": self.share_linear,
                 "top_forgetting": list(self.top_forgetting),
                 "affinity_inputs": self.affinity_inputs,
+                "max_magnitude": self.max_magnitude,
             },
             "tasks": [
                 [name, object_to_spec(task)]

@@ -11,6 +11,8 @@ side is `features.FeatureEncoder`; the parameters are the backend's.
 from __future__ import annotations
 
 import copy
+import math
+import typing
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -40,8 +42,13 @@ class Outputs:
     {'price': 10.0, 'churn': True}
     """
 
-    def __init__(self, on_new_class: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_new_class: Callable[[str, int], None] | None = None,
+        max_magnitude: float = math.inf,
+    ) -> None:
         self.on_new_class = on_new_class
+        self.max_magnitude = max_magnitude  # of a regression label
         self.names: list[str] = []
         self.tasks: list[Task] = []
         self.positions: dict[str, int] = {}
@@ -92,8 +99,17 @@ class Outputs:
         labels: list[Label | None] = [None] * len(self.names)
         for name, label in y.items():
             position = self.position(name)
-            labels[position] = self.tasks[position].check_label(name, label)
+            label = labels[position] = self.tasks[position].check_label(name, label)
+            if type(label) is float and abs(label) > self.max_magnitude:
+                self._refuse_magnitude(name, label)
         return labels
+
+    def _refuse_magnitude(self, task: str, label: float, where: str = "") -> typing.NoReturn:
+        raise InvalidInput(
+            f"label {label:.3g} for regression task {task!r}{where} is beyond max_magnitude="
+            f"{self.max_magnitude:g}; rescale it, or raise the model's max_magnitude",
+            reason=f"label beyond max_magnitude for regression task {task!r}",
+        )
 
     def check_label_frame(self, Y: object, n_rows: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Per task position: its labels in canonical form and which rows have one."""
@@ -112,7 +128,14 @@ class Outputs:
                 raise InvalidInput(
                     f"labels for task {name!r} have {len(values)} rows; the features have {n_rows}"
                 )
-            checked[position] = self.tasks[position].check_label_column(name, values)
+            column, present = checked[position] = self.tasks[position].check_label_column(
+                name, values
+            )
+            if self.tasks[position].kind == REGRESSION:
+                beyond = present & (np.abs(np.where(present, column, 0.0)) > self.max_magnitude)
+                if beyond.any():
+                    row = int(np.flatnonzero(beyond)[0])
+                    self._refuse_magnitude(name, float(column[row]), f" (row {row})")
         return checked
 
     # -- labels to targets -------------------------------------------------------------

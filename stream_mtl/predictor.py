@@ -46,6 +46,20 @@ class Predicting:
         """The classes each multiclass task has seen, in order of first appearance."""
         return {name: list(labels) for name, labels in self._outputs.classes.items()}
 
+    def check_labels(self, y: object) -> dict[str, Label]:
+        """The labels of `y` in canonical form (missing ones left out), checked as
+        `learn_one` checks them; raises an `InvalidInput` naming the fault.
+
+        >>> from stream_mtl import MultiTaskLearner, Regression, Binary
+        >>> model = MultiTaskLearner(tasks={"price": Regression(), "churn": Binary()})
+        >>> model.check_labels({"price": 3, "churn": 1})
+        {'price': 3.0, 'churn': True}
+        """
+        labels = self._outputs.check_labels(y)
+        return {
+            name: label for name, label in zip(self._outputs.names, labels) if label is not None
+        }
+
     def check_one(self, x: dict | None, y: dict | None = None) -> None:
         """Raise the error `learn_one(x, y)` would raise, naming the fault; change nothing.
 

@@ -26,7 +26,6 @@ from stream_mtl.exceptions import InvalidInput, InvalidInputType, UnexpectedErro
 from stream_mtl.observation import Observation
 from stream_mtl.pending import PendingFeatures
 from stream_mtl.rolling_error import RollingErrors
-from stream_mtl.tasks import check_labels
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +102,9 @@ class StreamStep:
         What learns (`learn_one`, and `learn_many` when `batch`); also what checks and
         predicts unless `reader` is given.
     reader
-        What checks (`tasks`, `check_one`, `check_many`) and predicts (`predict_one`,
-        `predict_many`): a live service's read-only snapshot. Default: `model`.
+        What checks (`check_labels`, `check_one`, `check_many`) and predicts
+        (`predict_one`, `predict_many`): a live service's read-only snapshot. Default:
+        `model`.
     delay
         Learn an event's labels this many labelled events after it was predicted (a
         fixed delay); None or 0 learns at once.
@@ -204,7 +204,7 @@ class StreamStep:
             obs = as_observation(event)
             if obs.x is None:
                 return self._join(obs, tag)
-            y = check_labels(self.reader.tasks, obs.y) if obs.y else {}
+            y = self.reader.check_labels(obs.y) if obs.y else {}
             self.reader.check_one(obs.x)
             served = self._serve([obs.x], [list(y) or None])[0]
             return Offer(served, self._ready(obs, y, served, tag))
@@ -228,13 +228,12 @@ class StreamStep:
             [o.x for o in observations if isinstance(o, Observation) and o.x is not None]
         )
         checked: list[tuple[Observation, dict] | InvalidInput] = []
-        tasks = self.reader.tasks
         for obs in observations:
             if isinstance(obs, InvalidInput) or obs.x is None:
                 checked.append(obs if isinstance(obs, InvalidInput) else (obs, {}))
                 continue
             try:
-                y = check_labels(tasks, obs.y) if obs.y else {}
+                y = self.reader.check_labels(obs.y) if obs.y else {}
                 if not features_checked:
                     self.reader.check_one(obs.x)
                 checked.append((obs, y))
@@ -308,7 +307,7 @@ class StreamStep:
                     "labels without features need the key their features were sent with",
                     reason="labels without features and without a key",
                 )
-            y = check_labels(self.reader.tasks, obs.y)  # checked before anything is claimed
+            y = self.reader.check_labels(obs.y)  # checked before anything is claimed
             with self._lock:
                 held = self.pending.claim(obs.key)
             if held is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import numbers
 import typing
-from collections.abc import Mapping
 
 import numpy as np
 from river import base
@@ -281,28 +280,3 @@ def unknown_task(name: object, names: typing.Iterable[str]) -> InvalidInput:
         f"unknown task {name!r}; this model's tasks are {list(names)}",
         reason=f"labels for an unknown task {name!r}",
     )
-
-
-def check_labels(tasks: Mapping[str, Task], y: object) -> dict[str, Label]:
-    """The labels of `y` in canonical form, missing ones (None, NaN) left out; raises an
-    `InvalidInput` naming the fault.
-
-    >>> check_labels({"price": Regression(), "churn": Binary()}, {"price": 3, "churn": None})
-    {'price': 3.0}
-    >>> check_labels({"price": Regression()}, {"margin": 1.0})
-    Traceback (most recent call last):
-    ...
-    stream_mtl.exceptions.InvalidInput: unknown task 'margin'; this model's tasks are ['price']
-    """
-    if type(y) is not dict and not isinstance(y, Mapping):
-        raise InvalidInputType(f"labels must be a dict of task -> label, got {type(y).__name__}")
-    labels = {}
-    for name, label in y.items():
-        try:
-            task = tasks[name]
-        except (KeyError, TypeError):
-            raise unknown_task(name, tasks) from None
-        label = task.check_label(name, label)
-        if label is not None:
-            labels[name] = label
-    return labels

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,3 +92,45 @@ def test_add_task_rejects_a_duplicate_or_a_non_task(trained_model):
     with pytest.raises(InvalidInputType, match="non-empty strings"):
         trained_model.add_task("", Regression())
     assert_same_state(before, model_state(trained_model))
+
+
+def _all_finite(model) -> bool:
+    state = model_state(model)
+    arrays = [v for v in state.values() if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
+    return all(np.isfinite(a).all() for a in arrays)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_no_magnitude_of_feature_or_label_can_poison_the_model(backend):
+    from stream_mtl import MultiTaskLearner, Regression
+
+    rng = np.random.default_rng(0)
+
+    def clean(n):
+        for _ in range(n):
+            x = {"a": float(rng.normal()), "b": float(rng.normal())}
+            yield x, {"price": 2 * x["a"] + x["b"]}
+
+    for magnitude in (1e3, 1e10, 1e15, 1e16, 1e100, 1e154, 1e200, 1e308):
+        model = MultiTaskLearner(tasks={"price": Regression()}, hidden=(8,), backend=backend)
+        for x, y in clean(50):
+            model.learn_one(x, y)
+        for x, y in (
+            ({"a": magnitude, "b": 0.0}, {"price": 1.0}),
+            ({"a": 0.1, "b": 0.0}, {"price": magnitude}),
+            ({"a": -magnitude, "b": 0.0}, {"price": -magnitude}),
+        ):
+            before = model_state(model)
+            try:
+                model.learn_one(x, y)
+            except InvalidInput as error:
+                assert magnitude > 1e15 and "beyond max_magnitude=1e+15" in str(error)
+                assert_same_state(before, model_state(model))
+            frame = pd.DataFrame([x, *({"a": 0.0, "b": 0.0} for _ in range(3))])
+            labels = pd.DataFrame([y, *({"price": 0.0} for _ in range(3))])
+            with pytest.raises(InvalidInput) if magnitude > 1e15 else contextlib.nullcontext():
+                model.learn_many(frame, labels)
+        for x, y in clean(100):
+            model.learn_one(x, y)
+        assert _all_finite(model), magnitude
+        assert all(np.isfinite(v) for v in model.predict_one({"a": 0.5, "b": -0.5}).values())

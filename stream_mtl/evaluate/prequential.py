@@ -114,9 +114,8 @@ class _Contenders:
         self.wants_proba = any(task.kind != REGRESSION for task in model.tasks.values())
         self.seconds = dict.fromkeys(self.members, 0.0)
 
-    @property
-    def tasks(self) -> dict:
-        return self.model.tasks
+    def check_labels(self, y: object) -> dict:
+        return self.model.check_labels(y)
 
     def check_one(self, x: dict) -> None:
         self.model.check_one(x)
