@@ -92,16 +92,30 @@ class Outputs:
 
     def check_labels(self, y: object) -> list[Label | None]:
         """Canonical labels by task position (None where absent); raises naming the fault."""
-        if not isinstance(y, Mapping):
+        labels: list[Label | None] = [None] * len(self.names)
+        for name, label in self.canonical_labels(y).items():
+            labels[self.positions[name]] = label
+        return labels
+
+    def canonical_labels(self, y: object) -> dict[str, Label]:
+        """The labels of `y` in canonical form, missing ones left out; raises naming the
+        fault (an unknown task, a label of the wrong kind, one beyond `max_magnitude`)."""
+        if type(y) is not dict and not isinstance(y, Mapping):
             raise InvalidInputType(
                 f"labels must be a dict of task -> label, got {type(y).__name__}"
             )
-        labels: list[Label | None] = [None] * len(self.names)
+        labels: dict[str, Label] = {}
+        positions, tasks, bound = self.positions, self.tasks, self.max_magnitude
         for name, label in y.items():
-            position = self.position(name)
-            label = labels[position] = self.tasks[position].check_label(name, label)
-            if type(label) is float and abs(label) > self.max_magnitude:
-                self._refuse_magnitude(name, label)
+            try:
+                task = tasks[positions[name]]
+            except (KeyError, TypeError):
+                raise unknown_task(name, self.names) from None
+            label = task.check_label(name, label)
+            if label is not None:
+                if type(label) is float and abs(label) > bound:
+                    self._refuse_magnitude(name, label)
+                labels[name] = label
         return labels
 
     def _refuse_magnitude(self, task: str, label: float, where: str = "") -> typing.NoReturn:

@@ -55,10 +55,7 @@ class Predicting:
         >>> model.check_labels({"price": 3, "churn": 1})
         {'price': 3.0, 'churn': True}
         """
-        labels = self._outputs.check_labels(y)
-        return {
-            name: label for name, label in zip(self._outputs.names, labels) if label is not None
-        }
+        return self._outputs.canonical_labels(y)
 
     def check_one(self, x: dict | None, y: dict | None = None) -> None:
         """Raise the error `learn_one(x, y)` would raise, naming the fault; change nothing.
