@@ -255,7 +255,12 @@ class StreamStep:
                 offers.append(self._join(item[0], tag))
             else:
                 prediction = next(served)
-                offers.append(Offer(prediction, self._ready(item[0], item[1], prediction, tag)))
+                try:  # holding refuses a key that cannot be held (unhashable)
+                    ready = self._ready(item[0], item[1], prediction, tag)
+                except self._refusable as error:
+                    offers.append(self._refuse(error))
+                else:
+                    offers.append(Offer(prediction, ready))
         return offers
 
     def _check_frame(self, xs: list[dict]) -> bool:
@@ -269,7 +274,7 @@ class StreamStep:
         frame = features_frame(xs)
         try:
             self.reader.check_many(frame)
-        except InvalidInput:
+        except self._refusable:  # the rows are checked one by one instead
             return False
         self._frames[_identity(xs)] = frame
         return True
