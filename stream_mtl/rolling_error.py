@@ -55,6 +55,9 @@ class RollingError:
         return sum(self._errors) / len(self._errors) if self._errors else math.nan
 
 
+SMALL_BATCH = 8  # rows below which update_many scores row by row
+
+
 class RollingErrors:
     """Every task's `RollingError`, each made at its task's first scored label: what the
     stream step scores served predictions with unless told otherwise.
@@ -83,8 +86,13 @@ class RollingErrors:
                 self[name].update(label, served.get(name))
 
     def update_many(self, rows: typing.Sequence) -> None:
-        """`update` for rows with `y` and `served` (a stream step's), task by task at once."""
+        """`update` for rows with `y` and `served` (a stream step's), task by task at once
+        (row by row for a handful: arrays cost more than they save there)."""
         scored = [row for row in rows if row.served is not None]
+        if len(scored) < SMALL_BATCH:
+            for row in scored:
+                self.update(row.y, row.served)
+            return
         for name in dict.fromkeys(name for row in scored for name in row.y):
             labels = [row.y.get(name) for row in scored]
             guesses = [row.served.get(name) for row in scored]
