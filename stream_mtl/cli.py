@@ -143,6 +143,16 @@ def _hidden_option(text: str) -> list[int]:
     return widths
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from stream_mtl.connectors.files import open_source
 
@@ -200,7 +210,7 @@ def _names_option(text: str) -> list[str]:
 
 # --seed, --backend and --hidden when given for a new model; None means "not given", so a
 # resumed model can tell an option that conflicts with its checkpoint from a default.
-MODEL_DEFAULTS = {"seed": 0, "backend": "numpy", "hidden": [64, 64]}
+MODEL_DEFAULTS = {"seed": 0, "backend": "numpy", "hidden": [64, 64], "max_features": 1000}
 
 
 def _model_for(tasks: dict[str, str], args: argparse.Namespace) -> MultiTaskLearner:
@@ -213,6 +223,7 @@ def _model_for(tasks: dict[str, str], args: argparse.Namespace) -> MultiTaskLear
         backend=options["backend"],
         device=getattr(args, "device", "cpu"),
         seed=options["seed"],
+        max_features=options["max_features"],
     )
 
 
@@ -231,6 +242,7 @@ def _check_resumed(
     for name, given, held in (
         ("hidden", _as_option(args.hidden), _as_option(model.hidden)),
         ("seed", args.seed, model.seed),
+        ("max-features", args.max_features, model.max_features),
     ):
         if given is not None and given != held:
             raise ValueError(
@@ -342,6 +354,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"stream-mtl serve needs the serve extra ({error.name} is missing): "
             "pip install 'stream-mtl[serve]'"
         ) from None
+    from stream_mtl.http_limits import Limits
     from stream_mtl.service import OnlineModel
 
     path = Path(args.checkpoint)
@@ -368,7 +381,10 @@ def _serve(args: argparse.Namespace) -> int:
     logger.info("serving %s on http://%s:%d", sorted(model.tasks), args.host, args.port)
     # uvicorn turns SIGTERM and SIGINT into a shutdown, which closes the service:
     # the queue is learned and a checkpoint written before the process exits.
-    config = uvicorn.Config(create_app(service), log_level="warning")
+    limits = Limits(
+        args.max_body_bytes, args.max_rows, args.max_row_features, args.max_string_length
+    )
+    config = uvicorn.Config(create_app(service, limits), log_level="warning")
     uvicorn.Server(config).run(sockets=[listener])
     logger.info("stopped; checkpoint %s", path)
     return 0
@@ -395,6 +411,11 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         help="numpy (default) or torch; a checkpoint loads into either",
     )
     parser.add_argument("--hidden", type=_hidden_option, help="trunk widths (default 64,64)")
+    parser.add_argument(
+        "--max-features",
+        type=_positive_int,
+        help="most distinct features a new model takes in; more are refused (default 1000)",
+    )
 
 
 def _common_options(parser: argparse.ArgumentParser, every: int | None, report: str) -> None:
@@ -547,9 +568,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checkpoints (default 60); also on stop",
     )
     _label_options(serve, max_age=3600.0)
+    _request_limits(serve)
     _model_options(serve)
     serve.set_defaults(run=_serve)
     return parser
+
+
+def _request_limits(parser: argparse.ArgumentParser) -> None:
+    """What one HTTP request may hold (`http_app.Limits`)."""
+    from stream_mtl.http_limits import Limits
+
+    for field, what in (
+        ("body_bytes", "bytes in a request body (413 beyond)"),
+        ("rows", "rows in one /predict (413 beyond)"),
+        ("row_features", "features in one row, or labels in one request (413 beyond)"),
+        ("string_length", "characters in a name, key, label or string value (422 beyond)"),
+    ):
+        default = Limits._field_defaults[field]
+        parser.add_argument(
+            f"--max-{field.replace('_', '-')}",
+            dest=f"max_{field}",
+            type=_positive_int,
+            default=default,
+            help=f"most {what}; default {default:,}",
+        )
 
 
 def _label_options(parser: argparse.ArgumentParser, max_age: float | None) -> None:

@@ -51,7 +51,9 @@ class FeatureEncoder:
 
     A numeric value beyond `max_magnitude` (in absolute value) is refused, as NaN and
     infinity are: its square would overflow the running variance, or one such value
-    would swamp a feature's scale for good.
+    would swamp a feature's scale for good. An observation that would register more
+    than `max_features` distinct features in all is refused (to predict, a feature never
+    learned is ignored, so prediction never grows the encoder).
 
     >>> enc = FeatureEncoder()
     >>> enc.learn_one({"size": 3.0, "colour": "red"}).tolist()
@@ -64,8 +66,9 @@ class FeatureEncoder:
     [-1.0, 0.0, 0.0]
     """
 
-    def __init__(self, max_magnitude: float = math.inf) -> None:
+    def __init__(self, max_magnitude: float = math.inf, max_features: float = math.inf) -> None:
         self.max_magnitude = max_magnitude
+        self.max_features = max_features
         self.names: list[FeatureName] = []
         self._index: dict[FeatureName, int] = {}
         self._scaled = np.zeros(0, dtype=bool)
@@ -90,6 +93,7 @@ class FeatureEncoder:
         if self._fast_values(x, self._checked_keys) is not None:
             return
         parsed = self._parse(x)
+        self._check_room(parsed.names)
         if all(parsed.scaled) and type(x) is dict and len(parsed.names) == len(x):
             self._checked_keys = tuple(x)
 
@@ -218,10 +222,24 @@ class FeatureEncoder:
         what = "NaN" if math.isnan(value) else "infinite"
         raise InvalidInput(f"feature {name!r} is {what}{where}; features must be finite numbers")
 
+    def _check_room(self, names: typing.Iterable[FeatureName]) -> None:
+        """Refuse names that would take the encoder beyond `max_features` features."""
+        new = [name for name in dict.fromkeys(names) if name not in self._index]
+        room = self.max_features - self.n_features
+        if len(new) > room:
+            raise InvalidInput(
+                f"feature {new[int(room)]!r} would be distinct feature number "
+                f"{self.n_features + int(room) + 1}, beyond max_features="
+                f"{self.max_features:g}; raise the model's max_features, or drop or hash "
+                "rare features upstream",
+                reason="more distinct features than max_features",
+            )
+
     def _register(self, names: typing.Iterable[FeatureName], scaled: typing.Iterable[bool]) -> None:
         new = [(n, s) for n, s in zip(names, scaled) if n not in self._index]
         if not new:
             return
+        self._check_room(n for n, _ in new)
         for name, _ in new:
             self._index[name] = len(self.names)
             self.names.append(name)
@@ -263,6 +281,10 @@ class FeatureEncoder:
             if not scaled:
                 out[:, self._index[name]] = values
         return out
+
+    def check_frame(self, X: object) -> None:
+        """Raise the error `learn_many(X)` would raise, naming the fault; change nothing."""
+        self._check_room(column[0] for column in self._parse_frame(X))
 
     def _parse_frame(self, X: object) -> list[tuple[FeatureName, np.ndarray, int, bool]]:
         """Columns of `X` as (name, values, first row where present, scaled?)."""

@@ -12,6 +12,16 @@ A request that is not an object of the right shape (400), or that the model refu
 (422; labels for a key that holds nothing: 404), gets a 4xx whose `detail` names the
 field at fault; nothing is learned from it. A full learn queue answers 503 with
 `Retry-After`. Needs the `serve` extra (fastapi, uvicorn, prometheus_client).
+
+Everything a client sends is bounded (`Limits`): a body larger than `body_bytes` is
+refused (413) before it is read in full, as is a `/predict` of more than `rows` rows or
+a row of more than `features` features; a string (feature name or value, task, label,
+key) longer than `string_length` characters gets 422. A POST must say
+`Content-Type: application/json` (415 otherwise: a web page cannot post a "simple"
+cross-origin form to `/learn`), and its body must be JSON as RFC 8259 has it (orjson:
+UTF-8 without lone surrogates, no NaN, at most 1,024 levels deep), or it gets 400.
+Metrics are labelled by route (`other` for any path the app does not serve), so that
+no client can grow them.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import math
 import time
 import typing
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -33,13 +44,21 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from stream_mtl.exceptions import InvalidInput, UnknownKey
+from stream_mtl.http_limits import Limits
 from stream_mtl.service import OnlineModel, QueueFull
 
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5)
 
 
+ROUTES = frozenset({"/predict", "/learn", "/tasks", "/healthz", "/metrics"})
+
+
 class BadRequest(ValueError):
-    """A request body of the wrong shape; the text names the field."""
+    """A request refused before the model sees it; the text names the fault."""
+
+    def __init__(self, detail: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.status = status
 
 
 class _ServiceCollector:
@@ -91,23 +110,57 @@ class _ServiceCollector:
         yield expired
 
 
-def _features(value: object, field: str = "x") -> dict:
+def _check_string(value: object, field: str, limits: Limits) -> None:
+    if isinstance(value, str) and len(value) > limits.string_length:
+        raise BadRequest(
+            f"{field} is a string of {len(value)} characters, longer than the "
+            f"{limits.string_length} allowed",
+            status=422,
+        )
+
+
+def _object(value: object, field: str, what: str, limits: Limits) -> dict:
+    """A non-empty JSON object within the limits: its keys and string values checked."""
     if not isinstance(value, dict) or not value:
-        raise BadRequest(f'"{field}" must be a non-empty object of feature -> value')
+        raise BadRequest(f'"{field}" must be a non-empty object of {what}')
+    if len(value) > limits.row_features:
+        raise BadRequest(
+            f'"{field}" has {len(value)} entries, more than the {limits.row_features} allowed',
+            status=413,
+        )
+    for name, item in value.items():
+        _check_string(name, f'a name in "{field}"', limits)
+        _check_string(item, f'"{field}"[{name[:40]!r}]', limits)
     return value
 
 
-def _labels(value: object) -> dict:
-    if not isinstance(value, dict) or not value:
-        raise BadRequest('"y" must be a non-empty object of task -> label')
-    return value
+def _features(value: object, limits: Limits, field: str = "x") -> dict:
+    return _object(value, field, "feature -> value", limits)
 
 
-def _key(body: dict) -> typing.Hashable | None:
+def _labels(value: object, limits: Limits) -> dict:
+    return _object(value, "y", "task -> label", limits)
+
+
+def _key(body: dict, limits: Limits) -> typing.Hashable | None:
     key = body.get("key")
     if key is not None and not isinstance(key, str | int):
         raise BadRequest('"key" must be a string or an integer')
+    _check_string(key, '"key"', limits)
     return key
+
+
+def _too_large(size: int, limits: Limits) -> BadRequest:
+    return BadRequest(
+        f"the body holds {size} bytes or more, over the {limits.body_bytes} allowed", 413
+    )
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def _clean(value: object) -> object:
@@ -119,7 +172,7 @@ def _clean(value: object) -> object:
     return value
 
 
-def create_app(service: OnlineModel) -> FastAPI:
+def create_app(service: OnlineModel, limits: Limits | None = None) -> FastAPI:
     """The app for `service`; closing the app (uvicorn's shutdown) closes the service.
 
     >>> from stream_mtl import MultiTaskLearner, Regression
@@ -133,6 +186,7 @@ def create_app(service: OnlineModel) -> FastAPI:
         yield
         service.close()  # drains the queue and checkpoints
 
+    limits = limits or Limits()
     app = FastAPI(title="stream-mtl", lifespan=lifespan)
     registry = CollectorRegistry()
     requests = Counter(
@@ -151,16 +205,26 @@ def create_app(service: OnlineModel) -> FastAPI:
     async def measure(request: Request, call_next: typing.Callable) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
-        endpoint = request.url.path
+        endpoint = request.url.path if request.url.path in ROUTES else "other"
         latency.labels(endpoint).observe(time.perf_counter() - started)
         requests.labels(endpoint, str(response.status_code)).inc()
         return response
 
     async def body_of(request: Request) -> dict:
+        if not _is_json(request.headers.get("content-type")):
+            raise BadRequest("the body must be JSON, sent as Content-Type: application/json", 415)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limits.body_bytes:
+            raise _too_large(int(declared), limits)
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limits.body_bytes:
+                raise _too_large(len(raw), limits)
         try:
-            body = await request.json()
-        except ValueError:
-            raise BadRequest("the body is not valid JSON") from None
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise BadRequest(f"the body is not valid JSON: {error}") from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
         unknown = sorted(set(body) - {"x", "y", "key"})
@@ -170,7 +234,7 @@ def create_app(service: OnlineModel) -> FastAPI:
 
     @app.exception_handler(BadRequest)
     async def bad_request(_request: Request, error: BadRequest) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=400)
+        return JSONResponse({"detail": str(error)}, status_code=error.status)
 
     @app.exception_handler(InvalidInput)  # what the model refuses; any other error is a bug
     async def refused(_request: Request, error: InvalidInput) -> JSONResponse:
@@ -186,22 +250,25 @@ def create_app(service: OnlineModel) -> FastAPI:
         body = await body_of(request)
         x = body.get("x")
         if isinstance(x, list):
-            rows = [_features(row, f"x[{i}]") for i, row in enumerate(x)]
+            if len(x) > limits.rows:
+                raise BadRequest(
+                    f'"x" holds {len(x)} rows, more than the {limits.rows} allowed', 413
+                )
+            rows = [_features(row, limits, f"x[{i}]") for i, row in enumerate(x)]
             return {"predictions": [_clean(service.predict(row)) for row in rows]}
         # predict checks x (and raises naming the fault) before it holds anything
-        return _clean(service.predict(_features(x), key=_key(body)))
+        return _clean(service.predict(_features(x, limits), key=_key(body, limits)))
 
     @app.post("/learn", status_code=202)
     async def learn(request: Request) -> dict:
         body = await body_of(request)
-        y = _labels(body.get("y"))
+        y, key = _labels(body.get("y"), limits), _key(body, limits)
         if body.get("x") is None:
-            key = _key(body)
             if key is None:
                 raise BadRequest('labels without "x" need the "key" their features were sent with')
             service.learn_label(key, y)
         else:
-            service.learn(_features(body["x"]), y)
+            service.learn(_features(body["x"], limits), y)
         return {"queued": True, "queue_depth": service.queue_depth}
 
     @app.get("/tasks")

@@ -22,6 +22,7 @@ from stream_mtl.affinity import TaskAffinity
 from stream_mtl.backends import BACKENDS, make_backend
 from stream_mtl.backends.base import StepResult
 from stream_mtl.backends.flat import OPTIMIZERS
+from stream_mtl.backends.guard import FiniteGuard
 from stream_mtl.backends.init import ACTIVATIONS, initial_trunk, layer_weights
 from stream_mtl.checkpoint import (
     load_checkpoint,
@@ -38,6 +39,9 @@ from stream_mtl.version import __version__
 from stream_mtl.weighting import DriftAware, WeightingStrategy
 
 DTYPES = ("float32", "float64")
+# The largest max_magnitude: the squares of larger values, summed over a long stream,
+# would overflow the running variances of features and targets.
+MAX_MAGNITUDE_LIMIT = 1e100
 # Step along each input, in standard deviations, of the finite differences that give
 # the Jacobian: small against the inputs' spread, large against float32's rounding.
 AFFINITY_PROBE = 1e-2
@@ -137,7 +141,13 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         larger one is refused like a NaN (`InvalidInput`), since its square would
         overflow the running variance (about 1e154 and up) or one such value would swamp
         the scale of its feature or task for good. 1e15 by default: beyond it float64
-        integers are no longer exact. `math.inf` for no bound.
+        integers are no longer exact. At most 1e100.
+    max_features
+        The most distinct features (numeric names and string indicators `"f=v"`) the
+        model takes in; an observation that would add more is refused (`InvalidInput`),
+        so that no stream can grow the model without bound. The second-order heads
+        keep a matrix of (features + 1)^2 floats per task output, about 8 MB each at
+        1,000 features; raise it for wider inputs, knowing that.
 
     Examples
     --------
@@ -182,6 +192,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         top_forgetting: tuple[float, ...] = (0.999, 0.99),
         affinity_inputs: int = 128,
         max_magnitude: float = 1e15,
+        max_features: int = 1000,
     ) -> None:
         self.tasks = dict(tasks or {})
         self.hidden = tuple(hidden)
@@ -203,9 +214,12 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         self.top_forgetting = tuple(top_forgetting)
         self.affinity_inputs = affinity_inputs
         self.max_magnitude = max_magnitude
+        self.max_features = max_features
         self._check_params()
 
-        self._encoder = FeatureEncoder(max_magnitude=float(max_magnitude))
+        self._encoder = FeatureEncoder(
+            max_magnitude=float(max_magnitude), max_features=max_features
+        )
         self._outputs = Outputs(self._grow_classes, max_magnitude=float(max_magnitude))
         self._task_names = self._outputs.names  # the same lists, by task position
         self._task_objects = self._outputs.tasks
@@ -215,6 +229,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         self._drift_callbacks: list[typing.Callable[[DriftEvent], None]] = []
         self._weighting = self.weighting.clone()
         self._affinity = TaskAffinity(max_inputs=affinity_inputs)
+        self._guard = FiniteGuard()
         rng = np.random.default_rng(seed)
         self._backend = make_backend(
             backend, self.hidden, activation, optimizer, float(lr), dtype, device, mixed_precision,
@@ -264,11 +279,19 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
                 f"affinity_inputs must be a non-negative integer, got {self.affinity_inputs!r}"
             )
         if isinstance(self.max_magnitude, bool) or not (
-            isinstance(self.max_magnitude, int | float) and self.max_magnitude > 0
+            isinstance(self.max_magnitude, int | float)
+            and 0 < self.max_magnitude <= MAX_MAGNITUDE_LIMIT
         ):
             raise InvalidInput(
-                f"max_magnitude must be a positive number (inf: no bound), got "
+                f"max_magnitude must be a positive number up to {MAX_MAGNITUDE_LIMIT:g} "
+                f"(squares of larger values overflow the running variances), got "
                 f"{self.max_magnitude!r}"
+            )
+        if isinstance(self.max_features, bool) or not (
+            isinstance(self.max_features, int) and self.max_features > 0
+        ):
+            raise InvalidInput(
+                f"max_features must be a positive integer, got {self.max_features!r}"
             )
         if not 0.0 <= self.hedge_floor < 1.0:
             raise InvalidInput(f"hedge_floor must be in [0, 1), got {self.hedge_floor!r}")
@@ -331,6 +354,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         self._register_task(name, task)
 
     def _register_task(self, name: str, task: Task) -> None:
+        self._guard.forget()
         self._outputs.add_task(name, task)
         self._n_learned.append(0)
         self._weighting.add_task(name)
@@ -338,7 +362,14 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         self._backend.set_head(name, task.kind, self._outputs.n_outputs(len(self._task_names) - 1))
 
     def _grow_classes(self, task: str, n_classes: int) -> None:
+        self._guard.forget()
         self._backend.set_head(task, MULTICLASS, n_classes)
+
+    @property
+    def rolled_back(self) -> dict[str, int]:
+        """Learning steps that left a parameter non-finite and were undone (`rollbacks`),
+        and the steps lost with them (`steps_lost`): see `backends.guard`."""
+        return self._guard.state()
 
     @property
     def task_weights(self) -> dict[str, float]:
@@ -400,9 +431,12 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
             return  # nothing to learn from; the feature statistics have been updated
         targets = self._outputs.targets_one(labels)
         weights = self._weighting.step_weights()
+        self._guard.before_step(self._backend, self._n_steps)
         result = self._backend.step_one(
             encoded, targets, weights.loss, weights.trunk, self._wants_gram()
         )
+        if not self._guard.after_step(self._backend, self._n_steps):
+            return  # rolled back: nothing of this step is kept or counted
         counts = [0 if t is None else 1 for t in targets]
         if self._outputs.tuners:
             row = np.array([[np.nan if t is None else t for t in targets]], dtype=float)
@@ -421,6 +455,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         n_new = self._encoder.n_features - n_before
         if n_new <= 0:
             return
+        self._guard.forget()
         width = self.hidden[0] if self.hidden else 0
         rows = np.zeros((n_new, width))
         if self._n_steps == 0 and self.hidden:
@@ -490,9 +525,12 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         if not counts.any():
             return
         weights = self._weighting.step_weights()
+        self._guard.before_step(self._backend, self._n_steps)
         result = self._backend.step_many(
             encoded, targets, weights.loss, weights.trunk, self._wants_gram()
         )
+        if not self._guard.after_step(self._backend, self._n_steps):
+            return  # rolled back: nothing of this step is kept or counted
         self._tune_thresholds(targets, result.predictions)
         self._after_step(result, counts > 0, counts)
         labelled_rows = np.flatnonzero(~np.isnan(targets).all(axis=1))
@@ -534,6 +572,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         return model, meta.get("extra", {})
 
     def _state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        backend_arrays = self._guard.verified_state(self._backend, self._n_steps)  # no NaN
         encoder_meta, encoder_arrays = self._encoder.state()
         outputs_meta, outputs_arrays = self._outputs.state()
         weighting_meta, weighting_arrays = self._weighting.state()
@@ -556,6 +595,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
                 "top_forgetting": list(self.top_forgetting),
                 "affinity_inputs": self.affinity_inputs,
                 "max_magnitude": self.max_magnitude,
+                "max_features": self.max_features,
             },
             "tasks": [
                 [name, object_to_spec(task)]
@@ -568,12 +608,13 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
             "encoder": encoder_meta,
             "weighting": {"spec": object_to_spec(self._weighting), "state": weighting_meta},
             "drift_events": [list(event) for event in self.drift_events],
+            "guard": self._guard.state(),
         }
         arrays = {f"encoder.{k}": v for k, v in encoder_arrays.items()}
         arrays.update(outputs_arrays)
         arrays.update({f"weighting.{k}": v for k, v in weighting_arrays.items()})
         arrays.update({f"affinity.{k}": v for k, v in self._affinity.state().items()})
-        arrays.update({f"backend.{k}": v for k, v in self._backend.state().items()})
+        arrays.update({f"backend.{k}": v for k, v in backend_arrays.items()})
         return meta, arrays
 
     @classmethod
@@ -607,6 +648,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         model._n_learned = [int(n) for n in meta["n_learned"]]
         model._n_steps = int(meta["n_steps"])
         model.drift_events = [DriftEvent(*event) for event in meta["drift_events"]]
+        model._guard.load_state(meta.get("guard", {}))
         if model._backend.n_inputs != model._encoder.n_features:
             raise InvalidCheckpoint(
                 f"checkpoint is inconsistent: {model._encoder.n_features} features but "

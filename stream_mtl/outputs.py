@@ -21,7 +21,15 @@ import pandas as pd
 from stream_mtl.decision import OnlineThreshold, PooledPrior
 from stream_mtl.exceptions import InvalidInput, InvalidInputType
 from stream_mtl.moments import RunningMoments
-from stream_mtl.tasks import BINARY, MULTICLASS, REGRESSION, Label, Task, unknown_task
+from stream_mtl.tasks import (
+    BINARY,
+    MULTICLASS,
+    REGRESSION,
+    Label,
+    Multiclass,
+    Task,
+    unknown_task,
+)
 
 Prediction = dict[str, Label | None]
 Probabilities = dict[str, dict[Label, float]]
@@ -115,8 +123,20 @@ class Outputs:
             if label is not None:
                 if type(label) is float and abs(label) > bound:
                     self._refuse_magnitude(name, label)
+                elif task.kind == MULTICLASS and label not in self._class_index[name]:
+                    self._check_room(name, task, 1)
                 labels[name] = label
         return labels
+
+    def _check_room(self, name: str, task: Task, n_new: int, where: str = "") -> None:
+        """Refuse `n_new` new classes for a multiclass task beyond its `max_classes`."""
+        n_classes, limit = len(self.classes[name]), typing.cast(Multiclass, task).max_classes
+        if n_classes + n_new > limit:
+            raise InvalidInput(
+                f"a label for multiclass task {name!r}{where} would be class number "
+                f"{n_classes + n_new}, beyond its max_classes={limit}",
+                reason=f"more classes than max_classes for multiclass task {name!r}",
+            )
 
     def _refuse_magnitude(self, task: str, label: float, where: str = "") -> typing.NoReturn:
         raise InvalidInput(
@@ -145,11 +165,17 @@ class Outputs:
             column, present = checked[position] = self.tasks[position].check_label_column(
                 name, values
             )
-            if self.tasks[position].kind == REGRESSION:
+            task = self.tasks[position]
+            if task.kind == REGRESSION:
                 beyond = present & (np.abs(np.where(present, column, 0.0)) > self.max_magnitude)
                 if beyond.any():
                     row = int(np.flatnonzero(beyond)[0])
                     self._refuse_magnitude(name, float(column[row]), f" (row {row})")
+            elif task.kind == MULTICLASS:
+                known = self._class_index[name]
+                new = {label for label in column[present] if label not in known}
+                if new:
+                    self._check_room(name, task, len(new), " in this batch")
         return checked
 
     # -- labels to targets -------------------------------------------------------------

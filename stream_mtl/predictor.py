@@ -112,7 +112,7 @@ class Predicting:
         if Y is not None:
             self._outputs.check_label_frame(Y, len(X) if X is not None else len(Y))
         if X is not None:
-            self._encoder._parse_frame(X)
+            self._encoder.check_frame(X)
 
     def predict_many(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
         """Predictions for each row of `X`: a DataFrame with one column per task."""

@@ -206,8 +206,16 @@ class Binary(Task):
 class Multiclass(Task):
     """A categorical target whose classes are discovered as they appear (the head grows).
 
-    Class labels are strings, integers (of 64 bits) or booleans; an integral float such
-    as `2.0` (what pandas makes of an integer column with missing values) is read as `2`.
+    Class labels are strings (valid Unicode: no lone surrogate), integers (of 64 bits) or
+    booleans; an integral float such as `2.0` (what pandas makes of an integer column
+    with missing values) is read as `2`.
+
+    Parameters
+    ----------
+    max_classes
+        The most classes the task takes in: a label that would be one more is refused
+        (`InvalidInput`), since every class is a head output with its own second-order
+        state, (features + 1)^2 floats per linear head.
 
     >>> Multiclass().check_label("segment", "b")
     'b'
@@ -217,14 +225,22 @@ class Multiclass(Task):
 
     kind = MULTICLASS
 
+    def __init__(self, max_classes: int = 100) -> None:
+        if isinstance(max_classes, bool) or not (isinstance(max_classes, int) and max_classes > 0):
+            raise InvalidInput(f"max_classes must be a positive integer, got {max_classes!r}")
+        self.max_classes = max_classes
+
     def check_label(self, task: str, label: object) -> str | int | bool | None:
         if type(label) is str:  # the common case, checked cheaply
+            if not label.isascii():
+                _check_text(task, label)
             return label
         if _is_missing(label):
             return None
         if isinstance(label, bool | np.bool_):
             return bool(label)
         if isinstance(label, str):
+            _check_text(task, label)
             return str(label)
         if isinstance(label, numbers.Integral) and -(2**63) <= label < 2**63:
             return int(label)
@@ -253,6 +269,19 @@ class Multiclass(Task):
         return [metrics.Accuracy(), metrics.MacroF1()]
 
 
+def _check_text(task: str, label: str) -> None:
+    """Refuse a string that is not valid Unicode text (a lone surrogate): no JSON answer
+    or checkpoint could carry it."""
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"label {label!r} for multiclass task {task!r} is not valid Unicode text "
+            "(it holds a lone surrogate)",
+            reason=f"label that is not a class for multiclass task {task!r}",
+        ) from None
+
+
 TASK_KINDS: dict[str, type[Task]] = {
     REGRESSION: Regression,
     BINARY: Binary,
@@ -263,8 +292,10 @@ TASK_KINDS: dict[str, type[Task]] = {
 def task_from_kind(kind: str) -> Task:
     """The task object for a kind name (`"regression"`, `"binary"`, `"multiclass"`).
 
-    >>> task_from_kind("multiclass")
-    Multiclass ()
+    >>> task_from_kind("binary")
+    Binary (
+      threshold="f1"
+    )
     """
     try:
         return TASK_KINDS[kind]()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -95,8 +96,8 @@ def test_add_task_rejects_a_duplicate_or_a_non_task(trained_model):
 
 
 def _all_finite(model) -> bool:
-    state = model_state(model)
-    arrays = [v for v in state.values() if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
+    arrays = [a for a in model_state(model)["arrays"].values() if a.dtype.kind == "f"]
+    assert arrays
     return all(np.isfinite(a).all() for a in arrays)
 
 
@@ -134,3 +135,114 @@ def test_no_magnitude_of_feature_or_label_can_poison_the_model(backend):
             model.learn_one(x, y)
         assert _all_finite(model), magnitude
         assert all(np.isfinite(v) for v in model.predict_one({"a": 0.5, "b": -0.5}).values())
+
+
+def test_max_magnitude_is_bounded_where_squares_would_overflow():
+    from stream_mtl import MultiTaskLearner, Regression
+
+    MultiTaskLearner(tasks={"y": Regression()}, max_magnitude=1e100)
+    for bad in (1e101, float("inf"), 0, -1.0, True):
+        with pytest.raises(InvalidInput, match="max_magnitude must be a positive number up to"):
+            MultiTaskLearner(tasks={"y": Regression()}, max_magnitude=bad)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_step_that_leaves_a_parameter_non_finite_is_rolled_back_and_never_saved(
+    backend, tmp_path
+):
+    """A learning rate of 1e38 makes float32 parameters overflow within a few steps (and
+    NumPy warn of it)."""
+    from stream_mtl import Binary, MultiTaskLearner, Regression
+
+    warnings.simplefilter("ignore", RuntimeWarning)
+    rng = np.random.default_rng(0)
+    model = MultiTaskLearner(
+        tasks={"price": Regression(), "churn": Binary()},
+        hidden=(8,),
+        backend=backend,
+        optimizer="sgd",
+        lr=1e38,
+        seed=0,
+    )
+    for _ in range(30):
+        a = float(rng.normal())
+        model.learn_one({"a": a, "b": 1.0}, {"price": 3 * a, "churn": a > 0})
+        assert model._backend.finite()
+    frame = pd.DataFrame({"a": rng.normal(size=8), "b": 1.0})
+    model.learn_many(frame, pd.DataFrame({"price": 3 * frame["a"], "churn": frame["a"] > 0}))
+    rolled_back = model.rolled_back
+    assert rolled_back["rollbacks"] >= 1 and rolled_back["steps_lost"] >= rolled_back["rollbacks"]
+    assert _all_finite(model)
+    assert all(
+        np.isfinite(v)
+        for v in model.predict_one({"a": 0.5, "b": 1.0}).values()
+        if isinstance(v, float)
+    )
+    model.save(tmp_path / "model.ckpt")
+    again = MultiTaskLearner.load(tmp_path / "model.ckpt")
+    assert _all_finite(again) and again.rolled_back == rolled_back
+
+
+def test_max_features_bounds_the_encoder_and_a_refused_row_changes_nothing():
+    from stream_mtl import MultiTaskLearner, Regression
+
+    model = MultiTaskLearner(tasks={"price": Regression()}, hidden=(4,), max_features=4)
+    model.learn_one({"a": 1.0, "b": 2.0, "colour": "red"}, {"price": 1.0})
+    before = model_state(model)
+    x = {"a": 1.0, "colour": "blue", "c": 3.0}  # two new: colour=blue and c
+    message = r"feature 'c' would be distinct feature number 5, beyond max_features=4"
+    for call in (lambda: model.check_one(x), lambda: model.learn_one(x, {"price": 2.0})):
+        with pytest.raises(InvalidInput, match=message):
+            call()
+    frame = pd.DataFrame({"a": [1.0, 2.0], "d": [0.0, 1.0], "e": [1.0, 1.0]})
+    with pytest.raises(InvalidInput, match="'e' would be distinct feature number 5"):
+        model.learn_many(frame, pd.DataFrame({"price": [1.0, 2.0]}))
+    with pytest.raises(InvalidInput, match="beyond max_features=4"):
+        model.check_many(frame)
+    model.predict_one({"a": 1.0, "z": 5.0, "y": "new"})  # prediction never registers
+    assert_same_state(before, model_state(model))
+    model.learn_one({"a": 2.0, "colour": "blue"}, {"price": 2.0})  # the last room
+    assert model._encoder.n_features == 4
+    with pytest.raises(InvalidInput, match="'colour=green' would be distinct feature number 5"):
+        model.learn_one({"colour": "green"}, {"price": 2.0})
+    for bad in (0, 2.5, True, None):
+        with pytest.raises(InvalidInput, match="max_features must be a positive integer"):
+            MultiTaskLearner(tasks={"price": Regression()}, max_features=bad)
+
+
+def test_max_classes_bounds_a_multiclass_task_and_a_refused_label_changes_nothing():
+    from stream_mtl import Multiclass, MultiTaskLearner
+
+    model = MultiTaskLearner(tasks={"kind": Multiclass(max_classes=2)}, hidden=(4,))
+    model.learn_one({"a": 1.0}, {"kind": "x"})
+    before = model_state(model)
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0]})
+    with pytest.raises(InvalidInput, match="would be class number 3, beyond its max_classes=2"):
+        model.learn_many(frame, pd.DataFrame({"kind": ["y", "z", "y"]}))
+    model.learn_one({"a": 2.0}, {"kind": "y"})
+    for call in (
+        lambda: model.check_one({"a": 1.0}, {"kind": "z"}),
+        lambda: model.learn_one({"a": 1.0}, {"kind": "z"}),
+    ):
+        with pytest.raises(InvalidInput, match="'kind' would be class number 3, beyond its max"):
+            call()
+    model.learn_one({"a": 2.0}, {"kind": "x"})  # known classes are always welcome
+    assert model._outputs.classes["kind"] == ["x", "y"]
+    with pytest.raises(InvalidInput, match="max_classes must be a positive integer"):
+        Multiclass(max_classes=0)
+    assert before["meta"]["classes"] == {"kind": ["x"]}
+
+
+def test_a_class_label_that_is_not_valid_unicode_is_refused():
+    from stream_mtl import Multiclass, MultiTaskLearner
+
+    model = MultiTaskLearner(tasks={"kind": Multiclass()}, hidden=(4,))
+    before = model_state(model)
+    with pytest.raises(InvalidInput, match="is not valid Unicode text"):
+        model.learn_one({"a": 1.0}, {"kind": "bad\ud800"})
+    frame = pd.DataFrame({"a": [1.0]})
+    with pytest.raises(InvalidInput, match="is not valid Unicode text"):
+        model.learn_many(frame, pd.DataFrame({"kind": ["bad\udfff"]}))
+    assert_same_state(before, model_state(model))
+    model.learn_one({"a": 1.0}, {"kind": "café"})
+    assert model.predict_one({"a": 1.0}) == {"kind": "café"}

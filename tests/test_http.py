@@ -80,13 +80,38 @@ BAD_REQUESTS = [
     ("/predict", b'{"x": {"x0": 1}, "extra": 1}', 400, "unknown field(s) ['extra']"),
     ("/predict", b'{"x": 3}', 400, '"x" must be a non-empty object'),
     ("/predict", b'{"x": [{"x0": 1}, 5]}', 400, '"x[1]" must be a non-empty object'),
-    ("/predict", b'{"x": {"x0": NaN}}', 422, "feature 'x0' is NaN"),
+    ("/predict", b'{"x": {"x0": NaN}}', 400, "not valid JSON"),  # JSON has no NaN
     ("/predict", b'{"x": {"x0": [1]}}', 422, "feature 'x0' has a value of type list"),
     ("/learn", b'{"x": {"x0": 1}}', 400, '"y" must be a non-empty object'),
     ("/learn", b'{"x": {"x0": 1}, "y": {"margin": 1}}', 422, "unknown task 'margin'"),
     ("/learn", b'{"x": {"x0": 1}, "y": {"a": "high"}}', 422, "regression task 'a'"),
     ("/learn", b'{"x": {"x0": 1}, "y": {"flag": 7}}', 422, "binary task 'flag'"),
-    ("/learn", b'{"x": {"x0": Infinity}, "y": {"a": 1}}', 422, "feature 'x0' is infinite"),
+    ("/learn", b'{"x": {"x0": Infinity}, "y": {"a": 1}}', 400, "not valid JSON"),
+    ("/learn", b'{"x": {"x0": 1e999}, "y": {"a": 1}}', 400, "number is infinity"),
+    ("/learn", b'{"x": {"x0": 1}, "y": {"a": 1e300}}', 422, "beyond max_magnitude"),
+    ("/learn", b'{"x": {"x\\ud800": 1}, "y": {"a": 1}}', 400, "surrogate"),
+    ("/learn", b'{"x": {"x0": "\xed\xa0\x80"}, "y": {"a": 1}}', 400, "not valid UTF-8"),
+    ("/learn", b"[" * 2000 + b"]" * 2000, 400, "depth limit exceeded"),
+    ("/learn", b'{"x": {"' + b"n" * 1001 + b'": 1}, "y": {"a": 1}}', 422, "1001 characters"),
+    ("/learn", b'{"x": {"x0": 1}, "y": {"a": 1}, "key": "' + b"k" * 1001 + b'"}', 422, "1001"),
+    (
+        "/predict",
+        b'{"x": {' + b",".join(b'"f%d": 1' % i for i in range(1001)) + b"}}",
+        413,
+        '"x" has 1001 entries, more than the 1000 allowed',
+    ),
+    (
+        "/predict",
+        b'{"x": [' + b",".join([b'{"x0": 1}'] * 1001) + b"]}",
+        413,
+        '"x" holds 1001 rows, more than the 1000 allowed',
+    ),
+    (
+        "/learn",
+        b'{"x": {"x0": 1}, "y": {"a": 1}, "pad": "' + b" " * 1_000_000 + b'"}',
+        413,
+        "over the 1000000 allowed",
+    ),
     ("/learn", b'{"y": {"a": 1}}', 400, 'need the "key"'),
     ("/learn", b'{"y": {"a": 1}, "key": {"id": 1}}', 400, '"key" must be a string'),
     ("/learn", b'{"y": {"a": 1}, "key": "nobody"}', 404, "'nobody'"),
@@ -105,8 +130,26 @@ def test_a_bad_request_gets_a_4xx_naming_the_fault_and_nothing_is_learned(
     assert learned(server) == before
 
 
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+def test_a_post_that_is_not_declared_json_gets_415(server, content_type):
+    """A web page's "simple" cross-origin POST (no preflight) cannot reach /learn."""
+    before = learned(server)
+    headers = {} if content_type is None else {"content-type": content_type}
+    body = b'{"x": {"x0": 1}, "y": {"a": 1}}'
+    response = server.post("/learn", content=body, headers=headers)
+    assert response.status_code == 415 and "application/json" in response.json()["detail"]
+    assert server.post("/predict", content=body, headers=headers).status_code == 415
+    ok = server.post("/learn", content=body, headers={"content-type": "application/json"})
+    assert ok.status_code == 202
+    wait_until_learned(server, before["a"] + 1)
+
+
 def test_metrics_are_prometheus_text_with_requests_latency_queue_and_tasks(server):
     server.post("/predict", json={"x": {"x0": 1.0}})
+    for i in range(20):  # unknown paths do not grow the metrics: they are all "other"
+        assert server.get(f"/no/such/path/{i}").status_code == 404
     families = {f.name: f for f in text_string_to_metric_families(server.get("/metrics").text)}
     requests = {
         (s.labels["endpoint"], s.labels["status"]): s.value
@@ -114,6 +157,14 @@ def test_metrics_are_prometheus_text_with_requests_latency_queue_and_tasks(serve
         if s.name == "stream_mtl_requests_total"
     }
     assert requests[("/predict", "200")] >= 1
+    assert requests[("other", "404")] >= 20
+    assert {endpoint for endpoint, _ in requests} <= {
+        "/predict",
+        "/learn",
+        "/tasks",
+        "/healthz",
+        "other",
+    }
     assert families["stream_mtl_request_seconds"].type == "histogram"
     assert "stream_mtl_learn_queue_depth" in families
     learned_per_task = {

@@ -100,6 +100,9 @@ class Backend(typing.Protocol):
     ) -> StepResult:
         """One optimiser step on the mean loss over the batch's rows; per-task mean losses."""
 
+    def finite(self) -> bool:
+        """Whether the parameters predictions read are all finite (cheap: every step)."""
+
     def state(self) -> dict[str, np.ndarray]:
         """Parameters and optimiser state as NumPy arrays (see `layout` for the names)."""
 

@@ -361,6 +361,17 @@ class FlatBackend:
             return products
         return self._segments.T @ products @ self._segments
 
+    def finite(self) -> bool:
+        """Whether the trunk, the deep heads, the second-order heads' weights and the
+        mixture are finite."""
+        heads = (*self.linear, *self.top, *(() if self.shared is None else (self.shared,)))
+        return self._finite(self._param) and all(
+            np.isfinite(a).all() for a in (self.hedge.alpha, *(head.weight for head in heads))
+        )
+
+    def _finite(self, buffer: typing.Any) -> bool:
+        return bool(np.isfinite(buffer).all())
+
     # -- state -------------------------------------------------------------------------
 
     def _state_buffers(self) -> dict[str, typing.Any]:

@@ -110,6 +110,9 @@ class TorchBackend(FlatBackend):
 
     # -- forward and backward ------------------------------------------------------------
 
+    def _finite(self, buffer: torch.Tensor) -> bool:
+        return bool(torch.isfinite(buffer).all())
+
     def _deep_outputs(self, X: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if not self.hidden:
             return np.zeros((0, len(X), len(self._column_task))), None
