@@ -54,9 +54,9 @@ class LearningLoop:
         Where predictions go, key preserved; None for none.
     batch_learning
         `learn_many` per poll (default: on the torch backend) or `learn_one` per message.
-    label_wait, max_pending, label_max_age
+    label_wait, max_pending, label_max_age, label_max_bytes
         How long features wait for their labels (in later features messages, and in
-        seconds: None for no limit by age), and how many are held at most.
+        seconds: None for no limit by age), and how many keys and bytes are held at most.
     log_every
         Seconds between log lines on throughput and per-task rolling error.
     window
@@ -85,6 +85,7 @@ class LearningLoop:
         label_wait: int = 100_000,
         max_pending: int = 100_000,
         label_max_age: float | None = None,
+        label_max_bytes: int = 100_000_000,
         log_every: float = 10.0,
         window: int = 1000,
         on_learned: Callable[[list[Message]], None] | None = None,
@@ -105,6 +106,7 @@ class LearningLoop:
             label_wait=label_wait,
             max_pending=max_pending,
             label_max_age=label_max_age,
+            label_max_bytes=label_max_bytes,
             batch=batch_learning,
             window=window,
             contain_errors=True,  # one message must never stop the loop

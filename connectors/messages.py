@@ -24,6 +24,7 @@ import orjson
 
 from stream_mtl.exceptions import InvalidInput
 from stream_mtl.observation import Observation
+from stream_mtl.pending import MAX_KEY_DEPTH, writable_scalar
 
 Decoder = Callable[[bytes], object]
 Encoder = Callable[[object], bytes]
@@ -144,9 +145,6 @@ def message_from_observation(obs: Observation) -> dict:
     return {name: value for name, value in zip(FIELDS, obs) if value is not None}
 
 
-MAX_KEY_DEPTH = 8  # lists nested in a key
-
-
 def _int64(value: object) -> bool:
     """Whether `value` is an integer (or bool) that JSON encoders write: 64 bits at most."""
     return isinstance(value, int) and -(2**63) <= value < 2**64
@@ -156,9 +154,7 @@ def _key(key: object, depth: int = 0) -> typing.Hashable:
     """A message's key as a hashable that a checkpoint and a prediction record can write
     back: a string, a 64-bit integer, a finite number or a bool, or a list of those (as a
     tuple, nested at most `MAX_KEY_DEPTH`)."""
-    if (key is None and depth == 0) or isinstance(key, str) or _int64(key):
-        return key
-    if isinstance(key, float) and math.isfinite(key):
+    if (key is None and depth == 0) or writable_scalar(key):
         return key
     if isinstance(key, list) and depth < MAX_KEY_DEPTH:
         return tuple(_key(part, depth + 1) for part in key)

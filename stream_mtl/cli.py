@@ -316,6 +316,7 @@ def _run(args: argparse.Namespace) -> int:
         sink=sink,
         label_wait=args.label_wait,
         label_max_age=args.label_max_age,
+        label_max_bytes=args.label_max_bytes,
         log_every=args.log_every,
         backend=args.backend,
         device=args.device,
@@ -359,10 +360,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     path = Path(args.checkpoint)
     tasks = _tasks(args.task or [])
+    held = None
     if path.exists():
         from stream_mtl import MultiTaskLearner
 
-        model = MultiTaskLearner.load(path, backend=args.backend)
+        model, extra = MultiTaskLearner.load_with_extra(path, backend=args.backend)
+        held = extra.get("pending")  # features held under keys at the last checkpoint
         _check_resumed(model, tasks, args)
     elif tasks:
         model = _model_for(tasks, args)
@@ -377,6 +380,9 @@ def _serve(args: argparse.Namespace) -> int:
         block_timeout=0,
         label_wait=args.label_wait,
         label_max_age=args.label_max_age,
+        label_max_bytes=args.label_max_bytes,
+        held=held,
+        close_timeout=args.close_timeout,
     )
     logger.info("serving %s on http://%s:%d", sorted(model.tasks), args.host, args.port)
     # uvicorn turns SIGTERM and SIGINT into a shutdown, which closes the service:
@@ -567,6 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds between checkpoints (default 60); also on stop",
     )
+    serve.add_argument(
+        "--close-timeout",
+        type=float,
+        default=25.0,
+        help="seconds a stop may spend learning what is queued; the rest is logged as lost "
+        "(default 25, inside a 30 s grace period)",
+    )
     _label_options(serve, max_age=3600.0)
     _request_limits(serve)
     _model_options(serve)
@@ -608,6 +621,13 @@ def _label_options(parser: argparse.ArgumentParser, max_age: float | None) -> No
         default=max_age,
         help="seconds features held under a key wait for their labels "
         f"(default {'no limit' if max_age is None else f'{max_age:g}'})",
+    )
+    parser.add_argument(
+        "--label-max-bytes",
+        type=_positive_int,
+        default=100_000_000,
+        help="memory that features held under keys may take, oldest expiring first "
+        "(default 100,000,000)",
     )
 
 

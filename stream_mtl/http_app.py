@@ -10,8 +10,10 @@
 
 A request that is not an object of the right shape (400), or that the model refuses
 (422; labels for a key that holds nothing: 404), gets a 4xx whose `detail` names the
-field at fault; nothing is learned from it. A full learn queue answers 503 with
-`Retry-After`. Needs the `serve` extra (fastapi, uvicorn, prometheus_client).
+field at fault; nothing is learned from it. A full learn queue, a stopped learner or a
+failing checkpoint answers `/learn` with 503, `Retry-After` and the reason (`/healthz`
+too): nothing is acknowledged that cannot be learned. Needs the `serve` extra (fastapi,
+uvicorn, prometheus_client).
 
 Everything a client sends is bounded (`Limits`): a body larger than `body_bytes` is
 refused (413) before it is read in full, as is a `/predict` of more than `rows` rows or
@@ -45,7 +47,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from stream_mtl.exceptions import InvalidInput, UnknownKey
 from stream_mtl.http_limits import Limits
-from stream_mtl.service import OnlineModel, QueueFull
+from stream_mtl.service import OnlineModel, Unavailable
 
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5)
 
@@ -241,8 +243,8 @@ def create_app(service: OnlineModel, limits: Limits | None = None) -> FastAPI:
         status = 404 if isinstance(error, UnknownKey) else 422
         return JSONResponse({"detail": str(error)}, status_code=status)
 
-    @app.exception_handler(QueueFull)
-    async def full(_request: Request, error: QueueFull) -> JSONResponse:
+    @app.exception_handler(Unavailable)  # a full queue, a stopped learner, a failing disk
+    async def unavailable(_request: Request, error: Unavailable) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.post("/predict")
@@ -299,9 +301,9 @@ def create_app(service: OnlineModel, limits: Limits | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        status = 200 if service.alive else 503
-        body = {"status": "ok" if service.alive else "learner stopped"}
-        return JSONResponse({**body, "queue_depth": service.queue_depth}, status_code=status)
+        reason = service.unavailable
+        body = {"status": "ok" if reason is None else reason, "queue_depth": service.queue_depth}
+        return JSONResponse(body, status_code=200 if reason is None else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -11,11 +11,20 @@ never block). Every input is checked when it is offered, so a
 bad one raises in the caller's thread, naming the fault, and is never queued.
 
 Features predicted under a key are held, with the prediction served for them (bounded
-in count and age), until `learn_label(key, y)` brings their labels; the rolling error
+in count, age and bytes), until `learn_label(key, y)` brings their labels; the rolling error
 scores the prediction that was served. What happens to each event is the stream step's
 (`stream_mtl.stream`): this module keeps the threads and the queue. With a `checkpoint`
-path, the learner thread writes an atomic checkpoint every `checkpoint_seconds` seconds
-and on `close()`.
+path, the learner thread writes an atomic checkpoint, with the features held under keys,
+every `checkpoint_seconds` seconds and on `close()`; `OnlineModel.resume` goes on from it.
+
+Nothing is accepted that cannot be learned: while the learner thread has stopped, or
+while its last checkpoint failed (a full disk; retried every few seconds), `learn` and
+`learn_label` raise `Unavailable` naming the reason, as they raise `QueueFull` (an
+`Unavailable` too) when the queue is full. An accepted observation is in memory only
+until the next checkpoint: a killed process loses what was accepted since (there is no
+write-ahead log yet). `close()` learns what is queued, for at most `close_timeout`
+seconds when one is set (`stream-mtl serve`: 25 s); what is still queued then is logged
+as lost.
 """
 
 from __future__ import annotations
@@ -32,18 +41,26 @@ from pathlib import Path
 from stream_mtl.exceptions import InvalidInput, UnknownKey
 from stream_mtl.learner import MultiTaskLearner
 from stream_mtl.observation import Observation
+from stream_mtl.pending import writable_key
 from stream_mtl.predictor import Snapshot
 from stream_mtl.rolling_error import RollingError
 from stream_mtl.stream import Labelled, Offer, StreamStep
 
-__all__ = ["OnlineModel", "QueueFull", "UnknownKey"]  # UnknownKey: raised by learn_label
+__all__ = ["OnlineModel", "QueueFull", "Unavailable", "UnknownKey"]  # UnknownKey: learn_label
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+# Seconds between tries while checkpoints fail (a full disk), at most.
+CHECKPOINT_RETRY_SECONDS = 5.0
 
 
-class QueueFull(RuntimeError):
+class Unavailable(RuntimeError):
+    """Learning cannot take the observation now (the text says why): it was not queued,
+    and may be sent again later."""
+
+
+class QueueFull(Unavailable):
     """The learn queue stayed full for the whole wait: the observation was not queued."""
 
 
@@ -73,8 +90,11 @@ class OnlineModel:
         block_timeout: float = 1.0,
         label_wait: int = 100_000,
         label_max_age: float | None = 3600.0,
+        label_max_bytes: int = 100_000_000,
         on_snapshot: Callable[[Snapshot], None] | None = None,
         window: int = 1000,
+        close_timeout: float | None = None,
+        held: dict | None = None,
     ) -> None:
         if checkpoint_seconds is not None and checkpoint is None:
             raise InvalidInput("checkpoint_seconds needs a checkpoint path")
@@ -88,12 +108,17 @@ class OnlineModel:
         self.block_timeout = block_timeout
         self.label_max_age = label_max_age
         self.on_snapshot = on_snapshot
+        self.close_timeout = close_timeout
         self.n_queued = 0
         self.n_refused = 0
         self.n_snapshots = 0
         self.learn_errors = 0
+        self.n_checkpoint_failures = 0
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._closed = False
+        self._stop_now = False  # close() ran out of time: stop without learning the rest
+        self._stopped_by: str | None = None  # why the learner thread died, if it did
+        self._checkpoint_error: str | None = None  # why the last checkpoint failed
         self._snapshot = self._copy()
         self._step = StreamStep(
             model,
@@ -101,11 +126,23 @@ class OnlineModel:
             label_wait=label_wait,
             max_pending=label_wait,
             label_max_age=label_max_age,
+            label_max_bytes=label_max_bytes,
             window=window,
         )
-        self._thread = threading.Thread(target=self._learn_loop, name="stream-mtl-learner")
+        if held is not None:  # what a checkpoint of this service held under keys
+            self._step.load_pending(held)
+        self._thread = threading.Thread(target=self._run_learner, name="stream-mtl-learner")
         self._thread.daemon = True
         self._thread.start()
+
+    @classmethod
+    def resume(
+        cls, checkpoint: str | os.PathLike, backend: str | None = None, **options: typing.Any
+    ) -> OnlineModel:
+        """An `OnlineModel` that goes on from its checkpoint: the model and the features
+        held under keys (their ages kept), checkpointing to the same file."""
+        model, extra = MultiTaskLearner.load_with_extra(checkpoint, backend=backend)
+        return cls(model, checkpoint=checkpoint, held=extra.get("pending"), **options)
 
     # -- predicting (any thread) -----------------------------------------------------------
 
@@ -118,6 +155,8 @@ class OnlineModel:
     def predict(self, x: dict, key: Hashable | None = None) -> dict:
         """Predictions for `x` from the current snapshot; with a `key`, `x` and the
         prediction are held for `learn_label(key, y)`."""
+        if key is not None and self.checkpoint_path is not None:
+            key = writable_key(key)  # held keys go into checkpoints
         return _accepted(self._step.offer(Observation(x, key=key))).prediction
 
     def predict_proba(self, x: dict) -> dict:
@@ -134,23 +173,44 @@ class OnlineModel:
 
         Its rolling error scores the snapshot's prediction for `x` at the time of the call.
         """
+        self._check_available()
         self._enqueue(_accepted(self._step.offer(Observation(x, y))).ready)
 
     def learn_label(self, key: Hashable, y: dict) -> None:
         """Learn `y` with the features held under `key` by `predict(x, key=key)`; raises
-        `UnknownKey` if none are held. Refused for a full queue, the features stay held,
-        so that the labels may be sent again."""
+        `UnknownKey` if none are held. Refused for a full queue (or while learning is
+        unavailable), the features stay held, so that the labels may be sent again."""
+        self._check_available()
         ready = _accepted(self._step.offer(Observation(None, y, key=key))).ready
         try:
             self._enqueue(ready)
-        except QueueFull:
+        except Unavailable:
             for row in ready:
                 self._step.hold_again(key, row)
             raise
 
-    def _enqueue(self, rows: list[Labelled]) -> None:
+    @property
+    def unavailable(self) -> str | None:
+        """Why learning cannot take observations now (the learner stopped, or its last
+        checkpoint failed), or None when it can."""
+        if self._stopped_by is not None or not self._thread.is_alive():
+            return f"the learner stopped: {self._stopped_by or 'closed'}"
+        if self._checkpoint_error is not None:
+            return (
+                f"the last checkpoint failed ({self._checkpoint_error}); observations are "
+                "refused until one succeeds"
+            )
+        return None
+
+    def _check_available(self) -> None:
         if self._closed:
             raise RuntimeError("this OnlineModel is closed")
+        reason = self.unavailable
+        if reason is not None:
+            raise Unavailable(reason)
+
+    def _enqueue(self, rows: list[Labelled]) -> None:
+        self._check_available()
         for row in rows:
             try:
                 self._queue.put(row, block=self.block_timeout > 0, timeout=self.block_timeout)
@@ -168,17 +228,24 @@ class OnlineModel:
         return self._step.scorer.errors
 
     def expired(self) -> dict[str, int]:
-        """Features held under a key whose labels never came, by cause: count and age."""
+        """Features held under a key whose labels never came, by cause: count, age, bytes."""
         return self._step.expired()
 
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    def _run_learner(self) -> None:
+        try:
+            self._learn_loop()
+        except BaseException as error:  # whatever it is, /learn must stop saying yes
+            self._stopped_by = repr(error)
+            logger.exception("the learner thread stopped; learning is refused from now on")
+
     def _learn_loop(self) -> None:
         since_snapshot, snapshot_at = 0, time.monotonic()
         checkpoint_at = time.monotonic()
-        while True:
+        while not self._stop_now:
             try:
                 item = self._queue.get(timeout=self.snapshot_ms / 1000)
             except queue.Empty:
@@ -197,17 +264,32 @@ class OnlineModel:
             ):
                 self._publish()
                 since_snapshot, snapshot_at = 0, now
-            if (
-                self.checkpoint_seconds is not None
-                and now - checkpoint_at >= self.checkpoint_seconds
+            if self.checkpoint_seconds is not None and now - checkpoint_at >= (
+                self.checkpoint_seconds
+                if self._checkpoint_error is None
+                else min(self.checkpoint_seconds, CHECKPOINT_RETRY_SECONDS)
             ):
-                self.save()
+                self._try_to_save()
                 checkpoint_at = now
+
+    def _try_to_save(self) -> None:
+        """A periodic checkpoint; one that fails is logged, and refuses learning until
+        one succeeds."""
+        try:
+            self.save()
+        except Exception as error:
+            self.n_checkpoint_failures += 1
+            self._checkpoint_error = f"{type(error).__name__}: {error}"
+            logger.error("checkpoint failed; learning is refused until one succeeds: %s", error)
+        else:
+            if self._checkpoint_error is not None:
+                logger.info("checkpoints succeed again; learning is accepted")
+            self._checkpoint_error = None
 
     @property
     def alive(self) -> bool:
         """Whether the learner thread is running."""
-        return self._thread.is_alive()
+        return self._thread.is_alive() and self._stopped_by is None
 
     def _copy(self) -> Snapshot:
         return Snapshot(self.model)
@@ -220,18 +302,31 @@ class OnlineModel:
             self.on_snapshot(snapshot)
 
     def save(self) -> None:
-        """Write a checkpoint of the learning model (call from the learner thread or after
-        `close`)."""
+        """Write a checkpoint of the learning model and of the features held under keys
+        (call from the learner thread or after `close`)."""
         if self.checkpoint_path is not None:
-            self.model.save(self.checkpoint_path)
+            self.model.save(self.checkpoint_path, extra={"pending": self._step.pending_state()})
 
     def close(self) -> None:
-        """Learn everything queued, publish a last snapshot, checkpoint, stop the thread."""
+        """Learn what is queued (for at most `close_timeout` seconds, if set), publish a
+        last snapshot, checkpoint, stop the thread."""
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join()
+        timeout = self.close_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._thread.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=timeout)
+            except queue.Full:
+                self._stop_now = True
+            self._thread.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+            if self._thread.is_alive():
+                self._stop_now = True
+                self._thread.join()  # the step under way, then the loop sees the flag
+        lost = sum(item is not _STOP for item in list(self._queue.queue))
+        if lost:
+            logger.error("closed with %d accepted observations not learned", lost)
         self._publish()
         self.save()
 

@@ -108,10 +108,11 @@ class StreamStep:
     delay
         Learn an event's labels this many labelled events after it was predicted (a
         fixed delay); None or 0 learns at once.
-    label_wait, max_pending, label_max_age
+    label_wait, max_pending, label_max_age, label_max_bytes
         How long features wait for labels sent later under their key: at most
-        `label_wait` later arrivals, `max_pending` keys, and `label_max_age` seconds
-        (None: no limit by age). Expiries are counted by cause.
+        `label_wait` later arrivals, `max_pending` keys, `label_max_age` seconds (None:
+        no limit by age) and `label_max_bytes` bytes held in all. Expiries are counted
+        by cause.
     batch
         Learn with `learn_many` over runs of rows with one schema, instead of
         `learn_one` per row.
@@ -164,6 +165,7 @@ class StreamStep:
         label_wait: int = 100_000,
         max_pending: int = 100_000,
         label_max_age: float | None = None,
+        label_max_bytes: int = 100_000_000,
         batch: bool = False,
         window: int = 1000,
         scorer: typing.Any = None,
@@ -178,7 +180,9 @@ class StreamStep:
         self.reader = model if reader is None else reader
         self.delay = delay or 0
         self.batch = batch
-        self.pending = PendingFeatures(label_wait, max_pending, label_max_age, clock)
+        self.pending = PendingFeatures(
+            label_wait, max_pending, label_max_age, clock, max_bytes=label_max_bytes
+        )
         self.scorer = RollingErrors(model, window) if scorer is None else scorer
         self._predict = predict
         self.refused = ReasonCounts(max_reasons)
@@ -329,6 +333,16 @@ class StreamStep:
             self.refused.add(error.reason)
         return Offer(refused=error)
 
+    def pending_state(self) -> dict:
+        """The held features' state for a checkpoint (see `PendingFeatures.state`)."""
+        with self._lock:
+            return self.pending.state()
+
+    def load_pending(self, state: dict) -> None:
+        """Hold again what `pending_state` gave (a resumed service)."""
+        with self._lock:
+            self.pending.load_state(state)
+
     def hold_again(self, key: Hashable, row: Labelled) -> None:
         """Hold a joined row's features under `key` again (its learning was refused, for
         example by a full queue, and the labels may be sent again)."""
@@ -380,11 +394,10 @@ class StreamStep:
     # -- counts ------------------------------------------------------------------------
 
     def expired(self) -> dict[str, int]:
-        """Held features whose labels never came, by cause: `{"count": n, "age": n}`
-        (ages are checked now)."""
+        """Held features whose labels never came, by cause: count, age and bytes (ages
+        are checked now)."""
         with self._lock:
-            self.pending.expire()
-        return {"count": self.pending.n_expired_by_count, "age": self.pending.n_expired_by_age}
+            return self.pending.expired()
 
 
 def predict_rows(

@@ -175,7 +175,7 @@ def test_metrics_are_prometheus_text_with_requests_latency_queue_and_tasks(serve
     assert set(errors) == {"a", "flag"} and all(math.isfinite(v) for v in errors.values())
     assert "stream_mtl_drift_events" in families
     expired = {s.labels["cause"]: s.value for s in families["stream_mtl_labels_expired"].samples}
-    assert expired == {"count": 0, "age": 0}
+    assert expired == {"count": 0, "age": 0, "bytes": 0}
 
 
 def test_eight_threads_predict_while_one_learns_5000_requests(server):
@@ -221,11 +221,44 @@ def test_sigterm_checkpoints_and_a_restart_predicts_the_same(tmp_path):
             client.post("/learn", json={"x": body["x"], "y": {"a": body["y"]["a"]}})
         wait_until_learned(client, 200)
         before = client.post("/predict", json=probe).json()
+        held = client.post("/predict", json={**probe, "key": "late"}).json()
     assert stop_server(process)
     assert checkpoint.exists()
 
     process, url = start_server(checkpoint, options=SMALL)
     with httpx.Client(base_url=url) as client:
         assert learned(client) == {"a": 200}
-        assert client.post("/predict", json=probe).json() == before
+        assert client.post("/predict", json=probe).json() == before == held
+        # the features held under "late" were in the checkpoint: its label is learned
+        assert client.post("/learn", json={"key": "late", "y": {"a": 1.0}}).status_code == 202
+        wait_until_learned(client, 201)
+    assert stop_server(process)
+
+
+def test_learn_answers_503_with_the_reason_while_checkpoints_fail(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    options = (*SMALL, "--checkpoint-seconds", "0.2")
+    process, url = start_server(folder / "model.ckpt", "a:regression", options=options)
+    body = {"x": {"x0": 1.0}, "y": {"a": 1.0}}
+    with httpx.Client(base_url=url, timeout=10) as client:
+        assert client.post("/learn", json=body).status_code == 202
+        folder.rename(tmp_path / "away")  # a file where the folder was: saves fail
+        folder.write_text("not a folder")
+        deadline = time.monotonic() + 30
+        while client.get("/healthz").status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert "checkpoint failed" in client.get("/healthz").json()["status"]
+        refused = client.post("/learn", json=body)
+        assert refused.status_code == 503 and "checkpoint failed" in refused.json()["detail"]
+        assert refused.headers["retry-after"] == "1"
+        assert client.post("/predict", json={"x": {"x0": 1.0}}).status_code == 200
+        folder.unlink()
+        (tmp_path / "away").rename(folder)
+        while client.get("/healthz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert client.post("/learn", json=body).status_code == 202
+        wait_until_learned(client, 2)
     assert stop_server(process)

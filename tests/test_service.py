@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from stream_mtl import Binary, MultiTaskLearner, Regression
-from stream_mtl.service import OnlineModel, QueueFull, UnknownKey
+from stream_mtl import Binary, InvalidInput, MultiTaskLearner, Regression
+from stream_mtl.service import OnlineModel, QueueFull, Unavailable, UnknownKey
 
 
 def new_model(hidden=(16,)) -> MultiTaskLearner:
@@ -133,7 +133,7 @@ def test_held_features_expire_by_age_and_each_expiry_is_counted():
     with pytest.raises(UnknownKey, match="'slow'"):
         service.learn_label("slow", {"a": 1.0})
     service.close()
-    assert service.expired() == {"count": 0, "age": 1}
+    assert service.expired() == {"count": 0, "age": 1, "bytes": 0}
 
 
 def test_a_label_refused_for_a_full_queue_can_be_sent_again():
@@ -176,6 +176,94 @@ def test_close_checkpoints_and_a_restart_goes_on_from_there(tmp_path):
     assert restored.predict_one(probe) == service.predict(probe)
     with pytest.raises(RuntimeError, match="closed"):
         service.learn(*observation(rng))
+
+
+def test_features_held_under_keys_survive_a_restart_with_their_served_predictions(tmp_path):
+    path = tmp_path / "service.ckpt"
+    service = OnlineModel(new_model(), checkpoint=path)
+    first = service.predict({"x0": 1.0}, key=("shop", 7))
+    second = service.predict({"x0": 2.0}, key="order-2")
+    with pytest.raises(InvalidInput, match="a key must be a string"):
+        service.predict({"x0": 1.0}, key=frozenset({1}))  # a checkpoint could not write it
+    service.close()
+    again = OnlineModel.resume(path)
+    assert len(again._step.pending) == 2
+    again.learn_label(("shop", 7), {"a": 1.0})  # no UnknownKey: it was held across
+    again.learn_label("order-2", {"a": 2.0})
+    again.close()
+    assert again.model.n_learned["a"] == 2
+    # the rolling error scores the predictions served before the restart
+    served_error = (abs(1.0 - first["a"]) + abs(2.0 - second["a"])) / 2
+    assert again.errors["a"].get() == pytest.approx(served_error)
+
+
+def test_a_failing_checkpoint_refuses_learning_with_the_reason_until_one_succeeds(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    path = folder / "service.ckpt"
+    service = OnlineModel(new_model(), checkpoint=path, checkpoint_seconds=0.05)
+    rng = np.random.default_rng(0)
+    service.learn(*observation(rng))
+    service.predict({"x0": 1.0}, key="late")
+    # a file where the checkpoint's folder was: saves fail with a real OSError, as they
+    # would on a full or lost disk, until the folder is given back
+    folder.rename(tmp_path / "away")
+    folder.write_text("not a folder")
+    deadline = time.monotonic() + 30
+    while service.unavailable is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert "the last checkpoint failed (FileExistsError" in service.unavailable
+    with pytest.raises(Unavailable, match="refused until one succeeds"):
+        service.learn(*observation(rng))
+    with pytest.raises(Unavailable, match="the last checkpoint failed"):
+        service.learn_label("late", {"a": 1.0})
+    assert "late" in service._step.pending  # refused: the features stay held for a retry
+    folder.unlink()
+    (tmp_path / "away").rename(folder)
+    while service.unavailable is not None:  # retried within CHECKPOINT_RETRY_SECONDS
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    service.learn_label("late", {"a": 1.0})
+    service.close()
+    assert service.n_checkpoint_failures >= 1
+    assert MultiTaskLearner.load(path).n_learned["a"] == 2
+
+
+def test_a_learner_that_dies_refuses_learning_and_close_does_not_hang(caplog):
+    def broken(_snapshot):
+        raise RuntimeError("a callback bug")
+
+    service = OnlineModel(new_model(), on_snapshot=broken, queue_size=10)
+    rng = np.random.default_rng(0)
+    with contextlib.suppress(Unavailable):
+        for _ in range(10):
+            service.learn(*observation(rng))
+    deadline = time.monotonic() + 30
+    while service.alive:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(Unavailable, match=r"the learner stopped: RuntimeError\('a callback bug'\)"):
+        service.learn(*observation(rng))
+    started = time.monotonic()
+    with contextlib.suppress(RuntimeError):  # the last publish calls the callback again
+        service.close()
+    assert time.monotonic() - started < 5
+    assert "the learner thread stopped" in caplog.text and "callback bug" in caplog.text
+
+
+def test_close_takes_at_most_close_timeout_to_learn_what_is_queued(tmp_path, caplog):
+    path = tmp_path / "service.ckpt"
+    service = OnlineModel(new_model(hidden=(256, 256)), checkpoint=path, close_timeout=0.5)
+    rng = np.random.default_rng(0)
+    for _ in range(5_000):
+        service.learn(*observation(rng))
+    started = time.monotonic()
+    service.close()
+    assert time.monotonic() - started < 10  # 0.5 s, the step under way, a checkpoint
+    learned = MultiTaskLearner.load(path).n_learned["a"]
+    assert 0 < learned < 5_000
+    assert f"closed with {5_000 - learned} accepted observations not learned" in caplog.text
 
 
 def test_importing_the_service_loads_neither_the_evaluation_package_nor_tqdm(fresh_python):

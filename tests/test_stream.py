@@ -89,10 +89,10 @@ def test_held_features_expire_by_count_and_by_age_and_each_expiry_is_counted():
     step = StreamStep(_model(), label_wait=3, label_max_age=10.0, clock=clock)
     for key in range(5):  # keys 0 and 1 fall out: three later arrivals each
         step.offer(Observation({"x0": float(key)}, key=key))
-    assert step.expired() == {"count": 2, "age": 0}
+    assert step.expired() == {"count": 2, "age": 0, "bytes": 0}
     clock.now = 11.0  # keys 2, 3 and 4 have waited too long
     assert step.offer(Observation(None, {"a": 1.0}, key=4)).refused.reason == UNKNOWN_KEY
-    assert step.expired() == {"count": 2, "age": 3}
+    assert step.expired() == {"count": 2, "age": 3, "bytes": 0}
     assert len(step.pending) == 0
 
 
@@ -102,6 +102,24 @@ def test_at_most_max_pending_features_are_held_oldest_dropped_first():
         pending.hold(key, {"f": 1.0})
     assert "a" not in pending and "b" in pending and "c" in pending
     assert pending.n_expired_by_count == 1
+
+
+def test_held_features_take_at_most_max_bytes_oldest_dropped_first():
+    big = {f"feature-{i}": float(i) for i in range(1000)}  # about 100 kB in Python
+    pending = PendingFeatures(max_bytes=250_000)
+    for key in range(10):
+        pending.hold(key, dict(big))
+        assert pending.n_bytes <= 250_000
+    assert len(pending) == 2 and 9 in pending and 8 in pending
+    assert pending.expired() == {"count": 0, "age": 0, "bytes": 8}
+    pending.claim(9)
+    pending.claim(8)
+    assert pending.n_bytes == 0
+    pending.hold("small", {"a": 1.0})
+    assert 0 < pending.n_bytes < 1_000
+    restored = PendingFeatures(max_bytes=250_000)
+    restored.load_state(json.loads(json.dumps(pending.state())))
+    assert restored.n_bytes == pending.n_bytes and restored.n_expired_by_bytes == 8
 
 
 def test_held_features_and_their_served_predictions_survive_a_checkpoint_through_json():
