@@ -173,6 +173,9 @@ class FeatureEncoder:
         values: list[float] = []
         scaled: list[bool] = []
         for name, value in x.items():
+            if type(name) is not str and type(name) is not int:
+                _check_name(name)
+                name = int(name)  # a NumPy integer: the int it equals, which JSON writes
             kind = type(value)
             if kind in _NUMBER_TYPES or (
                 isinstance(value, numbers.Real) and not isinstance(value, _BOOL_TYPES)
@@ -196,7 +199,6 @@ class FeatureEncoder:
                     "expected a number, a bool or a string",
                     reason=f"feature {name!r} has a value of an unsupported type",
                 )
-            _check_name(name)
         array = np.array(values, dtype=float)
         self._check_values(names, array)
         if not names:

