@@ -27,8 +27,10 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two processes (pytest-xdist), each test file in one of them: the suite's integration
+# tests wait on brokers, servers and subprocesses much of the time.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -176,7 +176,7 @@ BODIES = st.one_of(
 
 
 @pytest.mark.integration
-@FUZZ
+@settings(FUZZ, max_examples=100)  # each example is three HTTP round trips
 @given(path=st.sampled_from(["/predict", "/learn"]), body=BODIES)
 def test_the_http_app_answers_every_request_with_a_2xx_or_a_4xx(server, path, body):
     before = _learned(server)
