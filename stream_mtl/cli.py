@@ -360,12 +360,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     path = Path(args.checkpoint)
     tasks = _tasks(args.task or [])
-    held = None
+    held, replay_after = None, 0
     if path.exists():
         from stream_mtl import MultiTaskLearner
 
         model, extra = MultiTaskLearner.load_with_extra(path, backend=args.backend)
         held = extra.get("pending")  # features held under keys at the last checkpoint
+        replay_after = int(extra.get("wal_seq", 0))  # the log's records learned in it
         _check_resumed(model, tasks, args)
     elif tasks:
         model = _model_for(tasks, args)
@@ -383,6 +384,8 @@ def _serve(args: argparse.Namespace) -> int:
         label_max_bytes=args.label_max_bytes,
         held=held,
         close_timeout=args.close_timeout,
+        wal=None if args.no_wal else path.with_name(path.name + ".wal"),
+        replay_after=replay_after,
     )
     logger.info("serving %s on http://%s:%d", sorted(model.tasks), args.host, args.port)
     # uvicorn turns SIGTERM and SIGINT into a shutdown, which closes the service:
@@ -572,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="seconds between checkpoints (default 60); also on stop",
+    )
+    serve.add_argument(
+        "--no-wal",
+        action="store_true",
+        help="no write-ahead log: a 202 is then in memory only until the next checkpoint "
+        "(default: the log is the folder CHECKPOINT.wal, and a 202 means on disk)",
     )
     serve.add_argument(
         "--close-timeout",

@@ -44,6 +44,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+from starlette.concurrency import run_in_threadpool
 
 from stream_mtl.exceptions import InvalidInput, UnknownKey
 from stream_mtl.http_limits import Limits
@@ -268,9 +269,9 @@ def create_app(service: OnlineModel, limits: Limits | None = None) -> FastAPI:
         if body.get("x") is None:
             if key is None:
                 raise BadRequest('labels without "x" need the "key" their features were sent with')
-            service.learn_label(key, y)
-        else:
-            service.learn(_features(body["x"], limits), y)
+            await run_in_threadpool(service.learn_label, key, y)
+        else:  # in a thread: with a write-ahead log it returns once the log is on disk
+            await run_in_threadpool(service.learn, _features(body["x"], limits), y)
         return {"queued": True, "queue_depth": service.queue_depth}
 
     @app.get("/tasks")

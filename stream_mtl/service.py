@@ -20,11 +20,14 @@ every `checkpoint_seconds` seconds and on `close()`; `OnlineModel.resume` goes o
 Nothing is accepted that cannot be learned: while the learner thread has stopped, or
 while its last checkpoint failed (a full disk; retried every few seconds), `learn` and
 `learn_label` raise `Unavailable` naming the reason, as they raise `QueueFull` (an
-`Unavailable` too) when the queue is full. An accepted observation is in memory only
-until the next checkpoint: a killed process loses what was accepted since (there is no
-write-ahead log yet). `close()` learns what is queued, for at most `close_timeout`
-seconds when one is set (`stream-mtl serve`: 25 s); what is still queued then is logged
-as lost.
+`Unavailable` too) when the queue is full. With a write-ahead log (`wal`, a folder;
+`stream-mtl serve` keeps one beside its checkpoint unless told `--no-wal`), `learn` and
+`learn_label` return only once the observation is on disk (`stream_mtl.wal`: group
+commit), and a service resumed from its checkpoint learns again what was accepted after
+it: a killed process loses nothing it acknowledged. Without one, an accepted
+observation is in memory only until the next checkpoint. `close()` learns what is
+queued, for at most `close_timeout` seconds when one is set (`serve`: 25 s); what is
+still queued then is left to the log, or logged as lost.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from stream_mtl.pending import writable_key
 from stream_mtl.predictor import Snapshot
 from stream_mtl.rolling_error import RollingError
 from stream_mtl.stream import Labelled, Offer, StreamStep
+from stream_mtl.wal import WriteAheadLog
 
 __all__ = ["OnlineModel", "QueueFull", "Unavailable", "UnknownKey"]  # UnknownKey: learn_label
 
@@ -95,6 +99,8 @@ class OnlineModel:
         window: int = 1000,
         close_timeout: float | None = None,
         held: dict | None = None,
+        wal: str | os.PathLike | None = None,
+        replay_after: int = 0,
     ) -> None:
         if checkpoint_seconds is not None and checkpoint is None:
             raise InvalidInput("checkpoint_seconds needs a checkpoint path")
@@ -131,6 +137,11 @@ class OnlineModel:
         )
         if held is not None:  # what a checkpoint of this service held under keys
             self._step.load_pending(held)
+        self._wal = None if wal is None else WriteAheadLog(wal, start_after=replay_after)
+        self._enqueue_lock = threading.Lock()  # log order is queue order
+        self._learned_seq = replay_after  # the last logged record learned
+        if self._wal is not None:
+            self._replay(replay_after)
         self._thread = threading.Thread(target=self._run_learner, name="stream-mtl-learner")
         self._thread.daemon = True
         self._thread.start()
@@ -142,7 +153,25 @@ class OnlineModel:
         """An `OnlineModel` that goes on from its checkpoint: the model and the features
         held under keys (their ages kept), checkpointing to the same file."""
         model, extra = MultiTaskLearner.load_with_extra(checkpoint, backend=backend)
-        return cls(model, checkpoint=checkpoint, held=extra.get("pending"), **options)
+        return cls(
+            model,
+            checkpoint=checkpoint,
+            held=extra.get("pending"),
+            replay_after=int(extra.get("wal_seq", 0)),
+            **options,
+        )
+
+    def _replay(self, after: int) -> None:
+        """Learn the logged records after `after` (accepted, not in the checkpoint)."""
+        n = 0
+        for seq, x, y, served in self._wal.replay(after):  # type: ignore[union-attr]
+            for _row, error in self._step.learn([Labelled(x, y, served)]):
+                logger.warning("a logged observation was not learned: %s", error)
+            self._learned_seq = seq
+            n += 1
+        if n:
+            logger.info("learned %d observations again from the write-ahead log", n)
+            self._publish()
 
     # -- predicting (any thread) -----------------------------------------------------------
 
@@ -210,17 +239,40 @@ class OnlineModel:
             raise Unavailable(reason)
 
     def _enqueue(self, rows: list[Labelled]) -> None:
+        """Queue `rows` (with the log: log them first, in queue order, and return once
+        they are on disk)."""
         self._check_available()
-        for row in rows:
+        if not rows:
+            return
+        with self._enqueue_lock:
+            self._wait_for_room(len(rows))
+            last = 0
+            if self._wal is not None:
+                try:
+                    last = self._wal.append((row.x, row.y, row.served) for row in rows)
+                except OSError as error:
+                    raise Unavailable(str(error)) from None
+            seqs = range(last - len(rows) + 1, last + 1) if last else [0] * len(rows)
+            for seq, row in zip(seqs, rows):
+                self._queue.put_nowait((seq, row))  # room was made sure of: only we add
+            self.n_queued += len(rows)
+        if self._wal is not None:
             try:
-                self._queue.put(row, block=self.block_timeout > 0, timeout=self.block_timeout)
-            except queue.Full:
+                self._wal.wait(last)
+            except OSError as error:  # queued, but not durable: say so
+                raise Unavailable(f"accepted but not on disk: {error}") from None
+
+    def _wait_for_room(self, n: int) -> None:
+        """Wait (up to `block_timeout`) until the queue can take `n` more rows."""
+        deadline = time.monotonic() + self.block_timeout
+        while self._queue.qsize() + n > self._queue.maxsize:
+            if time.monotonic() >= deadline:
                 self.n_refused += 1
                 raise QueueFull(
                     f"the learn queue is full ({self._queue.maxsize} observations waiting); "
                     "learning is slower than the labels come"
-                ) from None
-            self.n_queued += 1
+                )
+            time.sleep(0.001)
 
     @property
     def errors(self) -> dict[str, RollingError]:
@@ -253,9 +305,12 @@ class OnlineModel:
             if item is _STOP:
                 break
             if item is not None:
-                for _row, error in self._step.learn([item]):  # checked when offered; rare
+                seq, row = item
+                for _row, error in self._step.learn([row]):  # checked when offered; rare
                     self.learn_errors += 1
                     logger.warning("observation not learned: %s", error)
+                if seq:
+                    self._learned_seq = seq
                 since_snapshot += 1
             now = time.monotonic()
             if since_snapshot and (
@@ -304,8 +359,15 @@ class OnlineModel:
     def save(self) -> None:
         """Write a checkpoint of the learning model and of the features held under keys
         (call from the learner thread or after `close`)."""
-        if self.checkpoint_path is not None:
-            self.model.save(self.checkpoint_path, extra={"pending": self._step.pending_state()})
+        if self.checkpoint_path is None:
+            return
+        learned = self._learned_seq
+        if self._wal is not None:
+            self._wal.rotate()  # the records after `learned` are replayed from here on
+        extra = {"pending": self._step.pending_state(), "wal_seq": learned}
+        self.model.save(self.checkpoint_path, extra=extra)
+        if self._wal is not None:
+            self._wal.forget(learned)
 
     def close(self) -> None:
         """Learn what is queued (for at most `close_timeout` seconds, if set), publish a
@@ -325,10 +387,16 @@ class OnlineModel:
                 self._stop_now = True
                 self._thread.join()  # the step under way, then the loop sees the flag
         lost = sum(item is not _STOP for item in list(self._queue.queue))
-        if lost:
+        if lost and self._wal is not None:
+            logger.warning("closed with %d accepted observations left to the log", lost)
+        elif lost:
             logger.error("closed with %d accepted observations not learned", lost)
         self._publish()
-        self.save()
+        try:
+            self.save()
+        finally:
+            if self._wal is not None:
+                self._wal.close()
 
     def __enter__(self) -> OnlineModel:
         return self

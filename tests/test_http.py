@@ -235,6 +235,42 @@ def test_sigterm_checkpoints_and_a_restart_predicts_the_same(tmp_path):
     assert stop_server(process)
 
 
+def test_a_sigkill_loses_no_acknowledged_learn(tmp_path):
+    """Every 202 is in the write-ahead log: after a SIGKILL, a restart learns again what
+    the last checkpoint lacks, and nothing twice."""
+    checkpoint = tmp_path / "model.ckpt"
+    rng = np.random.default_rng(3)
+    bodies = [observation(rng) for _ in range(400)]
+    labels = [body["y"]["a"] for body in bodies]
+
+    def post(url: str, part: list[dict], then: int) -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for body in part:
+                response = client.post("/learn", json={"x": body["x"], "y": {"a": body["y"]["a"]}})
+                assert response.status_code == 202
+            wait_until_learned(client, then)
+
+    process, url = start_server(checkpoint, "a:regression", options=SMALL)
+    post(url, bodies[:200], then=200)
+    assert stop_server(process)  # a checkpoint with the first 200
+    process, url = start_server(checkpoint, options=SMALL)
+    post(url, bodies[200:], then=400)  # learned, acknowledged, in no checkpoint
+    process.kill()  # SIGKILL: no shutdown, no last checkpoint
+    process.wait(30)
+
+    process, url = start_server(checkpoint, options=SMALL)
+    with httpx.Client(base_url=url) as client:
+        assert learned(client) == {"a": 400}  # each acknowledged label once
+    assert stop_server(process)
+    logs = "".join(log.read_text() for log in tmp_path.glob("model.*.log"))
+    assert "learned 200 observations again from the write-ahead log" in logs
+    from stream_mtl import MultiTaskLearner
+
+    model = MultiTaskLearner.load(checkpoint)
+    # the running mean of the labels is the exact fingerprint of which were learned
+    assert model._outputs.scale.mean[0] == pytest.approx(np.mean(labels), rel=1e-12)
+
+
 def test_learn_answers_503_with_the_reason_while_checkpoints_fail(tmp_path):
     folder = tmp_path / "models"
     folder.mkdir()
