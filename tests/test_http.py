@@ -43,6 +43,24 @@ def server(tmp_path_factory):
     assert stop_server(process)
 
 
+@pytest.fixture
+def start():
+    """`start_server` for one test; whatever it started is killed when the test ends,
+    even a failed one."""
+    processes = []
+
+    def started(*args, **kwargs):
+        process, url = start_server(*args, **kwargs)
+        processes.append(process)
+        return process, url
+
+    yield started
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
 def test_learn_then_predict_round_trip(server):
     rng = np.random.default_rng(0)
     before = learned(server)["a"]
@@ -210,9 +228,9 @@ def test_eight_threads_predict_while_one_learns_5000_requests(server):
     wait_until_learned(server, before + 1000)
 
 
-def test_sigterm_checkpoints_and_a_restart_predicts_the_same(tmp_path):
+def test_sigterm_checkpoints_and_a_restart_predicts_the_same(tmp_path, start):
     checkpoint = tmp_path / "model.ckpt"
-    process, url = start_server(checkpoint, "a:regression", options=SMALL)
+    process, url = start(checkpoint, "a:regression", options=SMALL)
     rng = np.random.default_rng(2)
     probe = {"x": {"x0": 0.5, "x1": -0.2, "x2": 0.1, "x3": 1.0}}
     with httpx.Client(base_url=url) as client:
@@ -225,7 +243,7 @@ def test_sigterm_checkpoints_and_a_restart_predicts_the_same(tmp_path):
     assert stop_server(process)
     assert checkpoint.exists()
 
-    process, url = start_server(checkpoint, options=SMALL)
+    process, url = start(checkpoint, options=SMALL)
     with httpx.Client(base_url=url) as client:
         assert learned(client) == {"a": 200}
         assert client.post("/predict", json=probe).json() == before == held
@@ -235,7 +253,7 @@ def test_sigterm_checkpoints_and_a_restart_predicts_the_same(tmp_path):
     assert stop_server(process)
 
 
-def test_a_sigkill_loses_no_acknowledged_learn(tmp_path):
+def test_a_sigkill_loses_no_acknowledged_learn(tmp_path, start):
     """Every 202 is in the write-ahead log: after a SIGKILL, a restart learns again what
     the last checkpoint lacks, and nothing twice."""
     checkpoint = tmp_path / "model.ckpt"
@@ -250,15 +268,15 @@ def test_a_sigkill_loses_no_acknowledged_learn(tmp_path):
                 assert response.status_code == 202
             wait_until_learned(client, then)
 
-    process, url = start_server(checkpoint, "a:regression", options=SMALL)
+    process, url = start(checkpoint, "a:regression", options=SMALL)
     post(url, bodies[:200], then=200)
     assert stop_server(process)  # a checkpoint with the first 200
-    process, url = start_server(checkpoint, options=SMALL)
+    process, url = start(checkpoint, options=SMALL)
     post(url, bodies[200:], then=400)  # learned, acknowledged, in no checkpoint
     process.kill()  # SIGKILL: no shutdown, no last checkpoint
     process.wait(30)
 
-    process, url = start_server(checkpoint, options=SMALL)
+    process, url = start(checkpoint, options=SMALL)
     with httpx.Client(base_url=url) as client:
         assert learned(client) == {"a": 400}  # each acknowledged label once
     assert stop_server(process)
@@ -271,11 +289,11 @@ def test_a_sigkill_loses_no_acknowledged_learn(tmp_path):
     assert model._outputs.scale.mean[0] == pytest.approx(np.mean(labels), rel=1e-12)
 
 
-def test_learn_answers_503_with_the_reason_while_checkpoints_fail(tmp_path):
+def test_learn_answers_503_with_the_reason_while_checkpoints_fail(tmp_path, start):
     folder = tmp_path / "models"
     folder.mkdir()
     options = (*SMALL, "--checkpoint-seconds", "0.2")
-    process, url = start_server(folder / "model.ckpt", "a:regression", options=options)
+    process, url = start(folder / "model.ckpt", "a:regression", options=options)
     body = {"x": {"x0": 1.0}, "y": {"a": 1.0}}
     with httpx.Client(base_url=url, timeout=10) as client:
         assert client.post("/learn", json=body).status_code == 202
