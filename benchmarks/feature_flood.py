@@ -7,15 +7,22 @@ grow the model. Before and after, it measures the server's resident memory, the 
 which it learns the reference stream, and the checkpoint's size. With `max_features`
 (1,000 by default) the flood can add at most 980 features; the rest is refused with 422.
 
+Requests go from `--clients` threads at once, each with its own keep-alive connection:
+one client alone waits about 40 ms per request on TCP's delayed acknowledgement (its
+POST goes out as two segments), which would measure the network, not the server.
+
 Usage: python -m benchmarks.feature_flood [--flood 100000] [--warmup 2000] [--probe 1000]
+       [--clients 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -39,15 +46,34 @@ def learned(client: httpx.Client) -> int:
     return client.get("/tasks").json()["tasks"]["a"]["labels_learned"]
 
 
-def learning_rate(client: httpx.Client, rows: list[tuple[dict, dict]]) -> float:
+def post_all(url: str, bodies: list[dict], clients: int) -> collections.Counter:
+    """POST every body to /learn from `clients` threads; the count of each status (a 503,
+    a full queue, is sent again)."""
+
+    def send(share: list[dict]) -> collections.Counter:
+        statuses: collections.Counter = collections.Counter()
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for body in share:
+                while (status := client.post("/learn", json=body).status_code) == 503:
+                    time.sleep(0.01)
+                statuses[status] += 1
+        return statuses
+
+    with ThreadPoolExecutor(clients) as pool:
+        return sum(
+            pool.map(send, [bodies[i::clients] for i in range(clients)]),
+            start=collections.Counter(),
+        )
+
+
+def learning_rate(url: str, rows: list[tuple[dict, dict]], clients: int) -> float:
     """Observations learned per second: post them all, wait until all are learned."""
-    before = learned(client)
-    started = time.perf_counter()
-    for x, y in rows:
-        while client.post("/learn", json={"x": x, "y": {"a": y["t0"]}}).status_code == 503:
+    with httpx.Client(base_url=url, timeout=60) as client:
+        before = learned(client)
+        started = time.perf_counter()
+        post_all(url, [{"x": x, "y": {"a": y["t0"]}} for x, y in rows], clients)
+        while learned(client) < before + len(rows):
             time.sleep(0.01)
-    while learned(client) < before + len(rows):
-        time.sleep(0.01)
     return len(rows) / (time.perf_counter() - started)
 
 
@@ -56,29 +82,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flood", type=int, default=100_000)
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--probe", type=int, default=1_000)
+    parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args(argv)
     rows = observations(args.warmup + 2 * args.probe, seed=0)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "model.ckpt"
         process, url = start_server(checkpoint, "a:regression")
-        with httpx.Client(base_url=url, timeout=60) as client:
-            learning_rate(client, rows[: args.warmup])
-            before = {
-                "rss_mib": resident_mib(process.pid),
-                "learned_per_s": learning_rate(client, rows[args.warmup : -args.probe]),
-            }
-            statuses: dict[int, int] = {}
-            started = time.perf_counter()
-            x, y = rows[0]
-            for i in range(args.flood):
-                body = {"x": {**x, f"flood-{i}": 1.0}, "y": {"a": y["t0"]}}
-                status = client.post("/learn", json=body).status_code
-                statuses[status] = statuses.get(status, 0) + 1
-            flood_seconds = time.perf_counter() - started
-            after = {
-                "rss_mib": resident_mib(process.pid),
-                "learned_per_s": learning_rate(client, rows[-args.probe :]),
-            }
+        learning_rate(url, rows[: args.warmup], args.clients)
+        before = {
+            "rss_mib": resident_mib(process.pid),
+            "learned_per_s": learning_rate(url, rows[args.warmup : -args.probe], args.clients),
+        }
+        x, y = rows[0]
+        flood = [{"x": {**x, f"flood-{i}": 1.0}, "y": {"a": y["t0"]}} for i in range(args.flood)]
+        started = time.perf_counter()
+        statuses = dict(post_all(url, flood, args.clients))
+        flood_seconds = time.perf_counter() - started
+        after = {
+            "rss_mib": resident_mib(process.pid),
+            "learned_per_s": learning_rate(url, rows[-args.probe :], args.clients),
+        }
         assert stop_server(process)
         after["checkpoint_mb"] = checkpoint.stat().st_size / 1e6
     result = {

@@ -224,14 +224,31 @@ class FeatureEncoder:
         what = "NaN" if math.isnan(value) else "infinite"
         raise InvalidInput(f"feature {name!r} is {what}{where}; features must be finite numbers")
 
-    def _check_room(self, names: typing.Iterable[FeatureName]) -> None:
-        """Refuse names that would take the encoder beyond `max_features` features."""
+    def reserve(self, x: Mapping, reserved: dict) -> None:
+        """For observations that wait in a queue before they are learned (a live
+        service): refuse `x` if its new features, with those `reserved` (accepted, not
+        yet learned), would pass `max_features`; else add them to `reserved`. Call it
+        from one thread at a time; names learned since leave `reserved`."""
+        if self._fast_values(x, self._fast_keys) is not None:
+            return  # the schema learned last: nothing new
+        index = self._index
+        new = [name for name in self._parse(x).names if name not in index and name not in reserved]
+        if not new:
+            return
+        for name in [name for name in reserved if name in index]:
+            del reserved[name]
+        self._check_room(new, taken=len(reserved))
+        reserved.update(dict.fromkeys(new))
+
+    def _check_room(self, names: typing.Iterable[FeatureName], taken: int = 0) -> None:
+        """Refuse names that would take the encoder beyond `max_features` features, when
+        `taken` more are promised."""
         new = [name for name in dict.fromkeys(names) if name not in self._index]
-        room = self.max_features - self.n_features
+        room = self.max_features - self.n_features - taken
         if len(new) > room:
             raise InvalidInput(
                 f"feature {new[int(room)]!r} would be distinct feature number "
-                f"{self.n_features + int(room) + 1}, beyond max_features="
+                f"{self.n_features + taken + int(room) + 1}, beyond max_features="
                 f"{self.max_features:g}; raise the model's max_features, or drop or hash "
                 "rare features upstream",
                 reason="more distinct features than max_features",

@@ -139,6 +139,7 @@ class OnlineModel:
             self._step.load_pending(held)
         self._wal = None if wal is None else WriteAheadLog(wal, start_after=replay_after)
         self._enqueue_lock = threading.Lock()  # log order is queue order
+        self._reserved_features: dict = {}  # new features accepted, not yet learned
         self._learned_seq = replay_after  # the last logged record learned
         if self._wal is not None:
             self._replay(replay_after)
@@ -213,7 +214,7 @@ class OnlineModel:
         ready = _accepted(self._step.offer(Observation(None, y, key=key))).ready
         try:
             self._enqueue(ready)
-        except Unavailable:
+        except (Unavailable, InvalidInput):
             for row in ready:
                 self._step.hold_again(key, row)
             raise
@@ -245,6 +246,8 @@ class OnlineModel:
         if not rows:
             return
         with self._enqueue_lock:
+            for row in rows:  # the learning model's bound, counting what is queued
+                self.model._encoder.reserve(row.x, self._reserved_features)
             self._wait_for_room(len(rows))
             last = 0
             if self._wal is not None:

@@ -272,3 +272,19 @@ def test_importing_the_service_loads_neither_the_evaluation_package_nor_tqdm(fre
         "print(sorted(m for m in sys.modules if m.startswith(('stream_mtl.evaluate', 'tqdm'))))"
     )
     assert loaded == "[]"
+
+
+def test_max_features_counts_the_features_of_observations_still_queued():
+    """The snapshot that checks an offer knows only what was learned; features accepted
+    and still queued count against max_features too, so nothing accepted is dropped."""
+    model = MultiTaskLearner(tasks={"a": Regression()}, hidden=(4,), max_features=5)
+    service = OnlineModel(model, snapshot_every=10_000, snapshot_ms=60_000)
+    for i in range(3):
+        service.learn({"base": 1.0, f"f{i}": 1.0}, {"a": 1.0})  # 4 features in all
+    with pytest.raises(InvalidInput, match="'f4' would be distinct feature number 6"):
+        service.learn({"f3": 1.0, "f4": 1.0}, {"a": 1.0})
+    service.learn({"f3": 1.0}, {"a": 1.0})
+    with pytest.raises(InvalidInput, match="beyond max_features=5"):
+        service.learn({"f9": 1.0}, {"a": 1.0})
+    service.close()
+    assert service.learn_errors == 0 and service.model.n_learned == {"a": 4}
