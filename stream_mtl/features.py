@@ -224,21 +224,22 @@ class FeatureEncoder:
         what = "NaN" if math.isnan(value) else "infinite"
         raise InvalidInput(f"feature {name!r} is {what}{where}; features must be finite numbers")
 
-    def reserve(self, x: Mapping, reserved: dict) -> None:
+    def reserve(self, x: Mapping, reserved: dict) -> list[FeatureName]:
         """For observations that wait in a queue before they are learned (a live
         service): refuse `x` if its new features, with those `reserved` (accepted, not
-        yet learned), would pass `max_features`; else add them to `reserved`. Call it
-        from one thread at a time; names learned since leave `reserved`."""
+        yet learned), would pass `max_features`; else add them to `reserved` and return
+        them. Call it from one thread at a time; names learned since leave `reserved`."""
         if self._fast_values(x, self._fast_keys) is not None:
-            return  # the schema learned last: nothing new
+            return []  # the schema learned last: nothing new
         index = self._index
         new = [name for name in self._parse(x).names if name not in index and name not in reserved]
         if not new:
-            return
+            return []
         for name in [name for name in reserved if name in index]:
             del reserved[name]
         self._check_room(new, taken=len(reserved))
         reserved.update(dict.fromkeys(new))
+        return new
 
     def _check_room(self, names: typing.Iterable[FeatureName], taken: int = 0) -> None:
         """Refuse names that would take the encoder beyond `max_features` features, when

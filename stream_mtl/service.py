@@ -245,30 +245,12 @@ class OnlineModel:
         self._check_available()
         if not rows:
             return
-        with self._enqueue_lock:
-            for row in rows:  # the learning model's bound, counting what is queued
-                self.model._encoder.reserve(row.x, self._reserved_features)
-            self._wait_for_room(len(rows))
-            last = 0
-            if self._wal is not None:
-                try:
-                    last = self._wal.append((row.x, row.y, row.served) for row in rows)
-                except OSError as error:
-                    raise Unavailable(str(error)) from None
-            seqs = range(last - len(rows) + 1, last + 1) if last else [0] * len(rows)
-            for seq, row in zip(seqs, rows):
-                self._queue.put_nowait((seq, row))  # room was made sure of: only we add
-            self.n_queued += len(rows)
-        if self._wal is not None:
-            try:
-                self._wal.wait(last)
-            except OSError as error:  # queued, but not durable: say so
-                raise Unavailable(f"accepted but not on disk: {error}") from None
-
-    def _wait_for_room(self, n: int) -> None:
-        """Wait (up to `block_timeout`) until the queue can take `n` more rows."""
         deadline = time.monotonic() + self.block_timeout
-        while self._queue.qsize() + n > self._queue.maxsize:
+        while True:  # wait for room outside the lock, so that no caller waits for another
+            with self._enqueue_lock:
+                if self._queue.qsize() + len(rows) <= self._queue.maxsize:
+                    last = self._queue_rows(rows)
+                    break
             if time.monotonic() >= deadline:
                 self.n_refused += 1
                 raise QueueFull(
@@ -276,6 +258,35 @@ class OnlineModel:
                     "learning is slower than the labels come"
                 )
             time.sleep(0.001)
+        if self._wal is not None:
+            try:
+                self._wal.wait(last)
+            except OSError as error:  # queued, but not durable: say so
+                raise Unavailable(f"accepted but not on disk: {error}") from None
+
+    def _queue_rows(self, rows: list[Labelled]) -> int:
+        """Under the enqueue lock, with room in the queue: count the rows' new features
+        against the bound, log them, queue them; the last log sequence number (0: none)."""
+        reserved = self._reserved_features
+        added: list = []
+        try:
+            for row in rows:  # the learning model's bound, counting what is queued
+                added += self.model._encoder.reserve(row.x, reserved)
+            last = 0
+            if self._wal is not None:
+                try:
+                    last = self._wal.append((row.x, row.y, row.served) for row in rows)
+                except OSError as error:
+                    raise Unavailable(str(error)) from None
+        except Exception:  # refused: the features it reserved go back
+            for name in added:
+                reserved.pop(name, None)
+            raise
+        seqs = range(last - len(rows) + 1, last + 1) if last else [0] * len(rows)
+        for seq, row in zip(seqs, rows):
+            self._queue.put_nowait((seq, row))  # room was made sure of: only we add
+        self.n_queued += len(rows)
+        return last
 
     @property
     def errors(self) -> dict[str, RollingError]:

@@ -288,3 +288,31 @@ def test_max_features_counts_the_features_of_observations_still_queued():
         service.learn({"f9": 1.0}, {"a": 1.0})
     service.close()
     assert service.learn_errors == 0 and service.model.n_learned == {"a": 4}
+
+
+def test_callers_waiting_for_room_each_wait_at_most_block_timeout():
+    service = OnlineModel(  # a learner slowed to 0.5 s an observation: the queue stays full
+        new_model(),
+        queue_size=1,
+        block_timeout=0.2,
+        snapshot_every=1,
+        on_snapshot=lambda _snapshot: time.sleep(0.5),
+    )
+    rng = np.random.default_rng(0)
+    waits: list[float] = []
+
+    def learn() -> None:
+        for _ in range(5):
+            started = time.monotonic()
+            with contextlib.suppress(QueueFull):
+                service.learn(*observation(rng))
+            waits.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=learn) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    service.close()
+    assert service.n_refused > 0
+    assert max(waits) < 0.6  # 0.2 s each, not in turn behind one another (up to 1.2 s)
