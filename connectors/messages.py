@@ -15,7 +15,6 @@ whose text is the reason a dead-letter record carries.
 from __future__ import annotations
 
 import json
-import math
 import typing
 from collections.abc import Callable
 
@@ -123,12 +122,7 @@ def observation_from_message(message: object, key: typing.Any = None) -> Observa
     if x is None and key is None:
         raise MalformedMessage('labels without features need a "key"')
     time = message.get("time")
-    if time is not None and (
-        isinstance(time, bool)
-        or not isinstance(time, int | float)
-        or (isinstance(time, int) and not _int64(time))
-        or not math.isfinite(time)
-    ):
+    if time is not None and (isinstance(time, bool | str) or not writable_scalar(time)):
         raise MalformedMessage(
             f'"time" must be a finite number, got {time!r:.80}',
             reason='"time" that is not a finite number',
@@ -143,11 +137,6 @@ def message_from_observation(obs: Observation) -> dict:
     {'x': {'a': 1.0}, 'key': 'o-1'}
     """
     return {name: value for name, value in zip(FIELDS, obs) if value is not None}
-
-
-def _int64(value: object) -> bool:
-    """Whether `value` is an integer (or bool) that JSON encoders write: 64 bits at most."""
-    return isinstance(value, int) and -(2**63) <= value < 2**64
 
 
 def _key(key: object, depth: int = 0) -> typing.Hashable:

@@ -112,10 +112,13 @@ class PendingFeatures:
         except TypeError:
             raise InvalidInputType(f"a key must be hashable, got {type(key).__name__}") from None
         self.n_arrived += 1
-        size = _size(key) + _size(x) + (0 if served is None else _size(served))
-        self._held[key] = Held(x, served, self.n_arrived, self.clock(), size)
-        self.n_bytes += size
+        self._put(key, x, served, self.n_arrived, self.clock())
         self.expire()
+
+    def _put(self, key: Hashable, x: dict, served: dict | None, arrival: int, at: float) -> None:
+        size = _size(key) + _size(x) + (0 if served is None else _size(served))
+        self._held[key] = Held(x, served, arrival, at, size)
+        self.n_bytes += size
 
     def claim(self, key: Hashable) -> Held | None:
         """Take what is held under `key`, or None if nothing is (never came, or expired)."""
@@ -172,11 +175,8 @@ class PendingFeatures:
         self._held = collections.OrderedDict()
         self.n_bytes = 0
         for row in state["held"]:
-            key, x, served = _hashable(row[0]), row[1], row[2]
-            size = _size(key) + _size(x) + (0 if served is None else _size(served))
             age = row[4] if len(row) > 4 else 0
-            self._held[key] = Held(x, served, row[3], now - age, size)
-            self.n_bytes += size
+            self._put(_hashable(row[0]), row[1], row[2], row[3], now - age)
         self.expire()
 
 
