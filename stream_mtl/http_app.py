@@ -115,11 +115,15 @@ class _ServiceCollector:
 
 def _check_string(value: object, field: str, limits: Limits) -> None:
     if isinstance(value, str) and len(value) > limits.string_length:
-        raise BadRequest(
-            f"{field} is a string of {len(value)} characters, longer than the "
-            f"{limits.string_length} allowed",
-            status=422,
-        )
+        _too_long(value, field, limits)
+
+
+def _too_long(value: str, field: str, limits: Limits) -> typing.NoReturn:
+    raise BadRequest(
+        f"{field} is a string of {len(value)} characters, longer than the "
+        f"{limits.string_length} allowed",
+        status=422,
+    )
 
 
 def _object(value: object, field: str, what: str, limits: Limits) -> dict:
@@ -131,9 +135,12 @@ def _object(value: object, field: str, what: str, limits: Limits) -> dict:
             f'"{field}" has {len(value)} entries, more than the {limits.row_features} allowed',
             status=413,
         )
-    for name, item in value.items():
-        _check_string(name, f'a name in "{field}"', limits)
-        _check_string(item, f'"{field}"[{name[:40]!r}]', limits)
+    longest = limits.string_length
+    for name, item in value.items():  # the field is named only for a refusal
+        if len(name) > longest:
+            _too_long(name, f'a name in "{field}"', limits)
+        if type(item) is str and len(item) > longest:
+            _too_long(item, f'"{field}"[{name[:40]!r}]', limits)
     return value
 
 
