@@ -44,6 +44,11 @@ class InvalidInput(ValueError):
         super().__init__(message)
         self.reason = message if reason is None else reason
 
+    def __reduce__(self) -> tuple:
+        # Pickled whole (its message, reason and key), so that the learner process of a
+        # service can raise it in the process that called.
+        return _restore, (type(self), self.args, self.__dict__)
+
 
 class InvalidInputType(InvalidInput, TypeError):
     """An `InvalidInput` whose value has the wrong type."""
@@ -80,3 +85,10 @@ class UnexpectedError(InvalidInput):
             f"the model raised {type(error).__name__}: {str(error)[:300]}",
             reason=f"the model raised {type(error).__name__}",
         )
+
+
+def _restore(cls: type, args: tuple, state: dict) -> InvalidInput:
+    error = Exception.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error

@@ -72,8 +72,17 @@ class _ServiceCollector:
 
     def collect(self) -> typing.Iterator[GaugeMetricFamily]:
         service, model = self.service, self.service.snapshot
+        age = GaugeMetricFamily(
+            "stream_mtl_snapshot_age_seconds",
+            "How far behind the learning model predictions may be",
+        )
+        age.add_metric([], service.snapshot_age)
+        yield age
+        _reason, status = _health(service)
+        if status is None:  # the learner is down: what it counted comes back with it
+            return
         depth = GaugeMetricFamily("stream_mtl_learn_queue_depth", "Observations waiting to learn")
-        depth.add_metric([], service.queue_depth)
+        depth.add_metric([], status["queue_depth"])
         yield depth
         learned = GaugeMetricFamily(
             "stream_mtl_labels_learned", "Labels learned per task", labels=["task"]
@@ -86,7 +95,7 @@ class _ServiceCollector:
             "Per-task error over the last labels (MAE for regression, error rate otherwise)",
             labels=["task", "measure"],
         )
-        for task, rolling in list(service.errors.items()):
+        for task, rolling in status["errors"].items():
             error.add_metric([task, rolling.name], rolling.get())
         yield error
         drifts = GaugeMetricFamily(
@@ -101,16 +110,26 @@ class _ServiceCollector:
         refused = GaugeMetricFamily(
             "stream_mtl_learn_refused", "Observations refused because the queue was full"
         )
-        refused.add_metric([], service.n_refused)
+        refused.add_metric([], status["n_refused"])
         yield refused
         expired = GaugeMetricFamily(
             "stream_mtl_labels_expired",
             "Features held under a key whose labels never came, by cause",
             labels=["cause"],
         )
-        for cause, count in service.expired().items():
+        for cause, count in status["expired"].items():
             expired.add_metric([cause], count)
         yield expired
+
+
+def _health(service: OnlineModel) -> tuple[str | None, dict | None]:
+    """Why learning is unavailable (None: it is not), and the learner's counts (None while
+    a learner process is down)."""
+    try:
+        status = service.status()
+    except Unavailable as error:
+        return str(error), None
+    return status["unavailable"], status
 
 
 def _check_string(value: object, field: str, limits: Limits) -> None:
@@ -276,14 +295,16 @@ def create_app(service: OnlineModel, limits: Limits | None = None) -> FastAPI:
         if body.get("x") is None:
             if key is None:
                 raise BadRequest('labels without "x" need the "key" their features were sent with')
-            await run_in_threadpool(service.learn_label, key, y)
+            depth = await run_in_threadpool(service.learn_label, key, y)
         else:  # in a thread: with a write-ahead log it returns once the log is on disk
-            await run_in_threadpool(service.learn, _features(body["x"], limits), y)
-        return {"queued": True, "queue_depth": service.queue_depth}
+            depth = await run_in_threadpool(service.learn, _features(body["x"], limits), y)
+        return {"queued": True, "queue_depth": depth}
 
     @app.get("/tasks")
     async def tasks() -> dict:
         model = service.snapshot  # consistent, and never changed under us
+        _reason, status = await run_in_threadpool(_health, service)
+        errors = {} if status is None else status["errors"]
         weights = model.task_weights
         affinity = model.task_affinity
         mixture = model.mixture
@@ -294,9 +315,7 @@ def create_app(service: OnlineModel, limits: Limits | None = None) -> FastAPI:
                     "weight": weights.get(name),
                     "labels_learned": model.n_learned.get(name, 0),
                     "mixture": mixture.get(name, {}),
-                    "rolling_error": _clean(
-                        service.errors[name].get() if name in service.errors else None
-                    ),
+                    "rolling_error": _clean(errors[name].get() if name in errors else None),
                 }
                 for name, task in model.tasks.items()
             },
@@ -309,12 +328,17 @@ def create_app(service: OnlineModel, limits: Limits | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        reason = service.unavailable
-        body = {"status": "ok" if reason is None else reason, "queue_depth": service.queue_depth}
+        reason, status = await run_in_threadpool(_health, service)
+        body = {
+            "status": "ok" if reason is None else reason,
+            "queue_depth": None if status is None else status["queue_depth"],
+            "snapshot_age_seconds": _clean(service.snapshot_age),
+        }
         return JSONResponse(body, status_code=200 if reason is None else 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics() -> Response:  # in a thread: the learner's counts are asked for
+        text = await run_in_threadpool(generate_latest, registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     return app

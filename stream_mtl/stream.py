@@ -346,8 +346,13 @@ class StreamStep:
     def hold_again(self, key: Hashable, row: Labelled) -> None:
         """Hold a joined row's features under `key` again (its learning was refused, for
         example by a full queue, and the labels may be sent again)."""
+        self.hold(key, row.x, row.served)
+
+    def hold(self, key: Hashable, x: dict, served: typing.Any) -> None:
+        """Hold features `x`, with the prediction `served` for them, under `key` (checked
+        and predicted elsewhere: by a serving process, from its snapshot)."""
         with self._lock:
-            self.pending.hold(key, row.x, row.served)
+            self.pending.hold(key, x, served)
 
     # -- learning ------------------------------------------------------------------------
 

@@ -5,11 +5,44 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
+
+
+def predict_while_learning(
+    service, record: Callable[[], object], learn: Callable[[], None], readers: int = 8
+) -> list:
+    """Eight threads `record()` predictions every 0.5 ms while this one runs `learn()`
+    (which should close the service); what they recorded. Any error in a reader fails."""
+    seen: list[list] = [[] for _ in range(readers)]
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read(out: list) -> None:
+        try:
+            while not done.is_set():
+                out.append(record())
+                time.sleep(0.0005)  # requests arrive; they do not spin
+        except BaseException as error:  # fails the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=read, args=(out,)) for out in seen]
+    for thread in threads:
+        thread.start()
+    try:
+        learn()
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors[:3]
+    return [record for out in seen for record in out]
 
 
 def model_state(model: MultiTaskLearner) -> dict:

@@ -1,4 +1,7 @@
-"""OnlineModel: snapshot predictions from many threads while one thread learns."""
+"""OnlineModel: snapshot predictions from many threads while the learner learns.
+
+Tests that hook into the learner (`on_snapshot`) or read its log with caplog run it on a
+thread (`process=False`); the others run it as users get it, in a child process."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import predict_while_learning
 
 from stream_mtl import Binary, InvalidInput, MultiTaskLearner, Regression
 from stream_mtl.service import OnlineModel, QueueFull, Unavailable, UnknownKey
@@ -26,39 +30,26 @@ def test_eight_threads_predict_while_one_learns_and_every_prediction_is_from_one
     snapshots: dict[int, MultiTaskLearner] = {}
     service = OnlineModel(
         new_model(),
+        process=False,
         snapshot_every=40,
         on_snapshot=lambda s: snapshots.__setitem__(id(s), s),
     )
     snapshots[id(service.snapshot)] = service.snapshot
     probe = observation(np.random.default_rng(1))[0]
-    seen: list[list] = [[] for _ in range(8)]
-    errors: list[BaseException] = []
-    done = threading.Event()
 
-    def predict(out: list) -> None:
-        try:
-            while not done.is_set():
-                snapshot = service.snapshot
-                out.append((id(snapshot), snapshot.predict_one(probe), service.predict(probe)))
-                time.sleep(0.0005)  # requests arrive; they do not spin
-        except BaseException as error:  # any failure fails the test below
-            errors.append(error)
+    def record() -> tuple:
+        snapshot = service.snapshot
+        return id(snapshot), snapshot.predict_one(probe), service.predict(probe)
 
-    threads = [threading.Thread(target=predict, args=(out,)) for out in seen]
-    for thread in threads:
-        thread.start()
-    rng = np.random.default_rng(0)
-    for _ in range(2_000):
-        service.learn(*observation(rng))
-    service.close()
-    done.set()
-    for thread in threads:
-        thread.join()
+    def learn() -> None:
+        rng = np.random.default_rng(0)
+        for _ in range(2_000):
+            service.learn(*observation(rng))
+        service.close()
 
-    assert not errors
+    records = predict_while_learning(service, record, learn)
     assert service.model.n_learned == {"a": 2_000, "flag": 2_000}
     assert service.n_snapshots >= 2_000 // 40
-    records = [record for out in seen for record in out]
     assert len(records) > 1000
     distinct = {(r[1]["a"], r[1]["flag"]) for r in records}
     assert len(distinct) > 10, "predictions never moved while learning"
@@ -187,7 +178,7 @@ def test_features_held_under_keys_survive_a_restart_with_their_served_prediction
         service.predict({"x0": 1.0}, key=frozenset({1}))  # a checkpoint could not write it
     service.close()
     again = OnlineModel.resume(path)
-    assert len(again._step.pending) == 2
+    assert again.status()["held"] == 2
     again.learn_label(("shop", 7), {"a": 1.0})  # no UnknownKey: it was held across
     again.learn_label("order-2", {"a": 2.0})
     again.close()
@@ -218,7 +209,7 @@ def test_a_failing_checkpoint_refuses_learning_with_the_reason_until_one_succeed
         service.learn(*observation(rng))
     with pytest.raises(Unavailable, match="the last checkpoint failed"):
         service.learn_label("late", {"a": 1.0})
-    assert "late" in service._step.pending  # refused: the features stay held for a retry
+    assert service.status()["held"] == 1  # refused: the features stay held for a retry
     folder.unlink()
     (tmp_path / "away").rename(folder)
     while service.unavailable is not None:  # retried within CHECKPOINT_RETRY_SECONDS
@@ -234,7 +225,7 @@ def test_a_learner_that_dies_refuses_learning_and_close_does_not_hang(caplog):
     def broken(_snapshot):
         raise RuntimeError("a callback bug")
 
-    service = OnlineModel(new_model(), on_snapshot=broken, queue_size=10)
+    service = OnlineModel(new_model(), process=False, on_snapshot=broken, queue_size=10)
     rng = np.random.default_rng(0)
     with contextlib.suppress(Unavailable):
         for _ in range(10):
@@ -254,7 +245,9 @@ def test_a_learner_that_dies_refuses_learning_and_close_does_not_hang(caplog):
 
 def test_close_takes_at_most_close_timeout_to_learn_what_is_queued(tmp_path, caplog):
     path = tmp_path / "service.ckpt"
-    service = OnlineModel(new_model(hidden=(256, 256)), checkpoint=path, close_timeout=0.5)
+    service = OnlineModel(
+        new_model(hidden=(256, 256)), process=False, checkpoint=path, close_timeout=0.5
+    )
     rng = np.random.default_rng(0)
     for _ in range(5_000):
         service.learn(*observation(rng))
@@ -293,6 +286,7 @@ def test_max_features_counts_the_features_of_observations_still_queued():
 def test_callers_waiting_for_room_each_wait_at_most_block_timeout():
     service = OnlineModel(  # a learner slowed to 0.5 s an observation: the queue stays full
         new_model(),
+        process=False,
         queue_size=1,
         block_timeout=0.2,
         snapshot_every=1,

@@ -1,0 +1,469 @@
+"""LearningProcess: a live service's learner in a child process, its snapshots in shared memory.
+
+A learning step holds the GIL of the process it runs in; a prediction in that process
+waits for it. Here the learner (a `LearningThread`, with its queue, held features,
+write-ahead log and checkpoints) runs in a child process, and predictions are computed
+in the calling process from the latest snapshot the child published on a
+`SnapshotBoard` (`stream_mtl.shared_snapshot`): a read never takes a lock the learner
+holds, never sees half a snapshot, and costs a few bytes' read when nothing is new.
+New features, classes and tasks reach readers with the next snapshot, since a snapshot
+is the whole predicting model. `snapshot_age` says how old it may be: the child
+publishes within `snapshot_ms` of learning something, and says "nothing new" as often
+when idle.
+
+`learn` and `learn_label` are sent to the child and answered: a refusal raises in the
+caller (the same `InvalidInput` or `Unavailable`), and a return means what the learner
+thread's means (queued; with a write-ahead log, on disk). Features predicted under a
+key are sent to the child to be held; they reach it before any later message of this
+process.
+
+The child is supervised. If it dies (killed, out of memory), learning is refused with
+the reason (`unavailable`) while predictions go on from the last snapshot, and the
+child is started again, from the checkpoint file if there is one and from the model it
+first had otherwise; with a write-ahead log, it then learns again what was acknowledged
+after that (`restart=False`: it stays down). A child whose parent died exits at once,
+leaving the rest to the log, as a killed service would.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import typing
+from collections.abc import Hashable
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from stream_mtl.exceptions import InvalidInput, InvalidInputType
+from stream_mtl.learning_thread import LearningThread, Unavailable, resumed_from
+from stream_mtl.pending import writable_key
+from stream_mtl.predictor import Snapshot
+from stream_mtl.shared_snapshot import SnapshotBoard, SnapshotReader, SnapshotWriter
+
+if typing.TYPE_CHECKING:
+    from stream_mtl.learner import MultiTaskLearner
+
+__all__ = ["LearningProcess"]
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Requests the child answers on its worker threads (a learn may wait for the log's fsync).
+CALLS = frozenset({"learn", "learn_label", "status"})
+# Seconds a call waits for the child beyond its own time to queue (block_timeout).
+ANSWER_GRACE = 30.0
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+CANNOT_SEND = (
+    "the model cannot be sent to a learner process (define its classes in a module it can "
+    "import, or use process=False)"
+)
+SWITCH_INTERVAL = 2e-4  # seconds, in the learner process
+MAX_RESTART_DELAY = 30.0
+
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _launch() -> tuple[subprocess.Popen, Connection]:
+    """A fresh interpreter running this module, and a connection to it.
+
+    Not multiprocessing's spawn or forkserver: those import the caller's main module
+    again in the child, which runs a script that lacks `if __name__ == "__main__"`
+    twice; and not fork, which copies a process that runs threads (uvicorn's, torch's).
+    """
+    if os.name != "posix":
+        raise InvalidInput("a learner process needs a POSIX system; use process=False")
+    ours, theirs = socket.socketpair()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    with theirs:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stream_mtl.learning_process", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    return process, Connection(ours.detach())
+
+
+class LearningProcess:
+    """The serving side of a learner in a child process (see the module's docstring).
+
+    Takes the options of `LearningThread`, and: `restart` (start a child that died
+    again), `restart_delay` (seconds before the first try; doubled after each failed
+    one, up to 30 s), `start_timeout` (seconds to wait for a child's first snapshot).
+    Used through `OnlineModel(..., process=True)`.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskLearner,
+        *,
+        restart: bool = True,
+        restart_delay: float = 0.5,
+        start_timeout: float = 120.0,
+        **options: typing.Any,
+    ) -> None:
+        for name in ("on_snapshot", "on_idle"):
+            if options.get(name) is not None:
+                raise InvalidInput(f"{name} is not available with the learner in a process")
+        self._options = options
+        self._checkpoint = options.get("checkpoint")
+        self._initial = model  # a restart without a checkpoint file starts from it
+        self.restart = restart
+        self.restart_delay = restart_delay
+        self.start_timeout = start_timeout
+        self.block_timeout = options.get("block_timeout", 1.0)
+        self.n_restarts = 0
+        self._board = SnapshotBoard.create()
+        self._reader = SnapshotReader(self._board.name)
+        self._snapshot: Snapshot | None = None
+        self._version = 0
+        self._loading = threading.Lock()  # readers of this process: one unpickles at a time
+        self._send_lock = threading.Lock()
+        self._calls: dict[int, concurrent.futures.Future] = {}
+        self._ids = itertools.count(1)
+        self._stopped_by: str | None = None
+        self._closed = False
+        self._final: dict | None = None
+        self._final_model: MultiTaskLearner | None = None
+        self._process: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+        try:
+            self._start(("model", model))
+        except BaseException:
+            self._board.unlink()
+            raise
+
+    # -- the child's life -------------------------------------------------------------------
+
+    def _start(self, source: tuple[str, typing.Any]) -> None:
+        """Start a child learning from `source` and wait for its first snapshot."""
+        level = logging.getLogger("stream_mtl").getEffectiveLevel()
+        try:
+            setup = pickle.dumps((self._board.name, source, self._options, level), PROTOCOL)
+        except Exception as error:
+            raise InvalidInputType(f"{CANNOT_SEND}: {error}") from None
+        process, conn = _launch()
+        try:
+            conn.send_bytes(setup)
+            if not conn.poll(self.start_timeout):
+                raise Unavailable(f"the learner process did not start in {self.start_timeout} s")
+            ok, value = conn.recv()
+        except (EOFError, OSError):
+            conn.close()
+            raise Unavailable(
+                f"the learner process died while starting (exit code {process.wait()})"
+            ) from None
+        except BaseException:
+            process.kill()
+            process.wait()
+            conn.close()
+            raise
+        if not ok:
+            process.wait()
+            conn.close()
+            raise value
+        self._process, self._conn = process, conn
+        self._stopped_by = None
+        threading.Thread(
+            target=self._receive, args=(conn, process), name="stream-mtl-answers", daemon=True
+        ).start()
+
+    def _receive(self, conn: Connection, process: subprocess.Popen) -> None:
+        """Answers from the child, until it exits; then supervise."""
+        while True:
+            try:
+                call_id, ok, value = conn.recv()
+            except (EOFError, OSError):
+                break
+            future = self._calls.pop(call_id, None)
+            if future is None:
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        conn.close()
+        try:
+            code: int | str = process.wait(5)
+        except subprocess.TimeoutExpired:  # it closed its end but lives on: end it
+            process.kill()
+            code = f"{process.wait()}, killed: it had closed its connection"
+        if self._closed:
+            return
+        reason = f"the learner process died (exit code {code})"
+        self._stopped_by = reason
+        for call_id in list(self._calls):
+            future = self._calls.pop(call_id, None)
+            if future is not None and not future.done():
+                future.set_exception(Unavailable(reason))
+        logger.error("%s; predictions go on from the last snapshot", reason)
+        if self.restart:
+            self._restart_later(reason)
+
+    def _restart_later(self, reason: str) -> None:
+        delay = self.restart_delay
+        while not self._closed:
+            time.sleep(delay)
+            if self._closed:
+                return
+            resumable = self._checkpoint is not None and Path(self._checkpoint).exists()
+            source = ("checkpoint", self._checkpoint) if resumable else ("model", self._initial)
+            self._stopped_by = f"{reason}; restarting from {source[0]}"
+            try:
+                self._start(source)
+            except BaseException as error:
+                logger.error("the learner process did not restart: %s", error)
+                delay = min(2 * delay, MAX_RESTART_DELAY)
+                continue
+            self.n_restarts += 1
+            logger.warning("the learner process was restarted from its %s", source[0])
+            return
+
+    def _send(self, op: str, *args: typing.Any, answer: bool = True) -> typing.Any:
+        if self._closed:
+            raise RuntimeError("this OnlineModel is closed")
+        if self._stopped_by is not None:
+            raise Unavailable(self._stopped_by)
+        call_id = next(self._ids) if answer else 0
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if answer:
+            self._calls[call_id] = future
+        try:
+            message = pickle.dumps((call_id, op, args), PROTOCOL)
+        except Exception as error:
+            self._calls.pop(call_id, None)
+            raise InvalidInputType(f"cannot be sent to the learner process: {error}") from None
+        try:
+            with self._send_lock:
+                self._conn.send_bytes(message)  # type: ignore[union-attr]
+        except OSError:
+            self._calls.pop(call_id, None)
+            raise Unavailable(self._stopped_by or "the learner process is gone") from None
+        if not answer:
+            return None
+        try:
+            return future.result(self.block_timeout + ANSWER_GRACE)
+        except concurrent.futures.TimeoutError:
+            self._calls.pop(call_id, None)
+            raise Unavailable("the learner process did not answer in time") from None
+
+    # -- predicting -------------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The latest snapshot the learner published (one thread loads a new one while the
+        others go on with the one before)."""
+        if self._closed:
+            return self._snapshot  # type: ignore[return-value]  # the last: the board is gone
+        if self._snapshot is None:  # the first: wait for it
+            with self._loading:
+                self._load()
+        elif self._reader.version() != self._version and self._loading.acquire(blocking=False):
+            try:
+                self._load()
+            finally:
+                self._loading.release()
+        return self._snapshot  # type: ignore[return-value]
+
+    def _load(self) -> None:
+        """Load the latest snapshot from the board (holding `_loading`)."""
+        read = self._reader.read()
+        if read is not None and read[0] != self._version:
+            self._snapshot, self._version = pickle.loads(read[1]), read[0]
+
+    @property
+    def snapshot_age(self) -> float:
+        """Seconds since the learner last published, or last said nothing was new."""
+        return self._reader.age()
+
+    def predict(self, x: dict, key: Hashable | None = None) -> dict:
+        snapshot = self.snapshot
+        if key is not None:
+            key = writable_key(key) if self._checkpoint is not None else _hashable(key)
+        snapshot.check_one(x)
+        prediction = snapshot.predict_one(x)
+        if key is not None:
+            self._send("hold", key, x, prediction, answer=False)
+        return prediction
+
+    # -- learning ---------------------------------------------------------------------------
+
+    def learn(self, x: dict, y: dict) -> int:
+        return self._send("learn", x, y)
+
+    def learn_label(self, key: Hashable, y: dict) -> int:
+        return self._send("learn_label", key, y)
+
+    def status(self) -> dict:
+        """The learner's counts (`LearningThread.status`); the last ones once closed."""
+        if self._final is not None:
+            return self._final
+        return self._send("status")
+
+    @property
+    def unavailable(self) -> str | None:
+        if self._closed:
+            return "closed"
+        if self._stopped_by is not None:
+            return self._stopped_by
+        try:
+            return self.status()["unavailable"]
+        except Unavailable as error:
+            return str(error)
+
+    @property
+    def pid(self) -> int | None:
+        """The learner process's id (None once closed or while it is down)."""
+        if self._closed or self._stopped_by is not None or self._process is None:
+            return None
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return (
+            self._stopped_by is None and self._process is not None and self._process.poll() is None
+        )
+
+    @property
+    def model(self) -> MultiTaskLearner:
+        """The learned model, once closed (it learns in the child until then)."""
+        if self._final_model is None:
+            raise RuntimeError(
+                "the model learns in the learner process: predict from `snapshot`, or "
+                "close() first to get it back"
+            )
+        return self._final_model
+
+    def close(self) -> None:
+        """The child learns what is queued (within its `close_timeout`), checkpoints and
+        hands the model back; then the shared memory is removed."""
+        if self._closed:
+            return
+        try:
+            if self._stopped_by is None:
+                answer = self._send("close")
+                self._final, self._final_model = answer["status"], answer["model"]
+                with self._loading:
+                    self._load()  # the last snapshot the learner published
+        finally:
+            self._closed = True
+            if self._process is not None:
+                try:
+                    self._process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            self._reader.close()
+            self._board.unlink()
+
+
+def _hashable(key: Hashable) -> Hashable:
+    try:
+        hash(key)
+    except TypeError:
+        raise InvalidInputType(f"a key must be hashable, got {type(key).__name__}") from None
+    return key
+
+
+# -- the child ------------------------------------------------------------------------------
+
+
+def _child_main(conn: Connection) -> None:
+    """The learner process: a `LearningThread` publishing to the board it is told,
+    answering `conn`."""
+    try:
+        board, source, options, level = pickle.loads(conn.recv_bytes())
+    except Exception as error:
+        conn.send((False, InvalidInputType(f"{CANNOT_SEND}: {type(error).__name__}: {error}")))
+        return
+    # The learner thread holds the GIL in bursts; a call waiting for it would wait the
+    # default 5 ms switch interval.
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the parent decides
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    writer = SnapshotWriter(board)
+    publish = _publisher(writer)
+    kind, what = source
+    try:
+        if kind == "checkpoint":  # a restart: the model, held features and log position in it
+            what, resumed = resumed_from(what)
+            options = {**options, **resumed}
+        thread = LearningThread(what, on_snapshot=publish, on_idle=writer.touch, **options)
+    except BaseException as error:
+        conn.send((False, _sendable(error)))
+        return
+    publish(thread.snapshot)
+    conn.send((True, None))
+    send_lock = threading.Lock()
+
+    def answer(call_id: int, ok: bool, value: typing.Any) -> None:
+        with send_lock:
+            try:
+                conn.send((call_id, ok, value))
+            except Exception as error:  # unpicklable: say so rather than hang the caller
+                conn.send((call_id, False, RuntimeError(f"{error}")))
+
+    def run(call_id: int, op: str, args: tuple) -> None:
+        try:
+            answer(call_id, True, getattr(thread, op)(*args))
+        except BaseException as error:
+            answer(call_id, False, _sendable(error))
+
+    # Without a log to wait for and with a queue that refuses at once when full, a learn
+    # never waits: it is answered on this thread.
+    never_waits = options.get("wal") is None and options.get("block_timeout", 1.0) == 0
+    with concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="learner-call") as pool:
+        while True:
+            try:
+                call_id, op, args = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                # The serving process is gone: stop as it did, leaving the rest to the log.
+                os._exit(0)
+            if op == "hold":  # in order: before any later message of the same process
+                try:
+                    thread.hold(*args)
+                except Exception as error:
+                    logger.warning("features not held: %s", error)
+            elif op in CALLS and (op == "status" or never_waits):
+                run(call_id, op, args)  # here: a hop to another thread costs GIL hand-offs
+            elif op in CALLS:
+                pool.submit(run, call_id, op, args)
+            elif op == "close":
+                try:
+                    thread.close()
+                    answer(call_id, True, {"status": thread.status(), "model": thread.model})
+                except BaseException as error:
+                    answer(call_id, False, _sendable(error))
+                break
+    writer.close()
+
+
+def _publisher(writer: SnapshotWriter) -> typing.Callable[[Snapshot], None]:
+    def publish(snapshot: Snapshot) -> None:
+        writer.publish(pickle.dumps(snapshot, PROTOCOL))
+
+    return publish
+
+
+def _sendable(error: BaseException) -> BaseException:
+    """`error` if it survives pickling, else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
+
+
+if __name__ == "__main__":
+    _child_main(Connection(int(sys.argv[1])))

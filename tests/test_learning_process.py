@@ -1,0 +1,191 @@
+"""OnlineModel with its learner in a child process: snapshots, supervision, clean exits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from conftest import predict_while_learning
+
+from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
+from stream_mtl.service import OnlineModel, Unavailable
+
+
+def new_model() -> MultiTaskLearner:
+    return MultiTaskLearner(tasks={"a": Regression(), "flag": Binary()}, hidden=(16,), seed=0)
+
+
+def observation(rng: np.random.Generator) -> tuple[dict, dict]:
+    x = {f"x{j}": float(v) for j, v in enumerate(rng.normal(size=6))}
+    return x, {"a": 3.0 * x["x0"] - x["x1"], "flag": x["x2"] > 0}
+
+
+def wait_for(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_predictions_come_from_the_learners_latest_snapshot_and_move_as_it_learns():
+    service = OnlineModel(new_model(), snapshot_ms=20)
+    probe = observation(np.random.default_rng(1))[0]
+    before = service.predict(probe)
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        service.learn(*observation(rng))
+    wait_for(lambda: service.snapshot.n_learned.get("a", 0) == 500)
+    after = service.predict(probe)
+    assert after != before
+    assert service.learner_pid not in (None, os.getpid())
+    assert service.snapshot_age < 1.0
+    service.close()
+    assert service.model.n_learned == {"a": 500, "flag": 500}
+    assert service.predict(probe) == service.model.predict_one(probe)  # the last snapshot
+
+
+def test_eight_threads_predict_while_the_process_learns_and_each_prediction_is_whole():
+    service = OnlineModel(new_model(), snapshot_every=20)
+    probe = observation(np.random.default_rng(1))[0]
+
+    def record() -> tuple:
+        return service.snapshot.n_learned.get("a", 0), service.predict(probe)
+
+    def learn() -> None:
+        rng = np.random.default_rng(0)
+        for _ in range(1_000):
+            service.learn(*observation(rng))
+        service.close()
+
+    records = predict_while_learning(service, record, learn)
+    assert len(records) > 500
+    by_count: dict[int, set] = {}
+    for count, prediction in records:
+        by_count.setdefault(count, set()).add((prediction["a"], prediction["flag"]))
+    assert len(by_count) > 10, "predictions never moved while learning"
+    # A model that has learned n labels gives one answer: no prediction mixes two.
+    assert all(len(answers) <= 2 for answers in by_count.values())
+
+
+def test_new_features_and_classes_reach_the_predicting_process():
+    model = MultiTaskLearner(tasks={"kind": Multiclass()}, hidden=(8,), seed=0)
+    service = OnlineModel(model, snapshot_ms=10)
+    assert service.predict({"size": 1.0}) == {"kind": None}  # no class seen yet
+    for i in range(200):
+        service.learn({"size": 1.0, "colour": "red" if i % 2 else "blue"}, {"kind": i % 3})
+    wait_for(lambda: service.snapshot.n_learned.get("kind", 0) == 200)
+    assert service.snapshot.classes == {"kind": [0, 1, 2]}
+    assert service.predict({"size": 1.0, "colour": "red"})["kind"] in (0, 1, 2)
+    assert "colour=red" in service.snapshot._encoder.names
+    service.close()
+
+
+def test_a_killed_learner_process_is_restarted_from_its_checkpoint_and_predictions_go_on(
+    tmp_path,
+):
+    path = tmp_path / "service.ckpt"
+    service = OnlineModel(
+        new_model(),
+        checkpoint=path,
+        checkpoint_seconds=3600,
+        wal=tmp_path / "wal",
+        restart_delay=2.0,  # time to look at it while it is down
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        service.learn(*observation(rng))
+    wait_for(lambda: service.snapshot.n_learned.get("a", 0) == 300)
+    probe = observation(rng)[0]
+    served = service.predict(probe)
+    first = service.learner_pid
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: not service.alive, 10)
+    # while it is down: learning is refused with the reason, predictions go on
+    assert "the learner process died (exit code -9)" in service.unavailable
+    assert service.predict(probe) == served
+    with pytest.raises(Unavailable, match=r"the learner process died \(exit code -9\)"):
+        service.learn(*observation(rng))
+    wait_for(lambda: service.alive)
+    assert service.learner_pid != first and service.n_restarts == 1
+    # No checkpoint was written: it started from the first model and learned the log again.
+    wait_for(lambda: service.snapshot.n_learned.get("a", 0) == 300)
+    service.learn(*observation(rng))
+    service.close()
+    assert service.model.n_learned["a"] == 301
+    assert MultiTaskLearner.load(path).n_learned["a"] == 301
+
+
+def test_without_restart_a_dead_learner_stays_down_with_the_reason():
+    service = OnlineModel(new_model(), restart=False)
+    os.kill(service.learner_pid, signal.SIGKILL)
+    wait_for(lambda: service.unavailable is not None, 10)
+    assert "the learner process died (exit code -9)" in service.unavailable
+    with pytest.raises(Unavailable, match="died"):
+        service.learn(*observation(np.random.default_rng(0)))
+    assert service.predict({"x0": 1.0}) is not None
+    service.close()
+
+
+def test_a_script_without_a_main_guard_starts_one_learner_and_it_exits_with_its_parent(
+    tmp_path,
+):
+    script = tmp_path / "service_script.py"  # no `if __name__ == "__main__"`, on purpose
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            from stream_mtl import MultiTaskLearner, Regression
+            from stream_mtl.service import OnlineModel
+            service = OnlineModel(MultiTaskLearner(tasks={"y": Regression()}, hidden=(4,)))
+            service.learn({"x": 1.0}, {"y": 2.0})
+            print(service.learner_pid, flush=True)
+            time.sleep(600)
+            """
+        )
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        learner = int(parent.stdout.readline())
+        assert _alive(learner)
+        parent.kill()  # SIGKILL: no close(), no atexit
+        parent.wait()
+        wait_for(lambda: not _alive(learner), 10)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def test_a_model_the_learner_process_cannot_load_is_refused_at_start():
+    class Local(Regression):  # a class the learner process cannot import
+        pass
+
+    with pytest.raises(Exception, match="Local"):
+        OnlineModel(MultiTaskLearner(tasks={"y": Local()}, hidden=(4,)))
+
+
+def test_status_counts_come_from_the_learner_process():
+    service = OnlineModel(new_model(), queue_size=100)
+    rng = np.random.default_rng(0)
+    service.learn(*observation(rng))
+    service.predict({"x0": 1.0}, key="k1")
+    service.learn_label("k1", {"a": 1.0})
+    service.predict({"x0": 1.0}, key="k2")
+    status = service.status()
+    assert status["n_queued"] == 2 and status["held"] == 1 and status["unavailable"] is None
+    service.close()
+    assert service.n_queued == 2 and service.errors["a"].get() is not None
+    with pytest.raises(RuntimeError, match="closed"):
+        service.learn(*observation(rng))
