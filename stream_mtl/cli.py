@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -29,6 +30,7 @@ if typing.TYPE_CHECKING:
     from stream_mtl.evaluate import Report
 
 logger = logging.getLogger("stream_mtl")
+LEARN_TOKEN_VARIABLE = "STREAM_MTL_LEARN_TOKEN"  # serve: the bearer token /learn needs
 
 
 def _prequential(
@@ -394,7 +396,9 @@ def _serve(args: argparse.Namespace) -> int:
     limits = Limits(
         args.max_body_bytes, args.max_rows, args.max_row_features, args.max_string_length
     )
-    config = uvicorn.Config(create_app(service, limits), log_level="warning")
+    token = args.learn_token or os.environ.get(LEARN_TOKEN_VARIABLE) or None
+    app = create_app(service, limits, learn_token=token)
+    config = uvicorn.Config(app, log_level="warning")
     uvicorn.Server(config).run(sockets=[listener])
     logger.info("stopped; checkpoint %s", path)
     return 0
@@ -592,6 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=25.0,
         help="seconds a stop may spend learning what is queued; the rest is logged as lost "
         "(default 25, inside a 30 s grace period)",
+    )
+    serve.add_argument(
+        "--learn-token",
+        help="POST /learn then needs 'Authorization: Bearer TOKEN'; the environment "
+        f"variable {LEARN_TOKEN_VARIABLE} does the same without showing it to ps",
     )
     serve.add_argument(
         "--learner",

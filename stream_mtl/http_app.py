@@ -29,6 +29,7 @@ no client can grow them.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import math
 import time
 import typing
@@ -122,6 +123,15 @@ class _ServiceCollector:
         yield expired
 
 
+def _bearer_matches(request: Request, token: str) -> bool:
+    """Whether the request carries `Authorization: Bearer <token>` (compared in constant
+    time, so that the answer's timing does not tell how much of a guess was right)."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
 def _health(service: OnlineModel) -> tuple[str | None, dict | None]:
     """Why learning is unavailable (None: it is not), and the learner's counts (None while
     a learner process is down)."""
@@ -201,8 +211,13 @@ def _clean(value: object) -> object:
     return value
 
 
-def create_app(service: OnlineModel, limits: Limits | None = None) -> FastAPI:
+def create_app(
+    service: OnlineModel, limits: Limits | None = None, learn_token: str | None = None
+) -> FastAPI:
     """The app for `service`; closing the app (uvicorn's shutdown) closes the service.
+
+    With a `learn_token`, `POST /learn` needs `Authorization: Bearer <token>` (401
+    otherwise): whoever can post labels can steer the model.
 
     >>> from stream_mtl import MultiTaskLearner, Regression
     >>> app = create_app(OnlineModel(MultiTaskLearner(tasks={"y": Regression()}, hidden=(4,))))
@@ -263,7 +278,8 @@ def create_app(service: OnlineModel, limits: Limits | None = None) -> FastAPI:
 
     @app.exception_handler(BadRequest)
     async def bad_request(_request: Request, error: BadRequest) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=error.status)
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return JSONResponse({"detail": str(error)}, status_code=error.status, headers=headers)
 
     @app.exception_handler(InvalidInput)  # what the model refuses; any other error is a bug
     async def refused(_request: Request, error: InvalidInput) -> JSONResponse:
@@ -290,6 +306,8 @@ def create_app(service: OnlineModel, limits: Limits | None = None) -> FastAPI:
 
     @app.post("/learn", status_code=202)
     async def learn(request: Request) -> dict:
+        if learn_token is not None and not _bearer_matches(request, learn_token):
+            raise BadRequest("POST /learn needs the header Authorization: Bearer <token>", 401)
         body = await body_of(request)
         y, key = _labels(body.get("y"), limits), _key(body, limits)
         if body.get("x") is None:

@@ -316,3 +316,19 @@ def test_learn_answers_503_with_the_reason_while_checkpoints_fail(tmp_path, star
         assert client.post("/learn", json=body).status_code == 202
         wait_until_learned(client, 2)
     assert stop_server(process)
+
+
+def test_learn_needs_the_bearer_token_when_one_is_set(tmp_path, start, monkeypatch):
+    monkeypatch.setenv("STREAM_MTL_LEARN_TOKEN", "s3cret")  # the server inherits it
+    _process, url = start(tmp_path / "model.ckpt", "a:regression", options=SMALL)
+    body = {"x": {"x0": 1.0}, "y": {"a": 2.0}}
+    with httpx.Client(base_url=url, timeout=10) as client:
+        refused = client.post("/learn", json=body)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert "Authorization: Bearer" in refused.json()["detail"]
+        wrong = client.post("/learn", json=body, headers={"Authorization": "Bearer s3cre"})
+        assert wrong.status_code == 401
+        right = client.post("/learn", json=body, headers={"Authorization": "Bearer s3cret"})
+        assert right.status_code == 202
+        assert client.post("/predict", json={"x": {"x0": 1.0}}).status_code == 200
+        wait_until_learned(client, 1)
