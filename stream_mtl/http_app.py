@@ -132,6 +132,39 @@ def _bearer_matches(request: Request, token: str) -> bool:
     )
 
 
+def _json(content: object) -> Response:
+    """A JSON answer written by orjson (a NaN, a missing prediction, becomes null),
+    without FastAPI's generic encoding of the returned value."""
+    return Response(orjson.dumps(content), media_type="application/json")
+
+
+class _Measured:
+    """ASGI middleware: each request's latency and status, counted by route (a plain
+    ASGI wrapper: Starlette's `BaseHTTPMiddleware` costs more than a prediction)."""
+
+    def __init__(self, app: typing.Any, requests: Counter, latency: Histogram) -> None:
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope: dict, receive: typing.Callable, send: typing.Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def sending(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            endpoint = scope["path"] if scope["path"] in ROUTES else "other"
+            self.latency.labels(endpoint).observe(time.perf_counter() - started)
+            self.requests.labels(endpoint, str(status)).inc()
+
+
 def _health(service: OnlineModel) -> tuple[str | None, dict | None]:
     """Why learning is unavailable (None: it is not), and the learner's counts (None while
     a learner process is down)."""
@@ -245,14 +278,7 @@ def create_app(
     )
     registry.register(_ServiceCollector(service))
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: typing.Callable) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        endpoint = request.url.path if request.url.path in ROUTES else "other"
-        latency.labels(endpoint).observe(time.perf_counter() - started)
-        requests.labels(endpoint, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_Measured, requests=requests, latency=latency)
 
     async def body_of(request: Request) -> dict:
         if not _is_json(request.headers.get("content-type")):
@@ -291,7 +317,7 @@ def create_app(
         return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.post("/predict")
-    async def predict(request: Request) -> dict:
+    async def predict(request: Request) -> Response:
         body = await body_of(request)
         x = body.get("x")
         if isinstance(x, list):
@@ -300,9 +326,9 @@ def create_app(
                     f'"x" holds {len(x)} rows, more than the {limits.rows} allowed', 413
                 )
             rows = [_features(row, limits, f"x[{i}]") for i, row in enumerate(x)]
-            return {"predictions": [_clean(service.predict(row)) for row in rows]}
+            return _json({"predictions": [service.predict(row) for row in rows]})
         # predict checks x (and raises naming the fault) before it holds anything
-        return _clean(service.predict(_features(x, limits), key=_key(body, limits)))
+        return _json(service.predict(_features(x, limits), key=_key(body, limits)))
 
     @app.post("/learn", status_code=202)
     async def learn(request: Request) -> dict:

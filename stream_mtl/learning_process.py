@@ -67,6 +67,7 @@ CANNOT_SEND = (
     "import, or use process=False)"
 )
 SWITCH_INTERVAL = 2e-4  # seconds, in the learner process
+NICENESS = 10  # added to the learner process's nice value
 MAX_RESTART_DELAY = 30.0
 
 
@@ -230,11 +231,19 @@ class LearningProcess:
             logger.warning("the learner process was restarted from its %s", source[0])
             return
 
+    def _down(self) -> str | None:
+        """Why the learner process is not there to learn (None: it is)."""
+        if self._stopped_by is not None:
+            return self._stopped_by
+        code = None if self._process is None else self._process.poll()
+        return None if code is None else f"the learner process died (exit code {code})"
+
     def _send(self, op: str, *args: typing.Any, answer: bool = True) -> typing.Any:
         if self._closed:
             raise RuntimeError("this OnlineModel is closed")
-        if self._stopped_by is not None:
-            raise Unavailable(self._stopped_by)
+        down = self._down()
+        if down is not None:
+            raise Unavailable(down)
         call_id = next(self._ids) if answer else 0
         future: concurrent.futures.Future = concurrent.futures.Future()
         if answer:
@@ -249,7 +258,7 @@ class LearningProcess:
                 self._conn.send_bytes(message)  # type: ignore[union-attr]
         except OSError:
             self._calls.pop(call_id, None)
-            raise Unavailable(self._stopped_by or "the learner process is gone") from None
+            raise Unavailable(self._down() or "the learner process is gone") from None
         if not answer:
             return None
         try:
@@ -315,8 +324,9 @@ class LearningProcess:
     def unavailable(self) -> str | None:
         if self._closed:
             return "closed"
-        if self._stopped_by is not None:
-            return self._stopped_by
+        down = self._down()
+        if down is not None:
+            return down
         try:
             return self.status()["unavailable"]
         except Unavailable as error:
@@ -325,15 +335,13 @@ class LearningProcess:
     @property
     def pid(self) -> int | None:
         """The learner process's id (None once closed or while it is down)."""
-        if self._closed or self._stopped_by is not None or self._process is None:
+        if self._closed or self._down() is not None or self._process is None:
             return None
         return self._process.pid
 
     @property
     def alive(self) -> bool:
-        return (
-            self._stopped_by is None and self._process is not None and self._process.poll() is None
-        )
+        return not self._closed and self._process is not None and self._down() is None
 
     @property
     def model(self) -> MultiTaskLearner:
@@ -351,7 +359,7 @@ class LearningProcess:
         if self._closed:
             return
         try:
-            if self._stopped_by is None:
+            if self._down() is None:
                 answer = self._send("close")
                 self._final, self._final_model = answer["status"], answer["model"]
                 with self._loading:
@@ -390,6 +398,8 @@ def _child_main(conn: Connection) -> None:
     # The learner thread holds the GIL in bursts; a call waiting for it would wait the
     # default 5 ms switch interval.
     sys.setswitchinterval(SWITCH_INTERVAL)
+    # Below the serving process: where they compete for a core, predictions go first.
+    os.nice(NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the parent decides
     logging.basicConfig(level=level, format=LOG_FORMAT)
     writer = SnapshotWriter(board)
