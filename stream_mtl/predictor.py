@@ -148,7 +148,7 @@ class Snapshot(Predicting):
 
     def __init__(self, model: MultiTaskLearner) -> None:
         self._encoder = copy.deepcopy(model._encoder)
-        self._backend = copy.deepcopy(model._backend)
+        self._backend = model._backend.predicting_copy()
         self._outputs = model._outputs.frozen_copy()
         self.tasks: dict = dict(model.tasks)
         self.n_learned: dict[str, int] = model.n_learned

@@ -14,6 +14,7 @@ import pytest
 from conftest import predict_while_learning
 
 from stream_mtl import Binary, InvalidInput, MultiTaskLearner, Regression
+from stream_mtl.predictor import Snapshot
 from stream_mtl.service import OnlineModel, QueueFull, Unavailable, UnknownKey
 
 
@@ -310,3 +311,21 @@ def test_callers_waiting_for_room_each_wait_at_most_block_timeout():
     service.close()
     assert service.n_refused > 0
     assert max(waits) < 0.6  # 0.2 s each, not in turn behind one another (up to 1.2 s)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_snapshot_predicts_as_the_model_without_what_only_learning_reads(backend):
+    model = MultiTaskLearner(
+        tasks={"a": Regression(), "flag": Binary()}, hidden=(16,), backend=backend, seed=0
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        model.learn_one(*observation(rng))
+    snapshot = Snapshot(model)
+    copied = snapshot._backend
+    assert all(head.cov is None for head in [*copied.linear, *copied.top, copied.shared])
+    assert copied._moments is None
+    assert all(head.cov is not None for head in model._backend.linear)  # the model keeps them
+    for _ in range(50):
+        x = observation(rng)[0]
+        assert snapshot.predict_one(x) == model.predict_one(x)

@@ -37,6 +37,7 @@ host in float64, so the backends' maths and states are the same by construction.
 
 from __future__ import annotations
 
+import copy
 import typing
 
 import numpy as np
@@ -104,6 +105,20 @@ class FlatBackend:
         self.top = [SecondOrderHeads(factor) for factor in top_forgetting] if hidden else []
         self.hedge = Hedge(self.n_heads, hedge_rate, hedge_floor, n_first=self.n_linear)
         self._relayout()
+
+    # What only learning reads, left out of `predicting_copy` (a subclass adds its own).
+    _LEARNING_ONLY: tuple[str, ...] = ("_moments",)
+
+    def predicting_copy(self) -> FlatBackend:
+        """A deep copy that predicts exactly as this backend does now, without what only
+        learning reads: the second-order heads' covariances (most of the memory of a
+        model with many tasks or inputs), the optimiser's moments, gradients and
+        scratch. What a snapshot holds; it must never learn."""
+        heads = [*self.linear, *self.top, *([self.shared] if self.shared is not None else [])]
+        memo: dict[int, typing.Any] = {id(head.cov): None for head in heads}
+        for name in self._LEARNING_ONLY:
+            memo[id(getattr(self, name))] = None
+        return copy.deepcopy(self, memo)
 
     # -- what a subclass supplies --------------------------------------------------------
 

@@ -30,6 +30,17 @@ class NumpyBackend(FlatBackend):
     [[...]]
     """
 
+    _LEARNING_ONLY = (
+        "_moments",
+        "_grads",
+        "_scratch",
+        "_saved",
+        "_grad_weights",
+        "_grad_biases",
+        "_grad_head_weights",
+        "_grad_head_biases",
+    )
+
     def __init__(
         self,
         hidden: tuple[int, ...] = (64, 64),

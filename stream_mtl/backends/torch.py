@@ -75,6 +75,8 @@ class TorchBackend(FlatBackend):
     True
     """
 
+    _LEARNING_ONLY = ("_moments", "_graph")
+
     def __init__(
         self,
         hidden: tuple[int, ...] = (64, 64),
