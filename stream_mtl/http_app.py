@@ -6,7 +6,10 @@
   features predicted earlier under that key -> 202.
 - `GET /tasks`: kinds, weights, labels learned, the mixture of heads, rolling error, drift
   events, affinity.
-- `GET /healthz`, `GET /metrics` (Prometheus text).
+- `GET /healthz`: 200, or 503 with the reason learning is unavailable (a learner
+  process that died and is being restarted, a failing checkpoint); the queue depth,
+  the snapshot's age, the learner process's pid and restarts.
+- `GET /metrics` (Prometheus text).
 
 A request that is not an object of the right shape (400), or that the model refuses
 (422; labels for a key that holds nothing: 404), gets a 4xx whose `detail` names the
@@ -377,6 +380,8 @@ def create_app(
             "status": "ok" if reason is None else reason,
             "queue_depth": None if status is None else status["queue_depth"],
             "snapshot_age_seconds": _clean(service.snapshot_age),
+            "learner_pid": service.learner_pid,
+            "learner_restarts": service.n_restarts,
         }
         return JSONResponse(body, status_code=200 if reason is None else 503)
 

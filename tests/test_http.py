@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import threading
 import time
 
@@ -332,3 +334,38 @@ def test_learn_needs_the_bearer_token_when_one_is_set(tmp_path, start, monkeypat
         assert right.status_code == 202
         assert client.post("/predict", json={"x": {"x0": 1.0}}).status_code == 200
         wait_until_learned(client, 1)
+
+
+def test_a_killed_learner_process_turns_healthz_503_until_it_is_back_with_what_it_learned(
+    tmp_path, start
+):
+    path = tmp_path / "model.ckpt"
+    process, url = start(path, "a:regression", "flag:binary", options=SMALL)
+    rng = np.random.default_rng(0)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for _ in range(100):
+            assert client.post("/learn", json=observation(rng)).status_code == 202
+        wait_until_learned(client, 100)
+        health = client.get("/healthz").json()
+        learner = health["learner_pid"]
+        assert learner not in (None, process.pid) and health["learner_restarts"] == 0
+        os.kill(learner, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (answer := client.get("/healthz")).status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert answer.status_code == 503
+        assert "the learner process died (exit code -9)" in answer.json()["status"]
+        assert client.post("/predict", json={"x": {"x0": 1.0}}).status_code == 200
+        while (answer := client.get("/healthz")).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert answer.json()["learner_restarts"] == 1
+        # No checkpoint yet: the new learner learned the write-ahead log again.
+        wait_until_learned(client, 100)
+        assert client.post("/learn", json=observation(rng)).status_code == 202
+        wait_until_learned(client, 101)
+    assert (
+        "the learner process died (exit code -9)"
+        in path.with_suffix(f".{url.rsplit(':', 1)[1]}.log").read_text()
+    )
