@@ -174,6 +174,11 @@ class LearningProcess:
             process.wait()
             conn.close()
             raise value
+        if self._closed:  # closed while this restart was starting: end it
+            process.kill()
+            process.wait()
+            conn.close()
+            return
         self._process, self._conn = process, conn
         self._stopped_by = None
         threading.Thread(
@@ -227,8 +232,9 @@ class LearningProcess:
                 logger.error("the learner process did not restart: %s", error)
                 delay = min(2 * delay, MAX_RESTART_DELAY)
                 continue
-            self.n_restarts += 1
-            logger.warning("the learner process was restarted from its %s", source[0])
+            if not self._closed:
+                self.n_restarts += 1
+                logger.warning("the learner process was restarted from its %s", source[0])
             return
 
     def _down(self) -> str | None:
