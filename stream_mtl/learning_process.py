@@ -57,7 +57,8 @@ __all__ = ["LearningProcess"]
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# Requests the child answers on its worker threads (a learn may wait for the log's fsync).
+# Requests the child answers (on a worker thread where a learn may wait: for room in the
+# queue, or for the log's fsync).
 CALLS = frozenset({"learn", "learn_label", "status"})
 # Seconds a call waits for the child beyond its own time to queue (block_timeout).
 ANSWER_GRACE = 30.0
@@ -134,6 +135,7 @@ class LearningProcess:
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._ids = itertools.count(1)
         self._stopped_by: str | None = None
+        self._closing = False  # close() asked the child to stop: its exit is no death
         self._closed = False
         self._final: dict | None = None
         self._final_model: MultiTaskLearner | None = None
@@ -174,7 +176,7 @@ class LearningProcess:
             process.wait()
             conn.close()
             raise value
-        if self._closed:  # closed while this restart was starting: end it
+        if self._closing:  # closed while this restart was starting: end it
             process.kill()
             process.wait()
             conn.close()
@@ -205,7 +207,7 @@ class LearningProcess:
         except subprocess.TimeoutExpired:  # it closed its end but lives on: end it
             process.kill()
             code = f"{process.wait()}, killed: it had closed its connection"
-        if self._closed:
+        if self._closing:
             return
         reason = f"the learner process died (exit code {code})"
         self._stopped_by = reason
@@ -219,9 +221,9 @@ class LearningProcess:
 
     def _restart_later(self, reason: str) -> None:
         delay = self.restart_delay
-        while not self._closed:
+        while not self._closing:
             time.sleep(delay)
-            if self._closed:
+            if self._closing:
                 return
             resumable = self._checkpoint is not None and Path(self._checkpoint).exists()
             source = ("checkpoint", self._checkpoint) if resumable else ("model", self._initial)
@@ -232,7 +234,7 @@ class LearningProcess:
                 logger.error("the learner process did not restart: %s", error)
                 delay = min(2 * delay, MAX_RESTART_DELAY)
                 continue
-            if not self._closed:
+            if not self._closing:
                 self.n_restarts += 1
                 logger.warning("the learner process was restarted from its %s", source[0])
             return
@@ -352,6 +354,11 @@ class LearningProcess:
     @property
     def model(self) -> MultiTaskLearner:
         """The learned model, once closed (it learns in the child until then)."""
+        if self._final_model is None and self._closed:
+            raise RuntimeError(
+                "the learner process was down when the service closed: load the model "
+                "from its checkpoint"
+            )
         if self._final_model is None:
             raise RuntimeError(
                 "the model learns in the learner process: predict from `snapshot`, or "
@@ -364,6 +371,7 @@ class LearningProcess:
         hands the model back; then the shared memory is removed."""
         if self._closed:
             return
+        self._closing = True
         try:
             if self._down() is None:
                 answer = self._send("close")
