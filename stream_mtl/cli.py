@@ -381,6 +381,7 @@ def _serve(args: argparse.Namespace) -> int:
         process=args.learner == "process",
         checkpoint=path,
         checkpoint_seconds=args.checkpoint_seconds,
+        checkpoint_every=args.checkpoint_every,
         block_timeout=0,
         label_wait=args.label_wait,
         label_max_age=args.label_max_age,
@@ -583,6 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="seconds between checkpoints (default 60); also on stop",
+    )
+    serve.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        help="also checkpoint after this many observations learned: with --no-wal, a "
+        "kill loses at most this many learned ones and what is queued",
     )
     serve.add_argument(
         "--no-wal",

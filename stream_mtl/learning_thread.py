@@ -19,8 +19,8 @@ in count, age and bytes), until `learn_label(key, y)` brings their labels; the r
 scores the prediction that was served. What happens to each event is the stream step's
 (`stream_mtl.stream`): this module keeps the threads and the queue. With a `checkpoint`
 path, the learner thread writes an atomic checkpoint, with the features held under keys,
-every `checkpoint_seconds` seconds and on `close()`; `resumed_from` gives what goes on
-from it.
+every `checkpoint_seconds` seconds or `checkpoint_every` observations learned, and on
+`close()`; `resumed_from` gives what goes on from it.
 
 Nothing is accepted that cannot be learned: while the learner thread has stopped, or
 while its last checkpoint failed (a full disk; retried every few seconds), `learn` and
@@ -30,7 +30,9 @@ while its last checkpoint failed (a full disk; retried every few seconds), `lear
 `learn_label` return only once the observation is on disk (`stream_mtl.wal`: group
 commit), and a service resumed from its checkpoint learns again what was accepted after
 it: a killed process loses nothing it acknowledged. Without one, an accepted
-observation is in memory only until the next checkpoint. `close()` learns what is
+observation is in memory only until the next checkpoint: a kill loses at most
+`checkpoint_every` learned observations (or `checkpoint_seconds`' worth) and what is queued
+(`queue_size`). `close()` learns what is
 queued, for at most `close_timeout` seconds when one is set (`serve`: 25 s); what is
 still queued then is left to the log, or logged as lost.
 """
@@ -112,6 +114,7 @@ class LearningThread:
         model: MultiTaskLearner,
         checkpoint: str | os.PathLike | None = None,
         checkpoint_seconds: float | None = None,
+        checkpoint_every: int | None = None,
         snapshot_every: int = 100,
         snapshot_ms: float = 50.0,
         queue_size: int = 10_000,
@@ -127,13 +130,20 @@ class LearningThread:
         wal: str | os.PathLike | None = None,
         replay_after: int = 0,
     ) -> None:
-        if checkpoint_seconds is not None and checkpoint is None:
-            raise InvalidInput("checkpoint_seconds needs a checkpoint path")
+        if (checkpoint_seconds is not None or checkpoint_every is not None) and checkpoint is None:
+            raise InvalidInput("checkpoint_seconds and checkpoint_every need a checkpoint path")
+        if checkpoint_every is not None and (
+            not isinstance(checkpoint_every, int) or checkpoint_every < 1
+        ):
+            raise InvalidInput(
+                f"checkpoint_every must be a positive integer, got {checkpoint_every!r}"
+            )
         if not isinstance(snapshot_every, int) or snapshot_every < 1:
             raise InvalidInput(f"snapshot_every must be a positive integer, got {snapshot_every!r}")
         self.model = model
         self.checkpoint_path = None if checkpoint is None else Path(checkpoint)
         self.checkpoint_seconds = checkpoint_seconds
+        self.checkpoint_every = checkpoint_every
         self.snapshot_every = snapshot_every
         self.snapshot_ms = snapshot_ms
         self.block_timeout = block_timeout
@@ -329,7 +339,7 @@ class LearningThread:
 
     def _learn_loop(self) -> None:
         since_snapshot, snapshot_at = 0, time.monotonic()
-        checkpoint_at = time.monotonic()
+        since_checkpoint, checkpoint_at = 0, time.monotonic()
         while not self._stop_now:
             try:
                 item = self._queue.get(timeout=self.snapshot_ms / 1000)
@@ -347,6 +357,7 @@ class LearningThread:
                 if seq:
                     self._learned_seq = seq
                 since_snapshot += 1
+                since_checkpoint += 1
             now = time.monotonic()
             if since_snapshot and (
                 since_snapshot >= self.snapshot_every
@@ -354,13 +365,19 @@ class LearningThread:
             ):
                 self._publish()
                 since_snapshot, snapshot_at = 0, now
-            if self.checkpoint_seconds is not None and now - checkpoint_at >= (
-                self.checkpoint_seconds
-                if self._checkpoint_error is None
-                else min(self.checkpoint_seconds, CHECKPOINT_RETRY_SECONDS)
-            ):
+            if self._checkpoint_due(now - checkpoint_at, since_checkpoint):
                 self._try_to_save()
-                checkpoint_at = now
+                since_checkpoint, checkpoint_at = 0, now
+
+    def _checkpoint_due(self, seconds: float, learned: int) -> bool:
+        """Whether to checkpoint, `seconds` and `learned` observations after the last
+        one (while checkpoints fail: every few seconds)."""
+        if self._checkpoint_error is not None:
+            every = self.checkpoint_seconds or CHECKPOINT_RETRY_SECONDS
+            return seconds >= min(every, CHECKPOINT_RETRY_SECONDS)
+        if self.checkpoint_every is not None and learned >= self.checkpoint_every:
+            return True
+        return self.checkpoint_seconds is not None and seconds >= self.checkpoint_seconds
 
     def _try_to_save(self) -> None:
         """A periodic checkpoint; one that fails is logged, and refuses learning until

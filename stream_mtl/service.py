@@ -45,9 +45,11 @@ class OnlineModel:
     restart, restart_delay
         With `process`: start a learner process that died again, from the checkpoint
         (after `restart_delay` seconds, doubled after each failed try up to 30 s).
-    checkpoint, checkpoint_seconds
-        Where and how often (seconds) to write an atomic checkpoint, which includes the
-        features held under keys; also written by `close`.
+    checkpoint, checkpoint_seconds, checkpoint_every
+        Where and how often (seconds, observations learned: whichever comes first) to
+        write an atomic checkpoint, which includes the features held under keys; also
+        written by `close`. Without a `wal`, a killed service loses what was learned
+        since the last checkpoint and what is queued.
     snapshot_every, snapshot_ms
         A new snapshot after this many updates or milliseconds, whichever comes first.
     queue_size, block_timeout

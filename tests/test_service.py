@@ -329,3 +329,21 @@ def test_a_snapshot_predicts_as_the_model_without_what_only_learning_reads(backe
     for _ in range(50):
         x = observation(rng)[0]
         assert snapshot.predict_one(x) == model.predict_one(x)
+
+
+def test_checkpoint_every_bounds_what_a_kill_without_a_log_can_lose(tmp_path):
+    path = tmp_path / "service.ckpt"
+    service = OnlineModel(new_model(), checkpoint=path, checkpoint_every=50)
+    rng = np.random.default_rng(0)
+    for _ in range(120):
+        service.learn(*observation(rng))
+    deadline = time.monotonic() + 60
+    while service.snapshot.n_learned.get("a", 0) < 120:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # what a kill now would leave: the checkpoint after 100, not 120 (and no file lost)
+    assert MultiTaskLearner.load(path).n_learned["a"] == 100
+    service.close()
+    assert MultiTaskLearner.load(path).n_learned["a"] == 120
+    with pytest.raises(InvalidInput, match="checkpoint_every must be a positive integer"):
+        OnlineModel(new_model(), process=False, checkpoint=path, checkpoint_every=0)
