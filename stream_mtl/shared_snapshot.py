@@ -14,6 +14,9 @@ and the serving processes read the latest one (`stream_mtl.service`). Nothing is
   *generation*, named after the header); readers follow the header to it, and the
   writer unlinks the old one (mappings already open stay valid).
 
+A board's owner that is killed cannot unlink it; `SnapshotBoard.create` removes the
+boards of owners that are gone (where shared memory is a folder, as on Linux).
+
 The header also holds when the writer last published and when it last said "nothing
 new" (`touch`), so that a reader knows how old what it reads may be (`age`).
 
@@ -45,7 +48,13 @@ import typing
 import zlib
 from multiprocessing import resource_tracker, shared_memory
 
-__all__ = ["SnapshotBoard", "SnapshotReader", "SnapshotWriter", "TornRead"]
+__all__ = [
+    "SnapshotBoard",
+    "SnapshotReader",
+    "SnapshotWriter",
+    "TornRead",
+    "remove_stale_boards",
+]
 
 # The header: a sequence number (8 bytes), then generation, slot capacity, slot,
 # version, published and fresh (monotonic seconds).
@@ -54,6 +63,7 @@ HEADER_SIZE = 8 + HEADER.size
 # Each slot: a sequence number, then length, CRC-32 and version; then the payload.
 SLOT = struct.Struct("<QQQ")
 SLOT_SIZE = 8 + SLOT.size
+PREFIX = "smtl-"  # boards are named smtl-<owner pid>-<random>[-<generation>]
 FIRST_CAPACITY = 1 << 16
 WAIT_SECONDS = 5.0  # a writer that stays half-way longer than this has died there
 SPINS = 100  # tries before a reader starts to yield its CPU to the writer
@@ -109,6 +119,36 @@ def _unlink(segment: shared_memory.SharedMemory) -> None:
         _posixshmem.shm_unlink(segment._name)  # type: ignore[attr-defined]
 
 
+def remove_stale_boards(folder: str = "/dev/shm") -> list[str]:
+    """Remove the segments of boards whose owner process is gone (killed before it could
+    unlink them), where shared memory is a folder (Linux); the names removed."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        owner = name[len(PREFIX) :].split("-", 1)[0]
+        if not owner.isdigit() or _running(int(owner)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: running
+        return True
+    return True
+
+
 def _segment_name(board: str, generation: int) -> str:
     return f"{board}-{generation}"
 
@@ -123,7 +163,8 @@ class SnapshotBoard:
 
     @classmethod
     def create(cls) -> SnapshotBoard:
-        name = f"smtl-{os.getpid()}-{os.urandom(4).hex()}"
+        remove_stale_boards()
+        name = f"{PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
         return cls(_open(name, HEADER_SIZE))  # zeros: nothing published
 
     def unlink(self) -> None:

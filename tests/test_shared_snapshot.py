@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -11,7 +12,12 @@ import time
 
 import pytest
 
-from stream_mtl.shared_snapshot import SnapshotBoard, SnapshotReader, SnapshotWriter
+from stream_mtl.shared_snapshot import (
+    SnapshotBoard,
+    SnapshotReader,
+    SnapshotWriter,
+    remove_stale_boards,
+)
 
 WORD = struct.Struct("<Q")
 
@@ -114,3 +120,16 @@ def test_unlinking_the_board_removes_its_segments(board):
     board.unlink()
     with pytest.raises(FileNotFoundError):
         SnapshotReader(board.name)
+
+
+def test_boards_of_owners_that_are_gone_are_removed_when_a_board_is_made(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no process has now
+    for name in (f"smtl-{gone.pid}-0a0b0c0d", f"smtl-{gone.pid}-0a0b0c0d-1"):
+        (tmp_path / name).write_bytes(b"left by a killed server")
+    mine = tmp_path / f"smtl-{os.getpid()}-01020304"
+    mine.write_bytes(b"a live owner's")
+    (tmp_path / "other-123").write_bytes(b"not a board")
+    removed = remove_stale_boards(str(tmp_path))
+    assert sorted(removed) == [f"smtl-{gone.pid}-0a0b0c0d", f"smtl-{gone.pid}-0a0b0c0d-1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other-123", mine.name]
