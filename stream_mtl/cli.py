@@ -11,11 +11,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import typing
 from collections.abc import Sequence
@@ -374,7 +377,10 @@ def _serve(args: argparse.Namespace) -> int:
         model = _model_for(tasks, args)
     else:
         raise ValueError(f"no checkpoint at {str(path)!r}: give the tasks with --task NAME:KIND")
+    if args.workers > 1 and args.learner != "process":
+        raise ValueError("--workers needs --learner process: the workers share its snapshots")
     listener = _listen(args.host, args.port)  # before anything starts or writes
+    folder = Path(tempfile.mkdtemp(prefix="stream-mtl-serve-"))  # the workers' rendezvous
     # block_timeout=0: a full learn queue answers 503 at once; the event loop never waits.
     service = OnlineModel(
         model,
@@ -390,19 +396,57 @@ def _serve(args: argparse.Namespace) -> int:
         close_timeout=args.close_timeout,
         wal=None if args.no_wal else path.with_name(path.name + ".wal"),
         replay_after=replay_after,
+        **({"listen": folder / "learner.sock"} if args.workers > 1 else {}),
     )
-    logger.info("serving %s on http://%s:%d", sorted(model.tasks), args.host, args.port)
-    # uvicorn turns SIGTERM and SIGINT into a shutdown, which closes the service:
-    # the queue is learned and a checkpoint written before the process exits.
+    logger.info(
+        "serving %s on http://%s:%d (%d worker(s))",
+        sorted(model.tasks),
+        args.host,
+        args.port,
+        args.workers,
+    )
     limits = Limits(
         args.max_body_bytes, args.max_rows, args.max_row_features, args.max_string_length
     )
     token = args.learn_token or os.environ.get(LEARN_TOKEN_VARIABLE) or None
-    app = create_app(service, limits, learn_token=token)
-    config = uvicorn.Config(app, log_level="warning")
-    uvicorn.Server(config).run(sockets=[listener])
+    try:
+        if args.workers == 1:
+            # uvicorn turns SIGTERM and SIGINT into a shutdown, which closes the service:
+            # the queue is learned and a checkpoint written before the process exits.
+            app = create_app(service, limits, learn_token=token)
+            uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
+        else:
+            _serve_workers(service, folder, listener, limits, token, args.workers)
+    finally:
+        service.close()  # (once the workers are gone) learns what is queued, checkpoints
+        shutil.rmtree(folder, ignore_errors=True)
     logger.info("stopped; checkpoint %s", path)
     return 0
+
+
+def _serve_workers(service, folder: Path, listener, limits, token, workers: int) -> None:
+    """uvicorn's worker processes on `listener`, each with its own link to the learner
+    process of `service` (`http_app.worker_app`); returns once SIGTERM stopped them."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from stream_mtl.http_app import WORKER_SETUP
+
+    metrics = folder / "metrics"  # prometheus_client's multiprocess mode: one file each
+    metrics.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)  # the workers inherit both
+    os.environ[WORKER_SETUP] = json.dumps(
+        {
+            "board": service.board,
+            "address": str(folder / "learner.sock"),
+            "limits": limits._asdict(),
+            "learn_token": token,
+        }
+    )
+    config = uvicorn.Config(
+        "stream_mtl.http_app:worker_app", factory=True, workers=workers, log_level="warning"
+    )
+    Multiprocess(config, sockets=[listener]).run()
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -608,6 +652,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--learn-token",
         help="POST /learn then needs 'Authorization: Bearer TOKEN'; the environment "
         f"variable {LEARN_TOKEN_VARIABLE} does the same without showing it to ps",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="server processes, each predicting from the one learner process's snapshots "
+        "(default 1)",
     )
     serve.add_argument(
         "--learner",

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import math
+import os
 import time
 import typing
 
@@ -48,6 +50,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.concurrency import run_in_threadpool
 
 from stream_mtl.exceptions import InvalidInput, UnknownKey
@@ -57,6 +60,7 @@ from stream_mtl.service import OnlineModel, Unavailable
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5)
 
 
+WORKER_SETUP = "STREAM_MTL_WORKER_SETUP"  # serve --workers: JSON for `worker_app`
 ROUTES = frozenset({"/predict", "/learn", "/tasks", "/healthz", "/metrics"})
 
 
@@ -133,6 +137,15 @@ def _bearer_matches(request: Request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(
         given.strip().encode(), token.encode()
     )
+
+
+def worker_app() -> FastAPI:
+    """The app of one `stream-mtl serve --workers N` worker process: linked to the learner
+    process of the server that started it, as `WORKER_SETUP` (an environment variable)
+    says."""
+    setup = json.loads(os.environ[WORKER_SETUP])
+    service = OnlineModel.attach(setup["board"], setup["address"], block_timeout=0)
+    return create_app(service, Limits(**setup["limits"]), setup["learn_token"])
 
 
 def _json(content: object) -> Response:
@@ -268,7 +281,7 @@ def create_app(
 
     limits = limits or Limits()
     app = FastAPI(title="stream-mtl", lifespan=lifespan)
-    registry = CollectorRegistry()
+    registry = CollectorRegistry()  # the request metrics
     requests = Counter(
         "stream_mtl_requests", "HTTP requests", ["endpoint", "status"], registry=registry
     )
@@ -279,6 +292,9 @@ def create_app(
         buckets=LATENCY_BUCKETS,
         registry=registry,
     )
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers: all their counts
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
     registry.register(_ServiceCollector(service))
 
     app.add_middleware(_Measured, requests=requests, latency=latency)
@@ -376,12 +392,14 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         reason, status = await run_in_threadpool(_health, service)
+        up = status is not None and service.process  # the learner process's own word
         body = {
             "status": "ok" if reason is None else reason,
             "queue_depth": None if status is None else status["queue_depth"],
             "snapshot_age_seconds": _clean(service.snapshot_age),
-            "learner_pid": service.learner_pid,
-            "learner_restarts": service.n_restarts,
+            "learner_pid": status.get("pid") if up else None,
+            "learner_restarts": status.get("restarts") if up else None,
+            "server_pid": os.getpid(),
         }
         return JSONResponse(body, status_code=200 if reason is None else 503)
 

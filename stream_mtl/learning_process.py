@@ -23,11 +23,16 @@ child is started again, from the checkpoint file if there is one and from the mo
 first had otherwise; with a write-ahead log, it then learns again what was acknowledged
 after that (`restart=False`: it stays down). A child whose parent died exits at once,
 leaving the rest to the log, as a killed service would.
+
+With `listen` (a Unix socket path) the child also takes the calls of other serving
+processes: a `LearnerClient` (`OnlineModel.attach`) reads the same board and sends its
+calls there, and connects again when the child is restarted (`serve --workers N`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import os
@@ -40,7 +45,7 @@ import threading
 import time
 import typing
 from collections.abc import Hashable
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
 from stream_mtl.exceptions import InvalidInput, InvalidInputType
@@ -52,7 +57,7 @@ from stream_mtl.shared_snapshot import SnapshotBoard, SnapshotReader, SnapshotWr
 if typing.TYPE_CHECKING:
     from stream_mtl.learner import MultiTaskLearner
 
-__all__ = ["LearningProcess"]
+__all__ = ["LearnerClient", "LearningProcess"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,98 +102,37 @@ def _launch() -> tuple[subprocess.Popen, Connection]:
     return process, Connection(ours.detach())
 
 
-class LearningProcess:
-    """The serving side of a learner in a child process (see the module's docstring).
+class _LearnerLink:
+    """What a serving process holds of a learner process: the snapshots it publishes,
+    and a connection that carries learn, hold and status calls and their answers."""
 
-    Takes the options of `LearningThread`, and: `restart` (start a child that died
-    again), `restart_delay` (seconds before the first try; doubled after each failed
-    one, up to 30 s), `start_timeout` (seconds to wait for a child's first snapshot).
-    Used through `OnlineModel(..., process=True)`.
-    """
-
-    def __init__(
-        self,
-        model: MultiTaskLearner,
-        *,
-        restart: bool = True,
-        restart_delay: float = 0.5,
-        start_timeout: float = 120.0,
-        **options: typing.Any,
-    ) -> None:
-        for name in ("on_snapshot", "on_idle"):
-            if options.get(name) is not None:
-                raise InvalidInput(f"{name} is not available with the learner in a process")
-        self._options = options
-        self._checkpoint = options.get("checkpoint")
-        self._initial = model  # a restart without a checkpoint file starts from it
-        self.restart = restart
-        self.restart_delay = restart_delay
-        self.start_timeout = start_timeout
-        self.block_timeout = options.get("block_timeout", 1.0)
-        self.n_restarts = 0
-        self._board = SnapshotBoard.create()
-        self._reader = SnapshotReader(self._board.name)
+    def __init__(self, board: str, block_timeout: float, checkpointed: bool) -> None:
+        self.block_timeout = block_timeout
+        self._checkpointed = checkpointed  # keys must be writable to a checkpoint
+        self._reader = SnapshotReader(board)
         self._snapshot: Snapshot | None = None
         self._version = 0
         self._loading = threading.Lock()  # readers of this process: one unpickles at a time
         self._send_lock = threading.Lock()
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._ids = itertools.count(1)
-        self._stopped_by: str | None = None
-        self._closing = False  # close() asked the child to stop: its exit is no death
-        self._closed = False
-        self._final: dict | None = None
-        self._final_model: MultiTaskLearner | None = None
-        self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
-        try:
-            self._start(("model", model))
-        except BaseException:
-            self._board.unlink()
-            raise
+        self._stopped_by: str | None = "the learner process is starting"
+        self._closing = False  # close() was called: a learner that goes away is no death
+        self._closed = False
 
-    # -- the child's life -------------------------------------------------------------------
+    @property
+    def board(self) -> str:
+        """The name of the shared memory the learner publishes its snapshots on."""
+        return self._reader.board
 
-    def _start(self, source: tuple[str, typing.Any]) -> None:
-        """Start a child learning from `source` and wait for its first snapshot."""
-        level = logging.getLogger("stream_mtl").getEffectiveLevel()
-        try:
-            setup = pickle.dumps((self._board.name, source, self._options, level), PROTOCOL)
-        except Exception as error:
-            raise InvalidInputType(f"{CANNOT_SEND}: {error}") from None
-        process, conn = _launch()
-        try:
-            conn.send_bytes(setup)
-            if not conn.poll(self.start_timeout):
-                raise Unavailable(f"the learner process did not start in {self.start_timeout} s")
-            ok, value = conn.recv()
-        except (EOFError, OSError):
-            conn.close()
-            raise Unavailable(
-                f"the learner process died while starting (exit code {process.wait()})"
-            ) from None
-        except BaseException:
-            process.kill()
-            process.wait()
-            conn.close()
-            raise
-        if not ok:
-            process.wait()
-            conn.close()
-            raise value
-        if self._closing:  # closed while this restart was starting: end it
-            process.kill()
-            process.wait()
-            conn.close()
-            return
-        self._process, self._conn = process, conn
-        self._stopped_by = None
-        threading.Thread(
-            target=self._receive, args=(conn, process), name="stream-mtl-answers", daemon=True
-        ).start()
+    def _down(self) -> str | None:
+        """Why the learner process cannot take calls now (None: it can)."""
+        return self._stopped_by
 
-    def _receive(self, conn: Connection, process: subprocess.Popen) -> None:
-        """Answers from the child, until it exits; then supervise."""
+    def _receive(self, conn: Connection) -> str:
+        """Answers from the learner until its connection closes; then fail the calls
+        still waiting, and say why (for the caller to log)."""
         while True:
             try:
                 call_id, ok, value = conn.recv()
@@ -202,51 +146,19 @@ class LearningProcess:
             else:
                 future.set_exception(value)
         conn.close()
-        try:
-            code: int | str = process.wait(5)
-        except subprocess.TimeoutExpired:  # it closed its end but lives on: end it
-            process.kill()
-            code = f"{process.wait()}, killed: it had closed its connection"
-        if self._closing:
-            return
-        reason = f"the learner process died (exit code {code})"
-        self._stopped_by = reason
+        return "the learner process went away"
+
+    def _fail_waiting_calls(self, reason: str) -> None:
         for call_id in list(self._calls):
             future = self._calls.pop(call_id, None)
             if future is not None and not future.done():
                 future.set_exception(Unavailable(reason))
-        logger.error("%s; predictions go on from the last snapshot", reason)
-        if self.restart:
-            self._restart_later(reason)
 
-    def _restart_later(self, reason: str) -> None:
-        delay = self.restart_delay
-        while not self._closing:
-            time.sleep(delay)
-            if self._closing:
-                return
-            resumable = self._checkpoint is not None and Path(self._checkpoint).exists()
-            source = ("checkpoint", self._checkpoint) if resumable else ("model", self._initial)
-            self._stopped_by = f"{reason}; restarting from {source[0]}"
-            try:
-                self._start(source)
-            except BaseException as error:
-                logger.error("the learner process did not restart: %s", error)
-                delay = min(2 * delay, MAX_RESTART_DELAY)
-                continue
-            if not self._closing:
-                self.n_restarts += 1
-                logger.warning("the learner process was restarted from its %s", source[0])
-            return
-
-    def _down(self) -> str | None:
-        """Why the learner process is not there to learn (None: it is)."""
-        if self._stopped_by is not None:
-            return self._stopped_by
-        code = None if self._process is None else self._process.poll()
-        return None if code is None else f"the learner process died (exit code {code})"
-
-    def _send(self, op: str, *args: typing.Any, answer: bool = True) -> typing.Any:
+    def _send(
+        self, op: str, *args: typing.Any, answer: bool = True, wait: float | None = -1.0
+    ) -> typing.Any:
+        """Send a call; its answer (or its error, raised), waiting `wait` seconds at most
+        (None: as long as it takes; the default: `block_timeout` and a grace)."""
         if self._closed:
             raise RuntimeError("this OnlineModel is closed")
         down = self._down()
@@ -264,13 +176,15 @@ class LearningProcess:
         try:
             with self._send_lock:
                 self._conn.send_bytes(message)  # type: ignore[union-attr]
-        except OSError:
+        except (OSError, AttributeError):
             self._calls.pop(call_id, None)
             raise Unavailable(self._down() or "the learner process is gone") from None
         if not answer:
             return None
+        if wait is not None and wait < 0:
+            wait = self.block_timeout + ANSWER_GRACE
         try:
-            return future.result(self.block_timeout + ANSWER_GRACE)
+            return future.result(wait)
         except concurrent.futures.TimeoutError:
             self._calls.pop(call_id, None)
             raise Unavailable("the learner process did not answer in time") from None
@@ -307,7 +221,7 @@ class LearningProcess:
     def predict(self, x: dict, key: Hashable | None = None) -> dict:
         snapshot = self.snapshot
         if key is not None:
-            key = writable_key(key) if self._checkpoint is not None else _hashable(key)
+            key = writable_key(key) if self._checkpointed else _hashable(key)
         snapshot.check_one(x)
         prediction = snapshot.predict_one(x)
         if key is not None:
@@ -323,9 +237,7 @@ class LearningProcess:
         return self._send("learn_label", key, y)
 
     def status(self) -> dict:
-        """The learner's counts (`LearningThread.status`); the last ones once closed."""
-        if self._final is not None:
-            return self._final
+        """The learner's counts (`LearningThread.status`, with its pid and restarts)."""
         return self._send("status")
 
     @property
@@ -341,15 +253,153 @@ class LearningProcess:
             return str(error)
 
     @property
+    def alive(self) -> bool:
+        return not self._closed and self._down() is None
+
+
+class LearningProcess(_LearnerLink):
+    """The serving side of a learner in a child process that it starts, supervises and
+    owns (see the module's docstring).
+
+    Takes the options of `LearningThread`, and: `restart` (start a child that died
+    again), `restart_delay` (seconds before the first try; doubled after each failed
+    one, up to 30 s), `start_timeout` (seconds to wait for a child's first snapshot),
+    `listen` (a Unix socket path where the child also takes other serving processes'
+    calls: `LearnerClient`). Used through `OnlineModel(..., process=True)`.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskLearner,
+        *,
+        restart: bool = True,
+        restart_delay: float = 0.5,
+        start_timeout: float = 120.0,
+        listen: str | os.PathLike | None = None,
+        **options: typing.Any,
+    ) -> None:
+        for name in ("on_snapshot", "on_idle"):
+            if options.get(name) is not None:
+                raise InvalidInput(f"{name} is not available with the learner in a process")
+        self._options = options
+        self._checkpoint = options.get("checkpoint")
+        self._initial = model  # a restart without a checkpoint file starts from it
+        self.restart = restart
+        self.restart_delay = restart_delay
+        self.start_timeout = start_timeout
+        self.listen = None if listen is None else str(listen)
+        self.n_restarts = 0
+        self._board = SnapshotBoard.create()
+        super().__init__(
+            self._board.name, options.get("block_timeout", 1.0), self._checkpoint is not None
+        )
+        self._final: dict | None = None
+        self._final_model: MultiTaskLearner | None = None
+        self._process: subprocess.Popen | None = None
+        try:
+            self._start(("model", model))
+        except BaseException:
+            self._reader.close()
+            self._board.unlink()
+            raise
+
+    # -- the child's life -------------------------------------------------------------------
+
+    def _start(self, source: tuple[str, typing.Any]) -> None:
+        """Start a child learning from `source` and wait for its first snapshot."""
+        level = logging.getLogger("stream_mtl").getEffectiveLevel()
+        setup = (self.board, source, self._options, level, self.listen, self.n_restarts)
+        try:
+            message = pickle.dumps(setup, PROTOCOL)
+        except Exception as error:
+            raise InvalidInputType(f"{CANNOT_SEND}: {error}") from None
+        process, conn = _launch()
+        try:
+            conn.send_bytes(message)
+            if not conn.poll(self.start_timeout):
+                raise Unavailable(f"the learner process did not start in {self.start_timeout} s")
+            ok, value = conn.recv()
+        except (EOFError, OSError):
+            conn.close()
+            raise Unavailable(
+                f"the learner process died while starting (exit code {process.wait()})"
+            ) from None
+        except BaseException:
+            process.kill()
+            process.wait()
+            conn.close()
+            raise
+        if not ok:
+            process.wait()
+            conn.close()
+            raise value
+        if self._closing:  # closed while this restart was starting: end it
+            process.kill()
+            process.wait()
+            conn.close()
+            return
+        self._process, self._conn = process, conn
+        self._stopped_by = None
+        threading.Thread(
+            target=self._supervise, args=(conn, process), name="stream-mtl-answers", daemon=True
+        ).start()
+
+    def _supervise(self, conn: Connection, process: subprocess.Popen) -> None:
+        """Answers from the child, until it exits; then start another."""
+        self._receive(conn)
+        try:
+            code: int | str = process.wait(5)
+        except subprocess.TimeoutExpired:  # it closed its end but lives on: end it
+            process.kill()
+            code = f"{process.wait()}, killed: it had closed its connection"
+        if self._closing:
+            return
+        reason = f"the learner process died (exit code {code})"
+        self._stopped_by = reason
+        self._fail_waiting_calls(reason)
+        logger.error("%s; predictions go on from the last snapshot", reason)
+        if self.restart:
+            self._restart_later(reason)
+
+    def _restart_later(self, reason: str) -> None:
+        delay = self.restart_delay
+        while not self._closing:
+            time.sleep(delay)
+            if self._closing:
+                return
+            resumable = self._checkpoint is not None and Path(self._checkpoint).exists()
+            source = ("checkpoint", self._checkpoint) if resumable else ("model", self._initial)
+            self._stopped_by = f"{reason}; restarting from {source[0]}"
+            self.n_restarts += 1
+            try:
+                self._start(source)
+            except BaseException as error:
+                self.n_restarts -= 1
+                logger.error("the learner process did not restart: %s", error)
+                delay = min(2 * delay, MAX_RESTART_DELAY)
+                continue
+            if not self._closing:
+                logger.warning("the learner process was restarted from its %s", source[0])
+            return
+
+    def _down(self) -> str | None:
+        if self._stopped_by is not None:
+            return self._stopped_by
+        code = None if self._process is None else self._process.poll()
+        return None if code is None else f"the learner process died (exit code {code})"
+
+    def status(self) -> dict:
+        """The learner's counts (`LearningThread.status`); the last ones once closed."""
+        if self._final is not None:
+            return self._final
+        return super().status()
+
+    @property
     def pid(self) -> int | None:
         """The learner process's id (None once closed or while it is down)."""
         if self._closed or self._down() is not None or self._process is None:
             return None
         return self._process.pid
-
-    @property
-    def alive(self) -> bool:
-        return not self._closed and self._process is not None and self._down() is None
 
     @property
     def model(self) -> MultiTaskLearner:
@@ -374,7 +424,9 @@ class LearningProcess:
         self._closing = True
         try:
             if self._down() is None:
-                answer = self._send("close")
+                # as long as the queue takes to learn, when no close_timeout bounds it
+                limit = self._options.get("close_timeout")
+                answer = self._send("close", wait=None if limit is None else limit + ANSWER_GRACE)
                 self._final, self._final_model = answer["status"], answer["model"]
                 with self._loading:
                     self._load()  # the last snapshot the learner published
@@ -390,6 +442,78 @@ class LearningProcess:
             self._board.unlink()
 
 
+class LearnerClient(_LearnerLink):
+    """Another serving process's link to a learner process that a `LearningProcess`
+    owns (`listen`): its snapshots from the board, its calls over the Unix socket at
+    `address`. When the learner is restarted, it connects again; closing it leaves the
+    learner to its owner. Used through `OnlineModel.attach`."""
+
+    RECONNECT_SECONDS = 0.1
+
+    def __init__(
+        self,
+        board: str,
+        address: str | os.PathLike,
+        block_timeout: float = 1.0,
+        checkpointed: bool = True,
+        connect_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(board, block_timeout, checkpointed)
+        self.address = str(address)
+        deadline = time.monotonic() + connect_timeout
+        while not self._connect():
+            if time.monotonic() > deadline:
+                self._reader.close()
+                raise Unavailable(f"no learner process answers at {self.address}")
+            time.sleep(self.RECONNECT_SECONDS)
+
+    def _connect(self) -> bool:
+        try:
+            conn = Client(self.address, family="AF_UNIX")
+        except OSError:
+            return False
+        self._conn, self._stopped_by = conn, None
+        threading.Thread(target=self._follow, args=(conn,), daemon=True).start()
+        return True
+
+    def _follow(self, conn: Connection) -> None:
+        reason = self._receive(conn)
+        if self._closing:
+            return
+        self._stopped_by = f"{reason}; waiting for it to be restarted"
+        self._fail_waiting_calls(self._stopped_by)
+        while not self._closing and not self._connect():
+            time.sleep(self.RECONNECT_SECONDS)
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return self.status()["pid"]
+        except Unavailable:
+            return None
+
+    @property
+    def n_restarts(self) -> int | None:
+        try:
+            return self.status()["restarts"]
+        except Unavailable:
+            return None
+
+    @property
+    def model(self) -> MultiTaskLearner:
+        raise RuntimeError("the model learns in a learner process this one does not own")
+
+    def close(self) -> None:
+        """Let go of the learner (its owner closes it)."""
+        if self._closed:
+            return
+        self._closing = True
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+        self._reader.close()
+
+
 def _hashable(key: Hashable) -> Hashable:
     try:
         hash(key)
@@ -403,9 +527,9 @@ def _hashable(key: Hashable) -> Hashable:
 
 def _child_main(conn: Connection) -> None:
     """The learner process: a `LearningThread` publishing to the board it is told,
-    answering `conn`."""
+    answering `conn` (its owner) and, with `listen`, other serving processes."""
     try:
-        board, source, options, level = pickle.loads(conn.recv_bytes())
+        board, source, options, level, listen, restarts = pickle.loads(conn.recv_bytes())
     except Exception as error:
         conn.send((False, InvalidInputType(f"{CANNOT_SEND}: {type(error).__name__}: {error}")))
         return
@@ -424,53 +548,96 @@ def _child_main(conn: Connection) -> None:
             what, resumed = resumed_from(what)
             options = {**options, **resumed}
         thread = LearningThread(what, on_snapshot=publish, on_idle=writer.touch, **options)
+        listener = None if listen is None else _listen(listen)
     except BaseException as error:
         conn.send((False, _sendable(error)))
         return
     publish(thread.snapshot)
     conn.send((True, None))
-    send_lock = threading.Lock()
+    calls = _Calls(thread, options, {"pid": os.getpid(), "restarts": restarts})
+    with calls.pool:
+        if listener is not None:
+            threading.Thread(target=_accept, args=(listener, calls), daemon=True).start()
+        calls.serve(conn, owner=True)
+    if listener is not None:
+        listener.close()  # and its socket file
+    writer.close()
 
-    def answer(call_id: int, ok: bool, value: typing.Any) -> None:
-        with send_lock:
+
+def _listen(address: str) -> Listener:
+    """A Unix socket at `address` (one a learner before this one left is replaced)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(address)
+    return Listener(address, family="AF_UNIX")
+
+
+def _accept(listener: Listener, calls: _Calls) -> None:
+    while True:
+        conn = listener.accept()
+        threading.Thread(target=calls.serve, args=(conn, False), daemon=True).start()
+
+
+class _Calls:
+    """The learner process's side of its connections: each call run on the learner
+    thread's object, its answer sent back on the connection it came on."""
+
+    def __init__(self, thread: LearningThread, options: dict, identity: dict) -> None:
+        self.thread = thread
+        self.identity = identity
+        # Without a log to wait for and with a queue that refuses at once when full, a
+        # learn never waits: it is answered on the connection's own thread.
+        self.never_waits = options.get("wal") is None and options.get("block_timeout", 1.0) == 0
+        self.pool = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="learner-call")
+
+    def serve(self, conn: Connection, owner: bool) -> None:
+        """Take calls from `conn` until it closes (the owner's: until it says close)."""
+        send_lock = threading.Lock()
+
+        def answer(call_id: int, ok: bool, value: typing.Any) -> None:
+            with send_lock:
+                try:
+                    conn.send((call_id, ok, value))
+                except OSError:  # that serving process is gone
+                    pass
+                except Exception as error:  # unpicklable: say so rather than hang the caller
+                    conn.send((call_id, False, RuntimeError(f"{error}")))
+
+        def run(call_id: int, op: str, args: tuple) -> None:
             try:
-                conn.send((call_id, ok, value))
-            except Exception as error:  # unpicklable: say so rather than hang the caller
-                conn.send((call_id, False, RuntimeError(f"{error}")))
+                if op == "status":
+                    value = {**self.thread.status(), **self.identity}
+                else:
+                    value = getattr(self.thread, op)(*args)
+                answer(call_id, True, value)
+            except BaseException as error:
+                answer(call_id, False, _sendable(error))
 
-    def run(call_id: int, op: str, args: tuple) -> None:
-        try:
-            answer(call_id, True, getattr(thread, op)(*args))
-        except BaseException as error:
-            answer(call_id, False, _sendable(error))
-
-    # Without a log to wait for and with a queue that refuses at once when full, a learn
-    # never waits: it is answered on this thread.
-    never_waits = options.get("wal") is None and options.get("block_timeout", 1.0) == 0
-    with concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="learner-call") as pool:
         while True:
             try:
                 call_id, op, args = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
-                # The serving process is gone: stop as it did, leaving the rest to the log.
-                os._exit(0)
+                if owner:  # the serving process that owns us is gone: stop as it did,
+                    os._exit(0)  # leaving the rest to the log
+                return
             if op == "hold":  # in order: before any later message of the same process
                 try:
-                    thread.hold(*args)
+                    self.thread.hold(*args)
                 except Exception as error:
                     logger.warning("features not held: %s", error)
-            elif op in CALLS and (op == "status" or never_waits):
+            elif op in CALLS and (op == "status" or self.never_waits):
                 run(call_id, op, args)  # here: a hop to another thread costs GIL hand-offs
             elif op in CALLS:
-                pool.submit(run, call_id, op, args)
-            elif op == "close":
+                self.pool.submit(run, call_id, op, args)
+            elif op == "close" and owner:
                 try:
-                    thread.close()
-                    answer(call_id, True, {"status": thread.status(), "model": thread.model})
+                    self.thread.close()
+                    status = {**self.thread.status(), **self.identity}
+                    answer(call_id, True, {"status": status, "model": self.thread.model})
                 except BaseException as error:
                     answer(call_id, False, _sendable(error))
-                break
-    writer.close()
+                return
+            else:
+                answer(call_id, False, InvalidInput(f"the learner process takes no {op!r}"))
 
 
 def _publisher(writer: SnapshotWriter) -> typing.Callable[[Snapshot], None]:

@@ -25,7 +25,7 @@ from collections.abc import Hashable
 
 from stream_mtl.exceptions import UnknownKey
 from stream_mtl.learner import MultiTaskLearner
-from stream_mtl.learning_process import LearningProcess
+from stream_mtl.learning_process import LearnerClient, LearningProcess
 from stream_mtl.learning_thread import LearningThread, QueueFull, Unavailable, resumed_from
 from stream_mtl.predictor import Snapshot
 from stream_mtl.rolling_error import RollingError
@@ -45,6 +45,9 @@ class OnlineModel:
     restart, restart_delay
         With `process`: start a learner process that died again, from the checkpoint
         (after `restart_delay` seconds, doubled after each failed try up to 30 s).
+    listen
+        With `process`: a Unix socket path where the learner process also takes the
+        calls of other serving processes (`OnlineModel.attach`).
     checkpoint, checkpoint_seconds, checkpoint_every
         Where and how often (seconds, observations learned: whichever comes first) to
         write an atomic checkpoint, which includes the features held under keys; also
@@ -84,12 +87,27 @@ class OnlineModel:
         self, model: MultiTaskLearner, *, process: bool = True, **options: typing.Any
     ) -> None:
         if process:
-            self._engine: LearningThread | LearningProcess = LearningProcess(model, **options)
+            self._engine: LearningThread | LearningProcess | LearnerClient = LearningProcess(
+                model, **options
+            )
         else:
-            options.pop("restart", None)
-            options.pop("restart_delay", None)
+            for name in ("restart", "restart_delay", "listen"):
+                options.pop(name, None)
             self._engine = LearningThread(model, **options)
         self.process = process
+
+    @classmethod
+    def attach(cls, board: str, address: str | os.PathLike, **options: typing.Any) -> OnlineModel:
+        """An `OnlineModel` in another serving process, on the learner process of an
+        `OnlineModel(..., listen=address)` (its `board` names its snapshots): it predicts
+        from the same snapshots and sends learning to the same learner. Closing it leaves
+        the learner to its owner (`stream-mtl serve --workers N` gives each worker one).
+        Options: `block_timeout`, `checkpointed` (keys must be writable), `connect_timeout`.
+        """
+        service = cls.__new__(cls)
+        service._engine = LearnerClient(board, address, **options)
+        service.process = True
+        return service
 
     @classmethod
     def resume(
@@ -112,9 +130,9 @@ class OnlineModel:
         """Seconds since the learner last published a snapshot or said nothing was new:
         how far behind the learning model predictions may be (0 in-thread, where the
         learner publishes itself)."""
-        if isinstance(self._engine, LearningProcess):
-            return self._engine.snapshot_age
-        return 0.0
+        if isinstance(self._engine, LearningThread):
+            return 0.0
+        return self._engine.snapshot_age
 
     def predict(self, x: dict, key: Hashable | None = None) -> dict:
         """Predictions for `x` from the current snapshot; with a `key`, `x` and the
@@ -156,18 +174,27 @@ class OnlineModel:
         return self._engine.alive
 
     @property
+    def board(self) -> str | None:
+        """The shared memory the learner process publishes snapshots on (None in-thread):
+        with `listen`, what `OnlineModel.attach` needs."""
+        if isinstance(self._engine, LearningThread):
+            return None
+        return self._engine.board
+
+    @property
     def learner_pid(self) -> int | None:
         """The learner process's id (None in-thread, once closed, or while it is down)."""
-        if isinstance(self._engine, LearningProcess):
-            return self._engine.pid
-        return None
+        if isinstance(self._engine, LearningThread):
+            return None
+        return self._engine.pid
 
     @property
     def n_restarts(self) -> int:
-        """How many times a learner process that died was started again."""
-        if isinstance(self._engine, LearningProcess):
-            return self._engine.n_restarts
-        return 0
+        """How many times a learner process that died was started again (None while an
+        attached one cannot ask)."""
+        if isinstance(self._engine, LearningThread):
+            return 0
+        return self._engine.n_restarts
 
     def status(self) -> dict:
         """The learner's counts: queue depth, queued, refused, snapshots, learn errors,
@@ -219,13 +246,13 @@ class OnlineModel:
 
     @block_timeout.setter
     def block_timeout(self, seconds: float) -> None:
-        if isinstance(self._engine, LearningProcess):
+        if not isinstance(self._engine, LearningThread):
             raise AttributeError("block_timeout is set when the learner process starts")
         self._engine.block_timeout = seconds
 
     def save(self) -> None:
         """Write a checkpoint now (in-thread, after `close` or from the learner thread)."""
-        if isinstance(self._engine, LearningProcess):
+        if not isinstance(self._engine, LearningThread):
             raise AttributeError("the learner process checkpoints itself, and on close()")
         self._engine.save()
 

@@ -14,6 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serve_process import start_server, stop_server
 
+from stream_mtl import MultiTaskLearner
+
 pytestmark = [pytest.mark.integration]
 
 SMALL = ("--hidden", "16")
@@ -284,8 +286,6 @@ def test_a_sigkill_loses_no_acknowledged_learn(tmp_path, start):
     assert stop_server(process)
     logs = "".join(log.read_text() for log in tmp_path.glob("model.*.log"))
     assert "learned 200 observations again from the write-ahead log" in logs
-    from stream_mtl import MultiTaskLearner
-
     model = MultiTaskLearner.load(checkpoint)
     # the running mean of the labels is the exact fingerprint of which were learned
     assert model._outputs.scale.mean[0] == pytest.approx(np.mean(labels), rel=1e-12)
@@ -390,3 +390,35 @@ def test_a_learner_process_killed_mid_stream_loses_no_acknowledged_label(tmp_pat
         assert acknowledged <= learned(client)["a"] <= acknowledged + refused
     log = path.with_suffix(f".{url.rsplit(':', 1)[1]}.log").read_text()
     assert "the learner process died (exit code -9)" in log
+
+
+def test_several_workers_serve_one_learner_and_sigterm_keeps_all_they_accepted(tmp_path, start):
+    path = tmp_path / "model.ckpt"
+    process, url = start(path, "a:regression", "flag:binary", options=[*SMALL, "--workers", "2"])
+    rng = np.random.default_rng(0)
+    servers: set[int] = set()
+    learners: set[int] = set()
+    for _ in range(30):  # a fresh connection each: the kernel spreads them over the workers
+        with httpx.Client(base_url=url, timeout=10) as client:
+            health = client.get("/healthz").json()
+            servers.add(health["server_pid"])
+            learners.add(health["learner_pid"])
+            for _ in range(10):
+                assert client.post("/learn", json=observation(rng)).status_code == 202
+            key = f"k{len(servers)}-{rng.integers(1 << 30)}"
+            assert client.post("/predict", json={"x": {"x0": 1.0}, "key": key}).status_code == 200
+            assert client.post("/learn", json={"key": key, "y": {"a": 1.0}}).status_code == 202
+    assert len(servers) == 2 and process.pid not in servers  # two workers answered
+    assert len(learners) == 1  # and one learner learned for both
+    with httpx.Client(base_url=url, timeout=10) as client:
+        wait_until_learned(client, 330)
+        text = "".join(client.get("/metrics").text for _ in range(4))
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    learns = sum(
+        s.value
+        for s in families["stream_mtl_requests"].samples
+        if s.name == "stream_mtl_requests_total" and s.labels["endpoint"] == "/learn"
+    )
+    assert learns >= 330  # every worker's requests are counted, whichever answers
+    assert stop_server(process)
+    assert MultiTaskLearner.load(path).n_learned["a"] == 330
