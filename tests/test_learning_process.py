@@ -189,3 +189,33 @@ def test_status_counts_come_from_the_learner_process():
     assert service.n_queued == 2 and service.errors["a"].get() is not None
     with pytest.raises(RuntimeError, match="closed"):
         service.learn(*observation(rng))
+
+
+def test_an_attached_service_shares_the_learner_and_finds_it_again_after_a_restart(tmp_path):
+    address = tmp_path / "learner.sock"
+    owner = OnlineModel(
+        new_model(), checkpoint=tmp_path / "m.ckpt", listen=address, restart_delay=1.0
+    )
+    other = OnlineModel.attach(owner.board, address)  # as a `serve --workers` worker does
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        other.learn(*observation(rng))
+    other.predict({"x0": 1.0}, key="from-other")
+    owner.learn_label("from-other", {"a": 1.0})  # held by one, labelled through the other
+    wait_for(lambda: owner.snapshot.n_learned.get("a", 0) == 51)
+    assert other.predict({"x0": 2.0}) == owner.predict({"x0": 2.0})  # one snapshot
+    assert other.learner_pid == owner.learner_pid
+
+    os.kill(owner.learner_pid, signal.SIGKILL)
+    wait_for(lambda: other.unavailable is not None, 10)
+    with pytest.raises(Unavailable):
+        other.learn(*observation(rng))
+    wait_for(lambda: owner.alive and other.unavailable is None)
+    assert other.n_restarts == 1
+    other.learn(*observation(rng))
+    other.close()  # lets go; the owner's learner goes on
+    owner.learn(*observation(rng))
+    owner.close()
+    # No log and no checkpoint before the kill: the restart began from the first model,
+    # and what was learned before is lost, as documented; both learned after it.
+    assert owner.model.n_learned["a"] == 2
