@@ -215,8 +215,9 @@ class _LearnerLink:
 
     @property
     def snapshot_age(self) -> float:
-        """Seconds since the learner last published, or last said nothing was new."""
-        return self._reader.age()
+        """Seconds since the learner last published, or last said nothing was new (inf
+        once closed: there is no learner to be behind)."""
+        return float("inf") if self._closed else self._reader.age()
 
     def predict(self, x: dict, key: Hashable | None = None) -> dict:
         snapshot = self.snapshot

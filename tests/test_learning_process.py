@@ -46,6 +46,7 @@ def test_predictions_come_from_the_learners_latest_snapshot_and_move_as_it_learn
     assert service.learner_pid not in (None, os.getpid())
     assert service.snapshot_age < 1.0
     service.close()
+    assert service.snapshot_age == float("inf")  # no learner to be behind any more
     assert service.model.n_learned == {"a": 500, "flag": 500}
     assert service.predict(probe) == service.model.predict_one(probe)  # the last snapshot
 
