@@ -392,13 +392,13 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         reason, status = await run_in_threadpool(_health, service)
-        up = status is not None and service.process  # the learner process's own word
+        status = status or {}  # a learner process that is down says nothing
         body = {
             "status": "ok" if reason is None else reason,
-            "queue_depth": None if status is None else status["queue_depth"],
+            "queue_depth": status.get("queue_depth"),
             "snapshot_age_seconds": _clean(service.snapshot_age),
-            "learner_pid": status.get("pid") if up else None,
-            "learner_restarts": status.get("restarts") if up else None,
+            "learner_pid": status.get("pid"),  # a learner process's own word
+            "learner_restarts": status.get("restarts"),
             "server_pid": os.getpid(),
         }
         return JSONResponse(body, status_code=200 if reason is None else 503)

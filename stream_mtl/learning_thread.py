@@ -31,10 +31,10 @@ while its last checkpoint failed (a full disk; retried every few seconds), `lear
 commit), and a service resumed from its checkpoint learns again what was accepted after
 it: a killed process loses nothing it acknowledged. Without one, an accepted
 observation is in memory only until the next checkpoint: a kill loses at most
-`checkpoint_every` learned observations (or `checkpoint_seconds`' worth) and what is queued
-(`queue_size`). `close()` learns what is
-queued, for at most `close_timeout` seconds when one is set (`serve`: 25 s); what is
-still queued then is left to the log, or logged as lost.
+`checkpoint_every` learned observations (or `checkpoint_seconds`' worth) and what is
+queued (`queue_size`). `close()` learns what is queued, for at most `close_timeout`
+seconds when one is set (`serve`: 25 s); what is still queued then is left to the log,
+or logged as lost.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ import os
 import queue
 import threading
 import time
-import typing
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
@@ -108,6 +107,13 @@ class LearningThread:
     >>> len(published) >= 3, published[-1].n_learned
     (True, {'price': 300})
     """
+
+    # What a learner in a process has and this one has not: no shared memory, no process
+    # of its own, no restarts; it publishes its snapshots itself, so they never lag.
+    board: str | None = None
+    pid: int | None = None
+    n_restarts = 0
+    snapshot_age = 0.0
 
     def __init__(
         self,
@@ -209,13 +215,6 @@ class LearningThread:
         if key is not None and self.checkpoint_path is not None:
             key = writable_key(key)  # held keys go into checkpoints
         return _accepted(self._step.offer(Observation(x, key=key))).prediction
-
-    def predict_proba(self, x: dict) -> dict:
-        return self._snapshot.predict_proba_one(x)
-
-    def predict_many(self, X: typing.Any) -> typing.Any:
-        """`predict_many` of the current snapshot: a DataFrame with a column per task."""
-        return self._snapshot.predict_many(X)
 
     # -- learning (any thread offers, one thread learns) -----------------------------------
 

@@ -94,7 +94,6 @@ class OnlineModel:
             for name in ("restart", "restart_delay", "listen"):
                 options.pop(name, None)
             self._engine = LearningThread(model, **options)
-        self.process = process
 
     @classmethod
     def attach(cls, board: str, address: str | os.PathLike, **options: typing.Any) -> OnlineModel:
@@ -106,7 +105,6 @@ class OnlineModel:
         """
         service = cls.__new__(cls)
         service._engine = LearnerClient(board, address, **options)
-        service.process = True
         return service
 
     @classmethod
@@ -126,12 +124,15 @@ class OnlineModel:
         return self._engine.snapshot
 
     @property
+    def process(self) -> bool:
+        """Whether the learner runs in a process of its own."""
+        return not isinstance(self._engine, LearningThread)
+
+    @property
     def snapshot_age(self) -> float:
         """Seconds since the learner last published a snapshot or said nothing was new:
         how far behind the learning model predictions may be (0 in-thread, where the
         learner publishes itself)."""
-        if isinstance(self._engine, LearningThread):
-            return 0.0
         return self._engine.snapshot_age
 
     def predict(self, x: dict, key: Hashable | None = None) -> dict:
@@ -177,23 +178,17 @@ class OnlineModel:
     def board(self) -> str | None:
         """The shared memory the learner process publishes snapshots on (None in-thread):
         with `listen`, what `OnlineModel.attach` needs."""
-        if isinstance(self._engine, LearningThread):
-            return None
         return self._engine.board
 
     @property
     def learner_pid(self) -> int | None:
         """The learner process's id (None in-thread, once closed, or while it is down)."""
-        if isinstance(self._engine, LearningThread):
-            return None
         return self._engine.pid
 
     @property
-    def n_restarts(self) -> int:
+    def n_restarts(self) -> int | None:
         """How many times a learner process that died was started again (None while an
         attached one cannot ask)."""
-        if isinstance(self._engine, LearningThread):
-            return 0
         return self._engine.n_restarts
 
     def status(self) -> dict:

@@ -15,6 +15,14 @@ import pytest
 from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
 
 
+def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None:
+    """Poll `condition` every 20 ms until it holds; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
 def predict_while_learning(
     service, record: Callable[[], object], learn: Callable[[], None], readers: int = 8
 ) -> list:

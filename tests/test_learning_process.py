@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
-from conftest import predict_while_learning
+from conftest import predict_while_learning, wait_for
 
-from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
+from stream_mtl import Binary, InvalidInputType, Multiclass, MultiTaskLearner, Regression
 from stream_mtl.service import OnlineModel, Unavailable
 
 
@@ -24,13 +23,6 @@ def new_model() -> MultiTaskLearner:
 def observation(rng: np.random.Generator) -> tuple[dict, dict]:
     x = {f"x{j}": float(v) for j, v in enumerate(rng.normal(size=6))}
     return x, {"a": 3.0 * x["x0"] - x["x1"], "flag": x["x2"] > 0}
-
-
-def wait_for(condition, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_predictions_come_from_the_learners_latest_snapshot_and_move_as_it_learns():
@@ -173,7 +165,7 @@ def test_a_model_the_learner_process_cannot_load_is_refused_at_start():
     class Local(Regression):  # a class the learner process cannot import
         pass
 
-    with pytest.raises(Exception, match="Local"):
+    with pytest.raises(InvalidInputType, match=r"cannot be sent to a learner process.*Local"):
         OnlineModel(MultiTaskLearner(tasks={"y": Local()}, hidden=(4,)))
 
 

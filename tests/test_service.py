@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import predict_while_learning
+from conftest import predict_while_learning, wait_for
 
 from stream_mtl import Binary, InvalidInput, MultiTaskLearner, Regression
 from stream_mtl.predictor import Snapshot
@@ -337,10 +337,7 @@ def test_checkpoint_every_bounds_what_a_kill_without_a_log_can_lose(tmp_path):
     rng = np.random.default_rng(0)
     for _ in range(120):
         service.learn(*observation(rng))
-    deadline = time.monotonic() + 60
-    while service.snapshot.n_learned.get("a", 0) < 120:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(lambda: service.snapshot.n_learned.get("a", 0) == 120)
     # what a kill now would leave: the checkpoint after 100, not 120 (and no file lost)
     assert MultiTaskLearner.load(path).n_learned["a"] == 100
     service.close()
