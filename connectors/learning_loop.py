@@ -225,24 +225,8 @@ class LearningLoop:
 
     def _process(self, batch: list[Message]) -> None:
         """Predict every message of the poll (and send the predictions), then learn."""
-        observations = [message.observation for message in batch]
-        if self.batch_learning:
-            offers = self.step.offer_many(observations, batch)
-        else:
-            offers = [self.step.offer(obs, message) for obs, message in zip(observations, batch)]
-        ready = []
-        for message, offer in zip(batch, offers):
-            if offer.refused is not None:
-                self._set_aside(message, offer.refused)
-                continue
-            if offer.prediction is not None and self.sink is not None:
-                self.sink.send(message.key, _prediction_record(message, offer.prediction))
-            ready.extend(offer.ready)
-        refused = self.step.learn(ready)
-        for row, error in refused:
-            self._set_aside(row.tag, error)
-        not_learned = {id(row.tag) for row, _error in refused}
-        self._learned([row.tag for row in ready if id(row.tag) not in not_learned])
+        learned = learn_poll(self.step, batch, self._set_aside, self.sink, self.batch_learning)
+        self._learned(learned)
 
     def _set_aside(self, message: Message, error: InvalidInput) -> None:
         self.source.set_aside(error, message.partition, message.offset, message.key, message.value)
@@ -288,6 +272,36 @@ class LearningLoop:
             f"{stats['waiting_for_labels']:,}",
             errors,
         )
+
+
+def learn_poll(
+    step: StreamStep,
+    batch: list[Message],
+    set_aside: Callable[[Message, InvalidInput], None],
+    sink: KafkaSink | None = None,
+    batch_learning: bool = False,
+) -> list[Message]:
+    """One poll through `step`: every message checked, predicted (the prediction sent to
+    `sink`, key preserved) and held or joined before any is learned; a refused message
+    goes to `set_aside` with why. The messages learned, in order."""
+    observations = [message.observation for message in batch]
+    if batch_learning:
+        offers = step.offer_many(observations, batch)
+    else:
+        offers = [step.offer(obs, message) for obs, message in zip(observations, batch)]
+    ready = []
+    for message, offer in zip(batch, offers):
+        if offer.refused is not None:
+            set_aside(message, offer.refused)
+            continue
+        if offer.prediction is not None and sink is not None:
+            sink.send(message.key, _prediction_record(message, offer.prediction))
+        ready.extend(offer.ready)
+    refused = step.learn(ready)
+    for row, error in refused:
+        set_aside(row.tag, error)
+    not_learned = {id(row.tag) for row, _error in refused}
+    return [row.tag for row in ready if id(row.tag) not in not_learned]
 
 
 def _prediction_record(message: Message, prediction: dict) -> dict:

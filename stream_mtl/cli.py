@@ -268,21 +268,22 @@ def _as_option(widths: typing.Sequence[int] | None) -> str | None:
     return None if widths is None else ",".join(map(str, widths))
 
 
-def _kafka_source(topic: str, servers: str, api_version, args: argparse.Namespace):
-    from stream_mtl.connectors.kafka import KafkaSource
+def _kafka_source_options(args: argparse.Namespace) -> tuple[str, dict]:
+    """The topic of `--source kafka://HOST:PORT/TOPIC`, and the `KafkaSource` options of
+    the command line."""
+    from stream_mtl.connectors.kafka import parse_api_version, parse_kafka_url
 
-    return KafkaSource(
-        topic,
-        bootstrap_servers=servers,
-        group_id=args.group,
-        decoder=args.format,
-        api_version=api_version,
-        dead_letter_topic=args.dead_letter_topic,
-        idle_timeout=args.idle_exit,
-        max_message_bytes=args.max_message_bytes,
-        bootstrap_timeout_ms=int(args.connect_timeout * 1000),
+    servers, topic = parse_kafka_url(args.source)
+    return topic, {
+        "bootstrap_servers": servers,
+        "group_id": args.group,
+        "decoder": args.format,
+        "api_version": parse_api_version(args.api_version),
+        "dead_letter_topic": args.dead_letter_topic,
+        "max_message_bytes": args.max_message_bytes,
+        "bootstrap_timeout_ms": int(args.connect_timeout * 1000),
         **_session_options(args.session_timeout),
-    )
+    }
 
 
 def _session_options(seconds: float | None) -> dict:
@@ -296,16 +297,16 @@ def _session_options(seconds: float | None) -> dict:
 def _run(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
-    from stream_mtl.connectors.kafka import KafkaSink, parse_api_version, parse_kafka_url
+    from stream_mtl.connectors.kafka import KafkaSink, KafkaSource
     from stream_mtl.connectors.learning_loop import LearningLoop
 
-    servers, topic = parse_kafka_url(args.source)
-    api_version = parse_api_version(args.api_version)
+    topic, options = _kafka_source_options(args)
+    servers, api_version = options["bootstrap_servers"], options["api_version"]
     tasks = _tasks(args.task or [])
     if not tasks and not Path(args.checkpoint).exists():
         raise ValueError("give the tasks with --task NAME:KIND (or a --checkpoint to resume)")
     try:
-        source = _kafka_source(topic, servers, api_version, args)
+        source = KafkaSource(topic, idle_timeout=args.idle_exit, **options)
     except KafkaError as error:
         raise ValueError(f"no Kafka broker answers at {servers}: {error}") from None
     sink = (
@@ -361,43 +362,45 @@ def _serve(args: argparse.Namespace) -> int:
             "pip install 'stream-mtl[serve]'"
         ) from None
     from stream_mtl.http_limits import Limits
-    from stream_mtl.service import OnlineModel
+    from stream_mtl.learning_thread import resumed_from
 
     path = Path(args.checkpoint)
     tasks = _tasks(args.task or [])
-    held, replay_after = None, 0
+    # held features, the log's records learned, the topic's position at the last checkpoint
+    resumed: dict = {"checkpoint": path}
     if path.exists():
-        from stream_mtl import MultiTaskLearner
-
-        model, extra = MultiTaskLearner.load_with_extra(path, backend=args.backend)
-        held = extra.get("pending")  # features held under keys at the last checkpoint
-        replay_after = int(extra.get("wal_seq", 0))  # the log's records learned in it
+        model, resumed = resumed_from(path, backend=args.backend)
         _check_resumed(model, tasks, args)
     elif tasks:
         model = _model_for(tasks, args)
     else:
         raise ValueError(f"no checkpoint at {str(path)!r}: give the tasks with --task NAME:KIND")
+    feed = _kafka_feed(args) if args.source else None
     if args.workers > 1 and args.learner != "process":
         raise ValueError("--workers needs --learner process: the workers share its snapshots")
     listener = _listen(args.host, args.port)  # before anything starts or writes
     folder = Path(tempfile.mkdtemp(prefix="stream-mtl-serve-"))  # the workers' rendezvous
     # block_timeout=0: a full learn queue answers 503 at once; the event loop never waits.
-    service = OnlineModel(
-        model,
-        process=args.learner == "process",
-        checkpoint=path,
-        checkpoint_seconds=args.checkpoint_seconds,
-        checkpoint_every=args.checkpoint_every,
-        block_timeout=0,
-        label_wait=args.label_wait,
-        label_max_age=args.label_max_age,
-        label_max_bytes=args.label_max_bytes,
-        held=held,
-        close_timeout=args.close_timeout,
-        wal=None if args.no_wal else path.with_name(path.name + ".wal"),
-        replay_after=replay_after,
-        **({"listen": folder / "learner.sock"} if args.workers > 1 else {}),
-    )
+    try:
+        service = _start_service(
+            model,
+            feed,
+            process=args.learner == "process",
+            checkpoint_seconds=args.checkpoint_seconds,
+            checkpoint_every=args.checkpoint_every,
+            block_timeout=0,
+            label_wait=args.label_wait,
+            label_max_age=args.label_max_age,
+            label_max_bytes=args.label_max_bytes,
+            close_timeout=args.close_timeout,
+            wal=None if args.no_wal else path.with_name(path.name + ".wal"),
+            **resumed,
+            **({"listen": folder / "learner.sock"} if args.workers > 1 else {}),
+        )
+    except BaseException:
+        listener.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     logger.info(
         "serving %s on http://%s:%d (%d worker(s))",
         sorted(model.tasks),
@@ -422,6 +425,29 @@ def _serve(args: argparse.Namespace) -> int:
         shutil.rmtree(folder, ignore_errors=True)
     logger.info("stopped; checkpoint %s", path)
     return 0
+
+
+def _start_service(model: MultiTaskLearner, feed, **options: typing.Any):
+    """An `OnlineModel` learning `model` (and the topic of `feed`, if any)."""
+    from stream_mtl.service import OnlineModel
+
+    if feed is None:
+        return OnlineModel(model, **options)
+    from kafka.errors import KafkaError
+
+    try:
+        return OnlineModel(model, feed=feed, **options)
+    except KafkaError as error:
+        servers = feed.source_options["bootstrap_servers"]
+        raise ValueError(f"no Kafka broker answers at {servers}: {error!r}") from None
+
+
+def _kafka_feed(args: argparse.Namespace):
+    """serve --source: the topic the learner consumes while the service serves."""
+    from stream_mtl.connectors.kafka_feed import KafkaFeed
+
+    topic, options = _kafka_source_options(args)
+    return KafkaFeed(topic, predictions_topic=args.predictions_topic, **options)
 
 
 def _serve_workers(service, folder: Path, listener, limits, token, workers: int) -> None:
@@ -566,7 +592,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="learn from a Kafka topic until stopped, with checkpoints and exactly-once",
     )
     run.add_argument("--source", required=True, help="kafka://HOST:PORT/TOPIC")
-    run.add_argument("--group", default="stream-mtl", help="consumer group (default stream-mtl)")
     run.add_argument(
         "--task",
         type=_task_option,
@@ -580,32 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         help="messages between checkpoints (default 10,000); also on idle and on stop",
     )
-    run.add_argument("--predictions-topic", help="send each prediction here, key preserved")
-    run.add_argument("--dead-letter-topic", help="send malformed messages here, with the reason")
-    run.add_argument("--api-version", help="broker version, e.g. 0.9 (default: detected)")
-    run.add_argument("--format", default="json", choices=["json", "msgpack"])
-    run.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=1_000_000,
-        help="larger messages go to the dead-letter topic unread (default 1,000,000; it "
-        "also sets the fetch size)",
-    )
+    _kafka_options(run)
     _label_options(run, max_age=None)
     run.add_argument(
         "--idle-exit", type=float, help="stop after the topic is idle this many seconds"
-    )
-    run.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=30.0,
-        help="seconds to wait for the broker at start (default 30)",
-    )
-    run.add_argument(
-        "--session-timeout",
-        type=float,
-        help="seconds before the group gives a silent member's partitions to another "
-        "(default: kafka-python's)",
     )
     run.add_argument("--log-every", type=float, default=10.0, help="seconds between log lines")
     _model_options(run)
@@ -667,11 +670,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="learn in a child process, so that predictions never wait for the GIL "
         "(default), or on a thread of the server's process",
     )
+    serve.add_argument(
+        "--source",
+        help="kafka://HOST:PORT/TOPIC: also learn this topic while serving, each message "
+        "once across restarts (its offsets are kept in the checkpoint)",
+    )
+    _kafka_options(serve)
     _label_options(serve, max_age=3600.0)
     _request_limits(serve)
     _model_options(serve)
     serve.set_defaults(run=_serve)
     return parser
+
+
+def _kafka_options(parser: argparse.ArgumentParser) -> None:
+    """How to read a Kafka topic: the same in run and serve --source."""
+    parser.add_argument("--group", default="stream-mtl", help="consumer group (default stream-mtl)")
+    parser.add_argument("--predictions-topic", help="send each prediction here, key preserved")
+    parser.add_argument("--dead-letter-topic", help="send malformed messages here, with the reason")
+    parser.add_argument("--api-version", help="broker version, e.g. 0.9 (default: detected)")
+    parser.add_argument("--format", default="json", choices=["json", "msgpack"])
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=1_000_000,
+        help="larger messages go to the dead-letter topic unread (default 1,000,000; it "
+        "also sets the fetch size)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the broker at start (default 30)",
+    )
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        help="seconds before the group gives a silent member's partitions to another "
+        "(default: kafka-python's)",
+    )
 
 
 def _request_limits(parser: argparse.ArgumentParser) -> None:

@@ -400,6 +400,7 @@ def create_app(
             "learner_pid": status.get("pid"),  # a learner process's own word
             "learner_restarts": status.get("restarts"),
             "server_pid": os.getpid(),
+            **({"source": status["source"]} if "source" in status else {}),
         }
         return JSONResponse(body, status_code=200 if reason is None else 503)
 

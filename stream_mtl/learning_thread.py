@@ -35,6 +35,12 @@ observation is in memory only until the next checkpoint: a kill loses at most
 queued (`queue_size`). `close()` learns what is queued, for at most `close_timeout`
 seconds when one is set (`serve`: 25 s); what is still queued then is left to the log,
 or logged as lost.
+
+With a `feed` (`stream_mtl.feed`: a Kafka topic, for one) the learner thread also learns
+what the feed delivers, in order with the queue, and every checkpoint holds the feed's
+position with the model: a service resumed from it goes on where the checkpoint left
+off, so that each of the feed's messages is learned once (`resumed_from`). An event of
+the feed on which the model raises is set aside by the feed, never stopping the learner.
 """
 
 from __future__ import annotations
@@ -44,10 +50,12 @@ import os
 import queue
 import threading
 import time
+import typing
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from stream_mtl.exceptions import InvalidInput
+from stream_mtl.feed import Feed
 from stream_mtl.learner import MultiTaskLearner
 from stream_mtl.observation import Observation
 from stream_mtl.pending import writable_key
@@ -61,6 +69,18 @@ __all__ = ["LearningThread", "QueueFull", "Unavailable"]
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+# Items of a feed delivered and not yet learned, at most: the feed waits beyond.
+FEED_BACKLOG = 2
+
+
+class _FeedItem(typing.NamedTuple):
+    payload: typing.Any
+
+
+class _CheckpointNow(typing.NamedTuple):
+    done: threading.Event
+
+
 # Seconds between tries while checkpoints fail (a full disk), at most.
 CHECKPOINT_RETRY_SECONDS = 5.0
 
@@ -78,12 +98,14 @@ def resumed_from(
     checkpoint: str | os.PathLike, backend: str | None = None
 ) -> tuple[MultiTaskLearner, dict]:
     """The model in a service's checkpoint, and the options that go on from it: the
-    checkpoint itself, the features held under keys, the last logged record learned."""
+    checkpoint itself, the features held under keys, the last logged record learned,
+    where a feed goes on from."""
     model, extra = MultiTaskLearner.load_with_extra(checkpoint, backend=backend)
     options = {
         "checkpoint": checkpoint,
         "held": extra.get("pending"),
         "replay_after": int(extra.get("wal_seq", 0)),
+        "feed_state": extra.get("feed"),
     }
     return model, options
 
@@ -135,9 +157,13 @@ class LearningThread:
         held: dict | None = None,
         wal: str | os.PathLike | None = None,
         replay_after: int = 0,
+        feed: Feed | None = None,
+        feed_state: dict | None = None,
     ) -> None:
         if (checkpoint_seconds is not None or checkpoint_every is not None) and checkpoint is None:
             raise InvalidInput("checkpoint_seconds and checkpoint_every need a checkpoint path")
+        if feed is not None and checkpoint is None:
+            raise InvalidInput("a feed needs a checkpoint path: its position is kept there")
         if checkpoint_every is not None and (
             not isinstance(checkpoint_every, int) or checkpoint_every < 1
         ):
@@ -176,6 +202,7 @@ class LearningThread:
             label_max_age=label_max_age,
             label_max_bytes=label_max_bytes,
             window=window,
+            contain_errors=feed is not None,  # one bad message must not stop the topic
         )
         if held is not None:  # what a checkpoint of this service held under keys
             self._step.load_pending(held)
@@ -185,8 +212,17 @@ class LearningThread:
         self._learned_seq = replay_after  # the last logged record learned
         if self._wal is not None:
             self._replay(replay_after)
+        self._feed = feed
+        self._feed_room = threading.Semaphore(FEED_BACKLOG)
         self._thread = threading.Thread(target=self._run_learner, name="stream-mtl-learner")
         self._thread.daemon = True
+        if feed is not None:
+            try:
+                feed.start(self._deliver, self._checkpoint_now, feed_state)
+            except BaseException:
+                if self._wal is not None:
+                    self._wal.close()
+                raise
         self._thread.start()
 
     def _replay(self, after: int) -> None:
@@ -316,6 +352,35 @@ class LearningThread:
         self.n_queued += len(rows)
         return last
 
+    # -- a feed (its own thread delivers) ----------------------------------------------------
+
+    def _deliver(self, payload: typing.Any) -> bool:
+        """Queue one item of the feed once fewer than `FEED_BACKLOG` wait; False (and not
+        queued) once the learner is closing or stopped."""
+        while not self._closed and self.alive:
+            if self._feed_room.acquire(timeout=0.1):
+                break
+        else:
+            return False
+        while not self._closed and self.alive:
+            try:
+                self._queue.put(_FeedItem(payload), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        self._feed_room.release()
+        return False
+
+    def _checkpoint_now(self, timeout: float) -> bool:
+        """Whether everything queued before now was learned and checkpointed within
+        `timeout` seconds (the feed commits, say, before its partitions move)."""
+        done = threading.Event()
+        try:
+            self._queue.put(_CheckpointNow(done), timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout) and self._checkpoint_error is None
+
     @property
     def errors(self) -> dict[str, RollingError]:
         """Each task's rolling error: the predictions served, scored by their labels."""
@@ -348,7 +413,19 @@ class LearningThread:
                 break
             if item is None and not since_snapshot and self.on_idle is not None:
                 self.on_idle()  # what readers have is current
-            if item is not None:
+            if isinstance(item, _CheckpointNow):
+                self._try_to_save()
+                since_checkpoint, checkpoint_at = 0, time.monotonic()
+                item.done.set()
+                continue
+            if isinstance(item, _FeedItem):
+                try:
+                    n = self._feed.learn(item.payload, self._step)  # type: ignore[union-attr]
+                finally:
+                    self._feed_room.release()
+                since_snapshot += n
+                since_checkpoint += n
+            elif item is not None:
                 seq, row = item
                 for _row, error in self._step.learn([row]):  # checked when offered; rare
                     self.learn_errors += 1
@@ -416,9 +493,13 @@ class LearningThread:
         if self._wal is not None:
             self._wal.rotate()  # the records after `learned` are replayed from here on
         extra = {"pending": self._step.pending_state(), "wal_seq": learned}
+        if self._feed is not None:
+            extra["feed"] = self._feed.state()
         self.model.save(self.checkpoint_path, extra=extra)
         if self._wal is not None:
             self._wal.forget(learned)
+        if self._feed is not None:
+            self._feed.checkpointed(extra["feed"])
 
     def close(self) -> None:
         """Learn what is queued (for at most `close_timeout` seconds, if set), publish a
@@ -426,6 +507,8 @@ class LearningThread:
         if self._closed:
             return
         self._closed = True
+        if self._feed is not None:
+            self._feed.stop()  # nothing more is delivered; what was is learned below
         timeout = self.close_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._thread.is_alive():
@@ -437,7 +520,8 @@ class LearningThread:
             if self._thread.is_alive():
                 self._stop_now = True
                 self._thread.join()  # the step under way, then the loop sees the flag
-        lost = sum(item is not _STOP for item in list(self._queue.queue))
+        # accepted observations are (seq, row) pairs; a feed's items are read again
+        lost = sum(type(item) is tuple for item in list(self._queue.queue))
         if lost and self._wal is not None:
             logger.warning("closed with %d accepted observations left to the log", lost)
         elif lost:
@@ -448,6 +532,8 @@ class LearningThread:
         finally:
             if self._wal is not None:
                 self._wal.close()
+            if self._feed is not None:
+                self._feed.close()
 
     def status(self) -> dict:
         """The counts a service exports, at this moment."""
@@ -462,6 +548,7 @@ class LearningThread:
             "expired": self.expired(),
             "held": len(self._step.pending),
             "errors": dict(self.errors),
+            **({} if self._feed is None else {"source": self._feed.status()}),
         }
 
     def __enter__(self) -> LearningThread:

@@ -66,6 +66,11 @@ class OnlineModel:
     held, wal, replay_after
         Features held by a checkpoint; the write-ahead log's folder; the last logged
         record the checkpoint learned (`OnlineModel.resume` sets them).
+    feed, feed_state
+        A source the learner consumes itself while the service serves (`stream_mtl.feed`;
+        `stream_mtl.connectors.kafka_feed.KafkaFeed` for a Kafka topic), its position
+        kept in every checkpoint so that each message is learned once across restarts;
+        where it goes on from (`OnlineModel.resume` sets it). Needs a `checkpoint`.
     window
         Labels in each task's rolling error.
     on_snapshot

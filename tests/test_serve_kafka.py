@@ -1,0 +1,125 @@
+"""`stream-mtl serve --source kafka://...`: a real server learning a real topic while it
+serves, exactly once through a kill of its learner process."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from serve_process import start_server, stop_server
+from test_kafka import committed, drain, end_offsets, produce, synthetic_messages, unique
+
+from stream_mtl import MultiTaskLearner
+from stream_mtl.connectors.messages import encode_json
+
+pytestmark = [pytest.mark.integration]
+
+
+def kafka_options(kafka, topic: str, group: str) -> list[str]:
+    options = ["--source", f"kafka://{kafka.bootstrap}/{topic}", "--group", group]
+    # a killed learner's partitions come back once the group gives up on it
+    options += ["--session-timeout", "6"]
+    if kafka.api_version:
+        options += ["--api-version", ".".join(map(str, kafka.api_version))]
+    return options
+
+
+def health(client: httpx.Client) -> dict:
+    return client.get("/healthz").json()
+
+
+def test_a_served_topic_is_learned_once_through_a_learner_kill(kafka, tmp_path):
+    """Messages on a topic and labels posted over HTTP, learned side by side; kill -9 of
+    the learner process at a random moment; the restarted learner goes on from the
+    checkpoint's offsets: in the end every message is learned exactly once (the count
+    and the running mean of its regression labels say so), the group's committed offsets
+    are the checkpoint's, every 202 is learned, and bad messages are dead letters."""
+    topic, group, dead = unique("served"), unique("group"), unique("dead")
+    kafka.create_topic(topic, partitions=3)
+    messages = synthetic_messages(4_000, seed=3)
+    values = [encode_json(m) for m in messages]
+    for at in (100, 1_500, 3_000):  # three that cannot be read
+        values.insert(at, b"{not json")
+    placed = produce(kafka, topic, values)
+    ends = end_offsets(placed)
+    path = tmp_path / "model.ckpt"
+    options = [
+        *("--hidden", "16", "--checkpoint-every", "500", "--dead-letter-topic", dead),
+        *kafka_options(kafka, topic, group),
+    ]
+    process, url = start_server(path, "a:regression", "flag:binary", options=options)
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def post_flags() -> None:  # labels of the binary task only: task a stays the topic's
+        rng = np.random.default_rng(0)
+        with httpx.Client(base_url=url, timeout=30) as poster:
+            while not stop.is_set():
+                x = {f"h{j}": float(v) for j, v in enumerate(rng.normal(size=3))}
+                body = {"x": x, "y": {"flag": x["h0"] > 0}}
+                answers.append(poster.post("/learn", json=body).status_code)
+                time.sleep(0.005)
+
+    poster = threading.Thread(target=post_flags)
+    poster.start()
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            deadline = time.monotonic() + 120
+            while not path.exists() or health(client)["source"]["learned"] < 1_000:
+                assert time.monotonic() < deadline, health(client)
+                time.sleep(0.05)
+            time.sleep(random.Random(11).uniform(0.0, 1.0))
+            learner = health(client)["learner_pid"]
+            os.kill(learner, signal.SIGKILL)
+            _, at_kill = MultiTaskLearner.load_with_extra(path)
+            assert sum(at_kill["feed"]["position"].values()) < len(values), "killed too late"
+            while client.get("/healthz").status_code == 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert client.post("/predict", json={"x": {"x0": 1.0}}).status_code == 200
+            while client.get("/healthz").status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert health(client)["learner_restarts"] == 1
+            while committed(kafka, topic, group, 3) != ends:  # drained, checkpointed
+                assert time.monotonic() < deadline, health(client)
+                time.sleep(0.2)
+    finally:
+        stop.set()
+        poster.join()
+    assert stop_server(process)
+
+    model, extra = MultiTaskLearner.load_with_extra(path)
+    assert extra["feed"]["position"] == ends == committed(kafka, topic, group, 3)
+    assert sum(extra["feed"]["learned"].values()) == 4_000
+    assert model.n_learned["a"] == 4_000  # each message once: a is labelled by the topic only
+    targets = np.array([m["y"]["a"] for m in messages])
+    assert model._outputs.scale.mean[0] == pytest.approx(targets.mean(), rel=1e-9)
+    acknowledged = answers.count(202)
+    refused = len(answers) - acknowledged  # refused while the learner was down (503)
+    assert set(answers) <= {202, 503} and refused > 0
+    assert 4_000 + acknowledged <= model.n_learned["flag"] <= 4_000 + acknowledged + refused
+    reasons = {letter.value for letter in drain(kafka, dead, 3)}
+    assert len(reasons) >= 1 and all(b"not valid JSON" in r for r in reasons)
+
+
+def test_serve_without_a_broker_is_a_clear_error(tmp_path):
+    from kafka_broker import free_port
+
+    command = [
+        *(sys.executable, "-m", "stream_mtl.cli", "serve"),
+        *("--checkpoint", str(tmp_path / "model.ckpt"), "--task", "a:regression"),
+        *("--source", f"kafka://127.0.0.1:{free_port()}/events", "--connect-timeout", "2"),
+        *("--port", str(free_port())),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "stream-mtl: error: no Kafka broker answers at 127.0.0.1:" in done.stderr
