@@ -5,7 +5,12 @@ warm-up. Requests come at a fixed offered rate (an open loop: each is sent at it
 scheduled time, and its latency counts from then), and are answered:
 
 - in process: `OnlineModel.predict` in this thread, while four other threads offer
-  `learn` as fast as the queue takes it ("learning on"), or with no learning;
+  `learn` as fast as the queue takes it ("learning on"), or with no learning; with the
+  learner in a process, also while the four threads run in another process, attached
+  to the same learner ("fed elsewhere": this process then only predicts, as a serving
+  process does when the labels come from elsewhere or from `serve --source`);
+- two floors, paced the same way: a call that does nothing (what this machine's
+  scheduler and timer alone add) and a bare `predict_one` on a snapshot, no service;
 - over HTTP: `stream-mtl serve` on a loopback port; `/predict` from an open-loop
   generator in its own process (`benchmarks.http_load`: up to 64 kept-alive
   connections), then the answers per second with 8 clients sending back to back; for
@@ -44,11 +49,21 @@ import orjson
 from benchmarks import http_load
 from benchmarks.throughput import TASKS, make_stream, write_result
 from stream_mtl import MultiTaskLearner, Regression
+from stream_mtl.predictor import Snapshot
 from stream_mtl.service import OnlineModel, QueueFull
 
 HERE = Path(__file__).resolve().parent
 LEARNERS = ("process", "thread")  # OnlineModel(process=...), serve --learner
 FEEDERS = 4  # threads offering learn: enough to keep the learner busy
+# in-process turns: (learner, learning)
+IN_PROCESS = [
+    ("process", "no"),
+    ("process", "here"),
+    ("process", "elsewhere"),
+    ("thread", "no"),
+    ("thread", "here"),
+]
+MODES = {"no": "no_learning", "here": "learning", "elsewhere": "learning_fed_elsewhere"}
 SATURATE_SECONDS = 3.0  # HTTP: how long 8 clients send /predict back to back
 sys.path.insert(0, str(HERE.parent / "tests"))
 from serve_process import start_server, stop_server  # noqa: E402  (shared with the tests)
@@ -82,43 +97,95 @@ def learned(service: OnlineModel) -> int:
     return service.snapshot.n_learned.get(TASKS[0], 0)
 
 
-def in_process_turn(
-    learner: str, learning: bool, n: int, rate: float, data: list
-) -> tuple[np.ndarray, float]:
-    model = MultiTaskLearner(
+def reference_model() -> MultiTaskLearner:
+    return MultiTaskLearner(
         tasks={t: Regression() for t in TASKS}, hidden=(64, 64), backend="numpy", seed=0
     )
-    # block_timeout=0: the feeder is refused at once when the queue is full, and retries
-    service = OnlineModel(model, process=learner == "process", queue_size=1000, block_timeout=0)
+
+
+def offer_learning(service: OnlineModel, rows: list, stop: threading.Event) -> None:
+    """`learn` each of `rows` as fast as the queue takes them, round and round until
+    `stop` (once through when `stop` is None)."""
+    for i in range(len(rows)) if stop is None else itertools.count():
+        if stop is not None and stop.is_set():
+            return
+        while True:
+            try:
+                service.learn(*rows[i % len(rows)])
+                break
+            except QueueFull:
+                time.sleep(0.0005)
+
+
+def learn_elsewhere(board: str, address: str, rows: list, seconds: float) -> None:
+    """In another process: FEEDERS threads offer learning to the learner at `address`."""
+    service = OnlineModel.attach(board, address, block_timeout=0)
     stop = threading.Event()
+    feeders = [
+        threading.Thread(target=offer_learning, args=(service, rows, stop)) for _ in range(FEEDERS)
+    ]
+    for feeder in feeders:
+        feeder.start()
+    time.sleep(seconds)
+    stop.set()
+    for feeder in feeders:
+        feeder.join()
+    service.close()
 
-    def feed(rows: list) -> None:
-        for i in range(len(rows)) if rows is not data else itertools.count():
-            if stop.is_set():
-                return
-            while True:
-                try:
-                    service.learn(*rows[i % len(rows)])
-                    break
-                except QueueFull:
-                    time.sleep(0.0005)
 
-    feed(data[:2000])  # warm-up
+def floor_turn(bare: bool, n: int, rate: float, data: list) -> np.ndarray:
+    """Latencies of a paced call that does nothing, or of a bare snapshot predict_one."""
+    if not bare:
+        return paced(n, rate, lambda i: None)
+    model = reference_model()
+    for x, y in data[:2000]:
+        model.learn_one(x, y)
+    snapshot = Snapshot(model)
+    return paced(n, rate, lambda i: snapshot.predict_one(data[i % len(data)][0]))
+
+
+def in_process_turn(
+    learner: str, learning: str, n: int, rate: float, data: list
+) -> tuple[np.ndarray, float]:
+    """`learning`: "no", "here" (feeder threads in this process) or "elsewhere"."""
+    folder = tempfile.TemporaryDirectory()
+    address = str(Path(folder.name) / "learner.sock")
+    # block_timeout=0: the feeder is refused at once when the queue is full, and retries
+    service = OnlineModel(
+        reference_model(),
+        process=learner == "process",
+        queue_size=1000,
+        block_timeout=0,
+        **({"listen": address} if learning == "elsewhere" else {}),
+    )
+    offer_learning(service, data[:2000], None)  # warm-up
     while service.queue_depth:
         time.sleep(0.01)
     time.sleep(0.2)  # the last snapshot published
-    feeders = [threading.Thread(target=feed, args=(data,)) for _ in range(FEEDERS)]
-    learned_before, started = learned(service), time.perf_counter()
-    if learning:
+    stop = threading.Event()
+    feeders = [
+        threading.Thread(target=offer_learning, args=(service, data, stop)) for _ in range(FEEDERS)
+    ]
+    elsewhere = multiprocessing.get_context("spawn").Process(
+        target=learn_elsewhere, args=(service.board, address, data, n / rate + 2.0)
+    )
+    if learning == "here":
         for feeder in feeders:
             feeder.start()
+    elif learning == "elsewhere":
+        elsewhere.start()
+        time.sleep(1.5)  # its interpreter starts, and the learner gets busy
+    learned_before, started = learned(service), time.perf_counter()
     latencies = paced(n, rate, lambda i: service.predict(data[i % len(data)][0]))
+    learn_rate = (learned(service) - learned_before) / (time.perf_counter() - started)
     stop.set()
-    if learning:
+    if learning == "here":
         for feeder in feeders:
             feeder.join()
-    learn_rate = (learned(service) - learned_before) / (time.perf_counter() - started)
+    elif learning == "elsewhere":
+        elsewhere.join()
     service.close()
+    folder.cleanup()
     return latencies, learn_rate
 
 
@@ -186,18 +253,28 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     data = observations(5000, seed=0)
     turns: dict[str, tuple[list, list, list]] = {
-        f"{where}_{learner}_{mode}": ([], [], [])
-        for where in ("in_process", "http")
-        for learner in LEARNERS
-        for mode in ("no_learning", "learning")
+        name: ([], [], []) for name in ("in_process_floor_no_op", "in_process_floor_bare_predict")
     }
+    turns.update(
+        {f"in_process_{learner}_{MODES[mode]}": ([], [], []) for learner, mode in IN_PROCESS}
+    )
+    turns.update(
+        {
+            f"http_{learner}_{mode}": ([], [], [])
+            for learner in LEARNERS
+            for mode in ("no_learning", "learning")
+        }
+    )
     for _ in range(args.rounds):
-        for learner in LEARNERS:
-            for learning in (False, True):
-                latencies, rate = in_process_turn(learner, learning, args.requests, args.rate, data)
-                name = f"in_process_{learner}_{'learning' if learning else 'no_learning'}"
-                turns[name][0].append(latencies)
-                turns[name][1].append(rate)
+        for bare in (False, True):
+            name = "in_process_floor_bare_predict" if bare else "in_process_floor_no_op"
+            turns[name][0].append(floor_turn(bare, args.requests, args.rate, data))
+            turns[name][1].append(0.0)
+        for learner, mode in IN_PROCESS:
+            latencies, rate = in_process_turn(learner, mode, args.requests, args.rate, data)
+            name = f"in_process_{learner}_{MODES[mode]}"
+            turns[name][0].append(latencies)
+            turns[name][1].append(rate)
     for learner in LEARNERS:
         with tempfile.TemporaryDirectory() as folder:
             tasks = [f"{task}:regression" for task in TASKS]
@@ -227,6 +304,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['learned_per_second']:>11.0f}{answers:>11}"
         )
     ratios = {}
+    elsewhere = results["in_process_process_learning_fed_elsewhere"]["p99_us"]
+    print(
+        f"the machine's floor: a paced no-op p99 {results['in_process_floor_no_op']['p99_us']:.0f}"
+        f" µs, a bare snapshot predict_one p99 "
+        f"{results['in_process_floor_bare_predict']['p99_us']:.0f} µs; learner in a process "
+        f"fed from another: p99 {elsewhere:.0f} µs"
+    )
     for learner in LEARNERS:
         inside = results[f"in_process_{learner}_learning"]["p99_us"]
         ratios[learner] = inside / results[f"in_process_{learner}_no_learning"]["p99_us"]
