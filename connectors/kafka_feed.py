@@ -93,6 +93,7 @@ class KafkaFeed:
         self._to_commit: Position | None = None  # checkpointed, not yet committed
         self._commit_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stopped_by: str | None = None  # why the feed's thread ended early, if it did
         self._deliver: Callable[[typing.Any], bool] | None = None
         self._checkpoint_now: Callable[[float], bool] | None = None
 
@@ -161,7 +162,8 @@ class KafkaFeed:
                     (batch, source.position)
                 ):
                     return
-        except Exception:
+        except Exception as error:
+            self._stopped_by = f"{type(error).__name__}: {error}"
             logger.exception("the Kafka feed stopped; the service goes on without it")
 
     def _on_revoke(self, revoked: set) -> None:
@@ -243,4 +245,5 @@ class KafkaFeed:
             "learned": self.n_learned,
             "set_aside": 0 if source is None else sum(source.rejected.values()),
             "position": dict(self._position),
+            "stopped_by": self._stopped_by,
         }

@@ -123,3 +123,47 @@ def test_serve_without_a_broker_is_a_clear_error(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "stream-mtl: error: no Kafka broker answers at 127.0.0.1:" in done.stderr
+
+
+def test_a_service_resumed_from_its_checkpoint_learns_only_what_came_after(kafka, tmp_path):
+    """The learner on a thread of this process (`OnlineModel(process=False, feed=...)`):
+    closing checkpoints the topic's position and commits it; resumed from the checkpoint,
+    the service learns the messages sent since, and none again."""
+    from stream_mtl import Binary, Regression
+    from stream_mtl.connectors.kafka_feed import KafkaFeed
+    from stream_mtl.service import OnlineModel
+
+    topic, group = unique("resumed"), unique("group")
+    kafka.create_topic(topic, partitions=2)
+    first, second = synthetic_messages(600, seed=4), synthetic_messages(400, seed=5)
+    path = tmp_path / "model.ckpt"
+
+    def feed() -> KafkaFeed:
+        return KafkaFeed(
+            topic, bootstrap_servers=kafka.bootstrap, api_version=kafka.api_version, group_id=group
+        )
+
+    def learned_from_topic(service: OnlineModel, count: int) -> None:
+        deadline = time.monotonic() + 60
+        while service.status()["source"]["learned"] < count:
+            assert time.monotonic() < deadline, service.status()["source"]
+            time.sleep(0.05)
+
+    placed = produce(kafka, topic, [encode_json(m) for m in first])
+    model = MultiTaskLearner(tasks={"a": Regression(), "flag": Binary()}, hidden=(8,), seed=0)
+    service = OnlineModel(model, process=False, checkpoint=path, feed=feed())
+    learned_from_topic(service, 600)
+    service.close()
+    _, extra = MultiTaskLearner.load_with_extra(path)
+    assert extra["feed"]["position"] == end_offsets(placed) == committed(kafka, topic, group, 2)
+
+    placed += produce(kafka, topic, [encode_json(m) for m in second])
+    service = OnlineModel.resume(path, process=False, feed=feed())
+    assert service.status()["source"]["learned"] == 600  # its counts go on too
+    learned_from_topic(service, 1_000)
+    time.sleep(1.0)  # nothing more comes
+    service.close()
+    assert service.model.n_learned == {"a": 1_000, "flag": 1_000}
+    targets = np.array([m["y"]["a"] for m in first + second])
+    assert service.model._outputs.scale.mean[0] == pytest.approx(targets.mean(), rel=1e-9)
+    assert committed(kafka, topic, group, 2) == end_offsets(placed)
