@@ -357,12 +357,12 @@ class LearningThread:
     def _deliver(self, payload: typing.Any) -> bool:
         """Queue one item of the feed once fewer than `FEED_BACKLOG` wait; False (and not
         queued) once the learner is closing or stopped."""
-        while not self._closed and self.alive:
+        while self._takes_feed():
             if self._feed_room.acquire(timeout=0.1):
                 break
         else:
             return False
-        while not self._closed and self.alive:
+        while self._takes_feed():
             try:
                 self._queue.put(_FeedItem(payload), timeout=0.1)
                 return True
@@ -370,6 +370,15 @@ class LearningThread:
                 continue
         self._feed_room.release()
         return False
+
+    def _takes_feed(self) -> bool:
+        """Not closing, and the learner thread not ended (or not started yet)."""
+        started = self._thread.ident is not None
+        return (
+            not self._closed
+            and self._stopped_by is None
+            and (self._thread.is_alive() or not started)
+        )
 
     def _checkpoint_now(self, timeout: float) -> bool:
         """Whether everything queued before now was learned and checkpointed within
