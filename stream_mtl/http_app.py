@@ -128,6 +128,15 @@ class _ServiceCollector:
         for cause, count in status["expired"].items():
             expired.add_metric([cause], count)
         yield expired
+        if "source" in status:  # serve --source: the topic's progress
+            source = GaugeMetricFamily(
+                "stream_mtl_source_messages",
+                "Messages of the topic the learner consumes, by what became of them",
+                labels=["state"],
+            )
+            for state in ("consumed", "learned", "set_aside"):
+                source.add_metric([state], status["source"][state])
+            yield source
 
 
 def _bearer_matches(request: Request, token: str) -> bool:

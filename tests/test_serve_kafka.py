@@ -14,6 +14,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from serve_process import start_server, stop_server
 from test_kafka import committed, drain, end_offsets, produce, synthetic_messages, unique
 
@@ -92,10 +93,14 @@ def test_a_served_topic_is_learned_once_through_a_learner_kill(kafka, tmp_path):
             while committed(kafka, topic, group, 3) != ends:  # drained, checkpointed
                 assert time.monotonic() < deadline, health(client)
                 time.sleep(0.2)
+            metrics = client.get("/metrics").text
     finally:
         stop.set()
         poster.join()
     assert stop_server(process)
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    progress = {s.labels["state"]: s.value for s in families["stream_mtl_source_messages"].samples}
+    assert progress["learned"] == 4_000 and "set_aside" in progress  # learned: checkpointed too
 
     model, extra = MultiTaskLearner.load_with_extra(path)
     assert extra["feed"]["position"] == ends == committed(kafka, topic, group, 3)
