@@ -24,7 +24,52 @@ __all__ = ["Feed"]
 
 
 class Feed(typing.Protocol):
-    """What a learner needs of a source it consumes itself (see the module's docstring)."""
+    """What a learner needs of a source it consumes itself (see the module's docstring).
+
+    Examples
+    --------
+    A feed of the rows of a list, whose state is how many of them were learned:
+
+    >>> import tempfile, threading, time
+    >>> from pathlib import Path
+    >>> from stream_mtl import MultiTaskLearner, Regression
+    >>> from stream_mtl.learning_thread import LearningThread, resumed_from
+    >>> class ListFeed:
+    ...     def __init__(self, rows):
+    ...         self.rows, self.learned, self.thread = rows, 0, None
+    ...     def start(self, deliver, checkpoint_now, state):
+    ...         self.learned = 0 if state is None else state["learned"]
+    ...         self.thread = threading.Thread(target=self._consume, args=(deliver,))
+    ...         self.thread.start()
+    ...     def _consume(self, deliver):
+    ...         for row in self.rows[self.learned:]:
+    ...             if not deliver(row):
+    ...                 return
+    ...     def learn(self, row, step):
+    ...         step.learn(step.offer(row).ready)
+    ...         self.learned += 1
+    ...         return 1
+    ...     def state(self):
+    ...         return {"learned": self.learned}
+    ...     def checkpointed(self, state):
+    ...         pass
+    ...     def stop(self):
+    ...         self.thread.join()
+    ...     def close(self):
+    ...         pass
+    ...     def status(self):
+    ...         return {"learned": self.learned}
+    >>> rows = [({"x": i / 10}, {"y": 2.0 * i / 10}) for i in range(50)]
+    >>> path = Path(tempfile.mkdtemp()) / "model.ckpt"
+    >>> model = MultiTaskLearner(tasks={"y": Regression()}, hidden=(4,))
+    >>> learner = LearningThread(model, checkpoint=path, feed=ListFeed(rows))
+    >>> while learner.status()["source"]["learned"] < 50:
+    ...     time.sleep(0.01)
+    >>> learner.close()
+    >>> model, options = resumed_from(path)  # where a resumed learner's feed goes on
+    >>> model.n_learned, options["feed_state"]
+    ({'y': 50}, {'learned': 50})
+    """
 
     def start(
         self,
