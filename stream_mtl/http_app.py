@@ -86,6 +86,12 @@ class _ServiceCollector:
         )
         age.add_metric([], service.snapshot_age)
         yield age
+        not_held = GaugeMetricFamily(
+            "stream_mtl_predictions_not_held",
+            "Predictions under a key served while the learner was down, so not held for labels",
+        )
+        not_held.add_metric([], service.n_not_held)
+        yield not_held
         _reason, status = _health(service)
         if status is None:  # the learner is down: what it counted comes back with it
             return

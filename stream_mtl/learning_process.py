@@ -118,6 +118,8 @@ class _LearnerLink:
         self._ids = itertools.count(1)
         self._conn: Connection | None = None
         self._stopped_by: str | None = "the learner process is starting"
+        self.n_not_held = 0  # predictions served under a key while the learner was down
+        self._not_held_since: str | None = None
         self._closing = False  # close() was called: a learner that goes away is no death
         self._closed = False
 
@@ -226,8 +228,20 @@ class _LearnerLink:
         snapshot.check_one(x)
         prediction = snapshot.predict_one(x)
         if key is not None:
-            self._send("hold", key, x, prediction, answer=False)
+            self._hold(key, x, prediction)
         return prediction
+
+    def _hold(self, key: Hashable, x: dict, prediction: dict) -> None:
+        """Send `x` to be held under `key`; while the learner is down the prediction is
+        still served, and labels sent later for the key find nothing held (404), as for a
+        key that expired."""
+        try:
+            self._send("hold", key, x, prediction, answer=False)
+        except Unavailable as error:
+            self.n_not_held += 1
+            if self._not_held_since != str(error):  # once an outage, not once a request
+                self._not_held_since = str(error)
+                logger.warning("predictions under a key are served but not held: %s", error)
 
     # -- learning ---------------------------------------------------------------------------
 

@@ -136,6 +136,7 @@ class LearningThread:
     pid: int | None = None
     n_restarts = 0
     snapshot_age = 0.0
+    n_not_held = 0  # it holds keys itself: never down while it serves
 
     def __init__(
         self,

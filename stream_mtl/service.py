@@ -196,6 +196,12 @@ class OnlineModel:
         attached one cannot ask)."""
         return self._engine.n_restarts
 
+    @property
+    def n_not_held(self) -> int:
+        """Predictions under a key that were served while the learner process was down,
+        and so not held for their labels (labels sent later for them get `UnknownKey`)."""
+        return self._engine.n_not_held
+
     def status(self) -> dict:
         """The learner's counts: queue depth, queued, refused, snapshots, learn errors,
         checkpoint failures, features held and expired, rolling errors, and `unavailable`

@@ -368,6 +368,10 @@ def test_a_learner_process_killed_mid_stream_loses_no_acknowledged_label(tmp_pat
                 time.sleep(0.01)
             assert "the learner process died (exit code -9)" in answer.json()["status"]
             assert client.post("/predict", json={"x": {"x0": 1.0}}).status_code == 200
+            # under a key too: served, though nothing can be held for its labels now
+            keyed = client.post("/predict", json={"x": {"x0": 1.0}, "key": "while-down"})
+            assert keyed.status_code == 200, keyed.text
+            assert "stream_mtl_predictions_not_held 1.0" in client.get("/metrics").text
             while (answer := client.get("/healthz")).status_code != 200:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
