@@ -172,3 +172,56 @@ def test_a_service_resumed_from_its_checkpoint_learns_only_what_came_after(kafka
     targets = np.array([m["y"]["a"] for m in first + second])
     assert service.model._outputs.scale.mean[0] == pytest.approx(targets.mean(), rel=1e-9)
     assert committed(kafka, topic, group, 2) == end_offsets(placed)
+
+
+def test_partitions_moved_to_a_second_service_are_learned_once_overall(kafka, tmp_path):
+    """Two services learn one topic in one group; when the second joins, the first
+    learns what it was delivered, checkpoints and commits before its partitions move
+    (with a dead-letter topic to flush on the way): each message is learned by one of
+    them, once (counts, and the label sums both models' running means give)."""
+    from stream_mtl import Binary, Regression
+    from stream_mtl.connectors.kafka_feed import KafkaFeed
+    from stream_mtl.service import OnlineModel
+
+    topic, group, dead = unique("moved"), unique("group"), unique("dead")
+    kafka.create_topic(topic, partitions=4)
+    messages = synthetic_messages(6_000, seed=6)
+    values = [encode_json(m) for m in messages]
+    values.insert(3_000, b"{not json")
+    placed = produce(kafka, topic, values)
+
+    def service(name: str) -> OnlineModel:
+        feed = KafkaFeed(
+            topic,
+            bootstrap_servers=kafka.bootstrap,
+            api_version=kafka.api_version,
+            group_id=group,
+            dead_letter_topic=dead,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=300,  # the first member hears of the second soon
+        )
+        model = MultiTaskLearner(tasks={"a": Regression(), "flag": Binary()}, hidden=(8,), seed=0)
+        return OnlineModel(model, process=False, checkpoint=tmp_path / f"{name}.ckpt", feed=feed)
+
+    def learned(*services: OnlineModel) -> int:
+        return sum(s.status()["source"]["learned"] for s in services)
+
+    first = service("first")
+    deadline = time.monotonic() + 120
+    while learned(first) < 500:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    second = service("second")
+    while learned(first, second) < 6_000:
+        assert time.monotonic() < deadline, (learned(first), learned(second))
+        time.sleep(0.1)
+    assert learned(second) > 0, "the rebalance gave the second service nothing"
+    # no periodic checkpoints here: the first one's was written when its partitions moved
+    assert (tmp_path / "first.ckpt").exists()
+    first.close()
+    second.close()
+    assert committed(kafka, topic, group, 4) == end_offsets(placed)
+    counts = [s.model.n_learned["a"] for s in (first, second)]
+    assert sum(counts) == 6_000
+    sums = [n * s.model._outputs.scale.mean[0] for n, s in zip(counts, (first, second))]
+    assert sum(sums) == pytest.approx(sum(m["y"]["a"] for m in messages), rel=1e-9)
