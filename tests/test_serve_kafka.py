@@ -117,17 +117,22 @@ def test_a_served_topic_is_learned_once_through_a_learner_kill(kafka, tmp_path):
 
 
 def test_serve_without_a_broker_is_a_clear_error(tmp_path):
+    import socket
+
     from kafka_broker import free_port
 
-    command = [
-        *(sys.executable, "-m", "stream_mtl.cli", "serve"),
-        *("--checkpoint", str(tmp_path / "model.ckpt"), "--task", "a:regression"),
-        *("--source", f"kafka://127.0.0.1:{free_port()}/events", "--connect-timeout", "2"),
-        *("--port", str(free_port())),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    with socket.socket() as closed:  # bound, never listening: refused, and no one else's
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        command = [
+            *(sys.executable, "-m", "stream_mtl.cli", "serve"),
+            *("--checkpoint", str(tmp_path / "model.ckpt"), "--task", "a:regression"),
+            *("--source", f"kafka://127.0.0.1:{port}/events", "--connect-timeout", "2"),
+            *("--port", str(free_port())),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert "stream-mtl: error: no Kafka broker answers at 127.0.0.1:" in done.stderr
+    assert f"stream-mtl: error: no Kafka broker answers at 127.0.0.1:{port}" in done.stderr
 
 
 def test_a_service_resumed_from_its_checkpoint_learns_only_what_came_after(kafka, tmp_path):
