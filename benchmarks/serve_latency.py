@@ -117,15 +117,21 @@ def offer_learning(service: OnlineModel, rows: list, stop: threading.Event) -> N
                 time.sleep(0.0005)
 
 
-def learn_elsewhere(board: str, address: str, rows: list, seconds: float) -> None:
-    """In another process: FEEDERS threads offer learning to the learner at `address`."""
-    service = OnlineModel.attach(board, address, block_timeout=0)
-    stop = threading.Event()
+def start_feeders(service: OnlineModel, rows: list, stop: threading.Event) -> list:
+    """FEEDERS threads offering `rows` to `service` until `stop`, started."""
     feeders = [
         threading.Thread(target=offer_learning, args=(service, rows, stop)) for _ in range(FEEDERS)
     ]
     for feeder in feeders:
         feeder.start()
+    return feeders
+
+
+def learn_elsewhere(board: str, address: str, rows: list, seconds: float) -> None:
+    """In another process: FEEDERS threads offer learning to the learner at `address`."""
+    service = OnlineModel.attach(board, address, block_timeout=0)
+    stop = threading.Event()
+    feeders = start_feeders(service, rows, stop)
     time.sleep(seconds)
     stop.set()
     for feeder in feeders:
@@ -163,27 +169,23 @@ def in_process_turn(
         time.sleep(0.01)
     time.sleep(0.2)  # the last snapshot published
     stop = threading.Event()
-    feeders = [
-        threading.Thread(target=offer_learning, args=(service, data, stop)) for _ in range(FEEDERS)
-    ]
-    elsewhere = multiprocessing.get_context("spawn").Process(
-        target=learn_elsewhere, args=(service.board, address, data, n / rate + 2.0)
-    )
+    feeding: list = []  # what offers learning: threads here, or another process
     if learning == "here":
-        for feeder in feeders:
-            feeder.start()
+        feeding = start_feeders(service, data, stop)
     elif learning == "elsewhere":
-        elsewhere.start()
+        feeding = [
+            multiprocessing.get_context("spawn").Process(
+                target=learn_elsewhere, args=(service.board, address, data, n / rate + 2.0)
+            )
+        ]
+        feeding[0].start()
         time.sleep(1.5)  # its interpreter starts, and the learner gets busy
     learned_before, started = learned(service), time.perf_counter()
     latencies = paced(n, rate, lambda i: service.predict(data[i % len(data)][0]))
     learn_rate = (learned(service) - learned_before) / (time.perf_counter() - started)
     stop.set()
-    if learning == "here":
-        for feeder in feeders:
-            feeder.join()
-    elif learning == "elsewhere":
-        elsewhere.join()
+    for one in feeding:
+        one.join()
     service.close()
     folder.cleanup()
     return latencies, learn_rate

@@ -239,9 +239,11 @@ class _LearnerLink:
             self._send("hold", key, x, prediction, answer=False)
         except Unavailable as error:
             self.n_not_held += 1
-            if self._not_held_since != str(error):  # once an outage, not once a request
+            if self._not_held_since is None:  # once an outage, not once a request
                 self._not_held_since = str(error)
                 logger.warning("predictions under a key are served but not held: %s", error)
+        else:
+            self._not_held_since = None
 
     # -- learning ---------------------------------------------------------------------------
 
@@ -500,19 +502,20 @@ class LearnerClient(_LearnerLink):
         while not self._closing and not self._connect():
             time.sleep(self.RECONNECT_SECONDS)
 
-    @property
-    def pid(self) -> int | None:
+    def _asked(self, field: str) -> int | None:
+        """The learner's own word on `field` of its status (None while it cannot say)."""
         try:
-            return self.status()["pid"]
+            return self.status()[field]
         except Unavailable:
             return None
 
     @property
+    def pid(self) -> int | None:
+        return self._asked("pid")
+
+    @property
     def n_restarts(self) -> int | None:
-        try:
-            return self.status()["restarts"]
-        except Unavailable:
-            return None
+        return self._asked("restarts")
 
     @property
     def model(self) -> MultiTaskLearner:

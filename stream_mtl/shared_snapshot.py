@@ -145,7 +145,7 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's: running
-        return True
+        pass
     return True
 
 
