@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import collections
 import logging
+import socket
 import time
 import typing
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from urllib.parse import urlsplit
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import RecordTooLargeError
+from kafka.errors import CommitFailedError, KafkaTimeoutError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from stream_mtl.connectors.messages import (
@@ -137,6 +139,36 @@ class KafkaSink:
         self._producer.close()
 
 
+def wait_for_broker(servers: str, timeout_ms: int) -> None:
+    """Return once one of `servers` ("host:port,host:port") accepts a connection; raise
+    `KafkaTimeoutError` after `timeout_ms`. kafka-python, given the broker's version,
+    would retry connecting for ever.
+
+    >>> wait_for_broker("127.0.0.1:9", timeout_ms=200)
+    Traceback (most recent call last):
+    ...
+    kafka.errors.KafkaTimeoutError: KafkaTimeoutError: no answer from 127.0.0.1:9 in 0.2 s
+    """
+    addresses = []
+    for server in servers.split(","):
+        server = server.strip()
+        host, _, port = server.rpartition(":")
+        if not host or server.endswith("]"):  # no port given
+            host, port = server, "9092"
+        addresses.append((host.strip("[]"), int(port)))
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        for address in addresses:
+            try:
+                socket.create_connection(address, timeout=0.5).close()
+                return
+            except OSError:
+                pass
+        if time.monotonic() >= deadline:
+            raise KafkaTimeoutError(f"no answer from {servers} in {timeout_ms / 1000:g} s")
+        time.sleep(0.1)
+
+
 def dead_letter(
     reason: str, topic: str, partition: int, offset: int, key: bytes | None, value: bytes
 ) -> dict:
@@ -222,12 +254,8 @@ class KafkaSource:
         self._next: dict[int, int] = {}
         self._start_at: Position = {}
         self._newly_assigned: set[TopicPartition] = set()
+        self._revoked_partitions: set[int] = set()  # partitions revoked, the rejoin not yet done
         self._stopping = False
-        self._dead_letter_sink = (
-            KafkaSink(dead_letter_topic, bootstrap_servers, api_version=api_version)
-            if dead_letter_topic
-            else None
-        )
         config = {
             "auto_offset_reset": "earliest",
             "max_poll_records": max_poll_records,
@@ -243,6 +271,17 @@ class KafkaSource:
             api_version=api_version,
             **config,
         )
+        try:
+            if api_version is not None:  # kafka-python connects at once only to detect it
+                wait_for_broker(bootstrap_servers, self._consumer.config["bootstrap_timeout_ms"])
+            self._dead_letter_sink = (
+                KafkaSink(dead_letter_topic, bootstrap_servers, api_version=api_version)
+                if dead_letter_topic
+                else None
+            )
+        except BaseException:
+            self._consumer.close(autocommit=False)
+            raise
         self._consumer.subscribe([topic], listener=_Rebalance(self))
 
     def __repr__(self) -> str:
@@ -265,26 +304,42 @@ class KafkaSource:
 
     def commit(self, position: Position | None = None, wait: bool = True) -> None:
         """Commit `position` (default: the current one) for the partitions still owned;
-        `wait=False` sends the commit without waiting for the broker's answer."""
+        `wait=False` sends the commit without waiting for the broker's answer.
+
+        Partitions revoked in a rebalance still under way are not owned. A commit the
+        group refuses (this member was rejoining or had left it) is logged, not raised:
+        the caller's checkpoint still holds the position."""
         position = self.position if position is None else position
-        owned = {tp.partition for tp in self._consumer.assignment()}
+        # kafka-python holds revoked partitions in the assignment until the rejoin ends
+        owned = {tp.partition for tp in self._consumer.assignment()} - self._revoked_partitions
         offsets = {
             TopicPartition(self.topic, int(p)): OffsetAndMetadata(offset, "", -1)
             for p, offset in position.items()
             if int(p) in owned
         }
-        if offsets and wait:
-            self._consumer.commit(offsets)
-        elif offsets:
+        if not offsets:
+            return
+        if not wait:
             self._consumer.commit_async(offsets)
+            return
+        try:
+            self._consumer.commit(offsets)
+        except (CommitFailedError, RebalanceInProgressError) as error:
+            # This member left the group (or is rejoining it) since the poll: the
+            # partitions are not its to commit; their next owner starts at the last
+            # commit the group accepted.
+            logger.warning("the group refused a commit of %s: %s", position, error)
 
     def _assigned(self, assigned: set[TopicPartition]) -> None:
         # Called on kafka-python's IO thread, where nothing may block: the start offsets
         # are settled after the poll returns (`_settle_assignment`).
         logger.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
         self._newly_assigned |= assigned
+        self._revoked_partitions -= {tp.partition for tp in assigned}
 
     def _revoked(self, revoked: set[TopicPartition], lost: bool) -> None:
+        if not revoked:  # the first join
+            return
         logger.info(
             "%s partitions %s",
             "lost" if lost else "revoked",
@@ -292,6 +347,7 @@ class KafkaSource:
         )
         if not lost and self.on_revoke is not None:
             self.on_revoke(revoked)
+        self._revoked_partitions |= {tp.partition for tp in revoked}
         for tp in revoked:
             self._next.pop(tp.partition, None)
         self._newly_assigned -= revoked

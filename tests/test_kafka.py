@@ -378,7 +378,10 @@ def test_sigterm_leaves_a_checkpoint_and_committed_offsets_that_agree(kafka, tmp
     assert "SIGTERM: checkpointing and stopping" in log.read_text()
 
 
-def test_a_missing_broker_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("version", [[], ["--api-version", "0.9"]], ids=["detected", "given"])
+def test_a_missing_broker_is_a_clear_error(tmp_path, version):
+    """Also when the version is given, so that nothing connects to ask it (that waited
+    for a broker forever)."""
     done = subprocess.run(
         [
             sys.executable,
@@ -393,6 +396,7 @@ def test_a_missing_broker_is_a_clear_error(tmp_path):
             str(tmp_path / "m"),
             "--connect-timeout",
             "2",
+            *version,
         ],
         capture_output=True,
         text=True,
@@ -442,3 +446,68 @@ def test_partitions_handed_to_a_new_group_member_are_learned_once_overall(kafka,
     assert seen["second"], "the rebalance gave the second member nothing"
     assert len(learned) == len(set(learned)) == 16_000
     assert set(learned) == set(placed)
+
+
+def test_a_commit_while_the_group_rebalances_is_no_error(kafka):
+    """A poll may return while this member's rejoin is still under way (its partitions
+    revoked, the group waiting for another member): a commit of a position checkpointed
+    before then must not raise (it stopped a service's close, and would stop a loop);
+    what it holds for revoked partitions is not this member's to commit any more. Once
+    partitions are assigned again, commits go through."""
+    import threading
+
+    topic, group = unique("rebalancing"), unique("group")
+    kafka.create_topic(topic, partitions=2)
+    produce(kafka, topic, [encode_json(m) for m in synthetic_messages(40, seed=1)])
+    timing = dict(session_timeout_ms=6000, heartbeat_interval_ms=200)
+    source = source_for(kafka, topic, group, poll_timeout=0.2, idle_timeout=None, **timing)
+    revoked: list[set] = []
+    source.on_revoke = revoked.append  # for partitions held (not at the first join)
+    batches = source.batches()
+
+    def poll_until(condition, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, f"no {what} in 60 s"
+            next(batches)
+
+    poll_until(lambda: source.n_consumed == 40, "messages")
+    source.commit()  # where a partition assigned again starts
+
+    def join(consumer: KafkaConsumer, joined: threading.Event) -> None:
+        deadline = time.monotonic() + 60
+        while not consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(200)
+        joined.set()
+
+    def member() -> tuple[KafkaConsumer, threading.Event]:
+        other = KafkaConsumer(
+            topic,
+            bootstrap_servers=kafka.bootstrap,
+            api_version=kafka.api_version,
+            group_id=group,
+            **timing,
+        )
+        joined = threading.Event()
+        threading.Thread(target=join, args=(other, joined), daemon=True).start()
+        return other, joined
+
+    idle, joined = member()  # joins, then stops polling
+    poll_until(joined.is_set, "first rebalance")
+    assert len(revoked) == 1, "the group never rebalanced"
+    held = source.position  # what a checkpoint taken now would hold
+    last, _ = member()  # its rebalance waits for the idle member (a session timeout)
+    poll_until(lambda: len(revoked) == 2, "second rebalance")
+    assert source._consumer._coordinator.rebalance_in_progress(), "the rejoin ended too soon"
+
+    assert held and not source.position
+    source.commit(held)  # a checkpoint's, committed late: raised RebalanceInProgressError
+
+    idle.close()  # the rebalance completes without it
+    poll_until(source._consumer._coordinator.generation_if_stable, "end to the rebalance")
+    owned = {str(tp.partition) for tp in source._consumer.assignment()}
+    assert owned, "the rebalance gave this member nothing"
+    source.commit({p: 1 for p in owned})
+    assert committed(kafka, topic, group, 2).items() >= {p: 1 for p in owned}.items()
+    source.close()
+    last.close()
