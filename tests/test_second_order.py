@@ -72,3 +72,29 @@ def test_new_inputs_start_with_weight_zero_and_the_prior_variance():
     np.testing.assert_array_equal(heads.weight[:, :3], before)
     assert heads.weight[0, 3] == 0.0 and heads.cov[0, 3, 3] == heads.prior
     assert not heads.cov[0, 3, :3].any()
+
+
+def test_the_compiled_row_step_agrees_with_numpy_over_2000_steps():
+    """Mixed kinds, rows that label only some outputs, forgetting 0.99 and an input that
+    goes idle (so that variances are clipped): the kernel against the NumPy reference."""
+    rng = np.random.default_rng(3)
+    columns = HeadColumns([("regression", 0, 1), ("binary", 1, 2), ("multiclass", 2, 5)])
+    layout = [(0, 1), (1, 2), (2, 5)]
+    pair = [SecondOrderHeads(forgetting=0.99, compiled=flag) for flag in (True, False)]
+    for heads in pair:
+        heads.resize(6, old=[], new=layout)
+    clipped = 0
+    for step in range(2_000):
+        x = rng.normal(size=(1, 6))
+        x[0, 4] = 0.0 if step > 300 else x[0, 4]
+        targets = np.array([[x[0, 0] - x[0, 1], float(x[0, 2] > 0), 0.0, 0.0, 0.0]])
+        targets[0, 2 + rng.integers(3)] = 1.0
+        labelled = rng.random((1, 5)) < 0.7
+        labelled[0, 2:] = labelled[0, 2]  # a class block is labelled together
+        for heads in pair:
+            values = evaluate(columns, heads.outputs(x), targets, labelled)
+            heads.step(x, values.gradient, values.curvature, labelled)
+        clipped += np.diagonal(pair[0].cov, axis1=1, axis2=2).max() >= pair[0].prior * (1 - 1e-9)
+    assert clipped > 1_000, "the variances were never clipped: the test misses a branch"
+    np.testing.assert_allclose(pair[0].weight, pair[1].weight, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pair[0].cov, pair[1].cov, rtol=1e-12, atol=1e-12)

@@ -28,7 +28,8 @@ subtracts symmetric terms) until P_o is indefinite and the weights explode (seen
 symmetric (it subtracts a multiple of u u', whose (i, j) and (j, i) entries are the
 same product), and P_o is symmetrised after every step that can break that (a clip,
 or a batch's matrix inverse). All of this runs
-in float64 whatever the model's dtype.
+in float64 whatever the model's dtype. One row's step and the outputs run as compiled
+kernels (`kernels`); this NumPy code is their reference (`compiled=False`).
 
 A mini-batch takes one Newton step with the batch's curvature in information form:
 A_o = lambda^m P_o^-1 + sum_i h_i x_i x_i' over the m rows labelling o, P_o = A_o^-1,
@@ -43,6 +44,8 @@ optimization" (the online Newton step).
 from __future__ import annotations
 
 import numpy as np
+
+from stream_mtl.backends.kernels import linear_outputs, second_order_row_step
 
 
 class SecondOrderHeads:
@@ -60,9 +63,12 @@ class SecondOrderHeads:
     [[-1.0, 3.0]]
     """
 
-    def __init__(self, forgetting: float = 0.999, prior: float = 1.0) -> None:
+    def __init__(
+        self, forgetting: float = 0.999, prior: float = 1.0, compiled: bool = True
+    ) -> None:
         self.forgetting = float(forgetting)
         self.prior = float(prior)
+        self.compiled = compiled  # one row: `kernels.second_order_row_step`, else NumPy
         self.weight = np.zeros((0, 1))  # outputs x (1 + inputs); column 0 is the bias
         self.cov = np.zeros((0, 1, 1))  # outputs x (1 + inputs) x (1 + inputs)
 
@@ -84,6 +90,8 @@ class SecondOrderHeads:
 
     def outputs(self, X: np.ndarray) -> np.ndarray:
         """Raw outputs (rows x outputs) for encoded inputs X (rows x inputs)."""
+        if self.compiled:
+            return linear_outputs(_c(X), self.weight)
         # einsum sums each row in the same order whatever the number of rows, so that a
         # batch predicts exactly what its rows would one by one.
         return np.einsum("nd,od->no", X, self.weight[:, 1:]) + self.weight[:, 0]
@@ -91,6 +99,18 @@ class SecondOrderHeads:
     def step(self, X: np.ndarray, G: np.ndarray, H: np.ndarray, labelled: np.ndarray) -> None:
         """One Newton step from rows X with per-output gradients G and curvatures H
         (rows x outputs); `labelled` (rows x outputs) marks the rows each output learns."""
+        if len(X) == 1 and self.compiled:
+            second_order_row_step(
+                self.cov,
+                self.weight,
+                _c(X[0]),
+                _c(G[0]),
+                _c(H[0]),
+                np.ascontiguousarray(labelled[0], bool),
+                self.forgetting,
+                self.prior,
+            )
+            return
         X1 = np.empty((len(X), X.shape[1] + 1))
         X1[:, 0] = 1.0
         X1[:, 1:] = X
@@ -153,6 +173,12 @@ class SecondOrderHeads:
 
     def state(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "cov": self.cov}
+
+
+def _c(array: np.ndarray) -> np.ndarray:
+    """`array` as the kernels take it, C-ordered float64: one compiled version each, not
+    a compile (seconds) when a caller hands over another layout."""
+    return np.ascontiguousarray(array, float)
 
 
 def _clip_variance(P: np.ndarray, prior: float) -> bool:
