@@ -194,6 +194,10 @@ def test_an_attached_service_shares_the_learner_and_finds_it_again_after_a_resta
     for _ in range(50):
         other.learn(*observation(rng))
     other.predict({"x0": 1.0}, key="from-other")
+    # A hold is in order with the later calls of the process that sent it, not with
+    # another process's: a label sent through the owner at the same instant could reach
+    # the learner first (it did once in CI). `status` returns once the hold is done.
+    other.status()
     owner.learn_label("from-other", {"a": 1.0})  # held by one, labelled through the other
     wait_for(lambda: owner.snapshot.n_learned.get("a", 0) == 51)
     assert other.predict({"x0": 2.0}) == owner.predict({"x0": 2.0})  # one snapshot
