@@ -23,6 +23,7 @@ import os
 import typing
 from collections.abc import Hashable
 
+from stream_mtl.backends.kernels import warm_up
 from stream_mtl.exceptions import UnknownKey
 from stream_mtl.learner import MultiTaskLearner
 from stream_mtl.learning_process import LearnerClient, LearningProcess
@@ -91,6 +92,7 @@ class OnlineModel:
     def __init__(
         self, model: MultiTaskLearner, *, process: bool = True, **options: typing.Any
     ) -> None:
+        warm_up()  # predictions are computed here
         if process:
             self._engine: LearningThread | LearningProcess | LearnerClient = LearningProcess(
                 model, **options
@@ -108,6 +110,7 @@ class OnlineModel:
         the learner to its owner (`stream-mtl serve --workers N` gives each worker one).
         Options: `block_timeout`, `checkpointed` (keys must be writable), `connect_timeout`.
         """
+        warm_up()
         service = cls.__new__(cls)
         service._engine = LearnerClient(board, address, **options)
         return service

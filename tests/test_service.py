@@ -344,3 +344,38 @@ def test_checkpoint_every_bounds_what_a_kill_without_a_log_can_lose(tmp_path):
     assert MultiTaskLearner.load(path).n_learned["a"] == 120
     with pytest.raises(InvalidInput, match="checkpoint_every must be a positive integer"):
         OnlineModel(new_model(), process=False, checkpoint=path, checkpoint_every=0)
+
+
+def test_a_service_compiles_its_kernels_at_start_and_nothing_after(tmp_path):
+    """In a fresh process: once `OnlineModel` is built, every kernel has its one compiled
+    version, and predicting and learning (keys, labels, a binary task) add none: no
+    request waits for a compile."""
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np
+from stream_mtl import Binary, MultiTaskLearner, Regression
+from stream_mtl.backends import kernels
+from stream_mtl.service import OnlineModel
+
+every = (kernels.linear_outputs, kernels.second_order_row_step)
+compiled = lambda: [len(kernel.signatures) for kernel in every]
+print(compiled())
+model = MultiTaskLearner(tasks={"a": Regression(), "b": Binary()}, hidden=(8,), seed=0)
+service = OnlineModel(model, process=False)
+print(compiled())
+rng = np.random.default_rng(0)
+for i in range(200):
+    x = {"x0": float(rng.normal()), "x1": float(rng.normal())}
+    service.predict(x, key=i)
+    service.learn_label(i, {"a": x["x0"], "b": x["x1"] > 0})
+service.close()
+assert service.model.n_learned == {"a": 200, "b": 200}, service.model.n_learned
+print(compiled())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["[0, 0]", "[1, 1]", "[1, 1]"]
