@@ -359,7 +359,7 @@ from stream_mtl import Binary, MultiTaskLearner, Regression
 from stream_mtl.backends import kernels
 from stream_mtl.service import OnlineModel
 
-every = (kernels.linear_outputs, kernels.second_order_row_step)
+every = (kernels.linear_outputs, kernels.second_order_row_step, kernels.hedge_step)
 compiled = lambda: [len(kernel.signatures) for kernel in every]
 print(compiled())
 model = MultiTaskLearner(tasks={"a": Regression(), "b": Binary()}, hidden=(8,), seed=0)
@@ -378,4 +378,4 @@ print(compiled())
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:3] == ["[0, 0]", "[1, 1]", "[1, 1]"]
+    assert done.stdout.split("\n")[:3] == ["[0, 0, 0]", "[1, 1, 1]", "[1, 1, 1]"]

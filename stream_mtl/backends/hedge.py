@@ -39,6 +39,8 @@ import math
 
 import numpy as np
 
+from stream_mtl.backends.kernels import hedge_step
+
 
 class Hedge:
     """Per-task mixture weights over `n_heads` heads; the first `n_first` start with them.
@@ -60,8 +62,10 @@ class Hedge:
         floor: float = 0.01,
         n_first: int = 1,
         memory: float = 0.999,
+        compiled: bool = True,
     ) -> None:
         self.n_heads = n_heads
+        self.compiled = compiled  # `update` by `kernels.hedge_step`, else NumPy (its reference)
         self.rate = rate
         self.floor = floor
         self.n_first = max(1, min(n_first, n_heads))
@@ -79,6 +83,17 @@ class Hedge:
     def update(self, gradient: np.ndarray, labelled: np.ndarray) -> None:
         """One Hedge step on each labelled task's loss gradient (tasks x heads)."""
         if self.n_heads == 1 or not labelled.any():
+            return
+        if self.compiled:
+            hedge_step(
+                self.alpha,
+                self.scale,
+                np.ascontiguousarray(gradient, float),
+                np.ascontiguousarray(labelled, bool),
+                float(self.rate),
+                float(self.memory),
+                self.floor / self.n_heads,
+            )
             return
         rows = np.flatnonzero(labelled)
         g = gradient[rows]

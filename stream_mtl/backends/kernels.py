@@ -92,6 +92,53 @@ def second_order_row_step(
                     P[j, i] = both
 
 
+@njit(cache=True, fastmath=False)
+def hedge_step(
+    alpha: np.ndarray,
+    scale: np.ndarray,
+    gradient: np.ndarray,
+    labelled: np.ndarray,
+    rate: float,
+    memory: float,
+    floor: float,
+) -> None:
+    """One step of `Hedge.update` on every labelled task, in place: `floor` is the least
+    weight of a head (the mixture's floor over the number of heads)."""
+    heads = alpha.shape[1]
+    log_heads = np.log(heads)
+    row = np.empty(heads)
+    for k in range(alpha.shape[0]):
+        if not labelled[k]:
+            continue
+        high = gradient[k, 0]
+        low = gradient[k, 0]
+        for h in range(1, heads):
+            high = max(high, gradient[k, h])
+            low = min(low, gradient[k, h])
+        spread = high - low
+        scale[k] = memory * scale[k] + spread * spread
+        eta = rate * np.sqrt(log_heads / max(scale[k], 1e-12))
+        top = -np.inf
+        for h in range(heads):
+            row[h] = np.log(alpha[k, h]) - eta * gradient[k, h]
+            top = max(top, row[h])
+        total = 0.0
+        for h in range(heads):
+            row[h] = np.exp(row[h] - top)
+            total += row[h]
+        n_low = 0
+        free = 0.0
+        for h in range(heads):
+            row[h] /= total
+            if row[h] < floor:
+                n_low += 1
+            else:
+                free += row[h]
+        room = 1.0 - floor * n_low
+        for h in range(heads):
+            alpha[k, h] = floor if row[h] < floor else row[h] * (room / free)
+
+
 def warm_up() -> None:
     """Compile every kernel now (or load it from the cache), with the argument types of
     the per-observation path, so that nothing compiles when the first observation or
@@ -102,3 +149,4 @@ def warm_up() -> None:
     second_order_row_step(
         cov, weight, np.zeros(1), np.zeros(1), np.zeros(1), np.ones(1, bool), 1.0, 1.0
     )
+    hedge_step(np.full((1, 2), 0.5), np.zeros(1), np.zeros((1, 2)), np.ones(1, bool), 1.0, 1.0, 0.0)
