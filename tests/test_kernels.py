@@ -6,6 +6,7 @@ The second-order heads' kernel is tested with them, in `test_second_order.py`.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from stream_mtl.backends.hedge import Hedge
 
@@ -30,3 +31,16 @@ def test_the_compiled_hedge_step_agrees_with_numpy_over_5000_steps():
     np.testing.assert_allclose(pair[0].alpha, pair[1].alpha, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(pair[0].scale, pair[1].scale, rtol=1e-12, atol=0)
     assert not np.array_equal(pair[0].alpha, np.full((4, 5), 0.2)), "nothing moved"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite_finds_one_nan_or_infinity_anywhere(dtype):
+    from stream_mtl.backends.kernels import all_finite
+
+    values = np.random.default_rng(5).normal(size=1_001).astype(dtype) * 1e30
+    assert all_finite(values) and all_finite(values[:0])
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in (0, 500, 1_000):
+            broken = values.copy()
+            broken[where] = bad
+            assert not all_finite(broken), (bad, where)

@@ -347,9 +347,10 @@ def test_checkpoint_every_bounds_what_a_kill_without_a_log_can_lose(tmp_path):
 
 
 def test_a_service_compiles_its_kernels_at_start_and_nothing_after(tmp_path):
-    """In a fresh process: once `OnlineModel` is built, every kernel has its one compiled
-    version, and predicting and learning (keys, labels, a binary task) add none: no
-    request waits for a compile."""
+    """In a fresh process: once `OnlineModel` is built, every kernel has its compiled
+    version (`all_finite` two: the trunk's float32 buffer, the float64 mixture), and
+    predicting and learning (keys, labels, a binary task) add none: no request waits
+    for a compile."""
     import subprocess
     import sys
 
@@ -359,7 +360,8 @@ from stream_mtl import Binary, MultiTaskLearner, Regression
 from stream_mtl.backends import kernels
 from stream_mtl.service import OnlineModel
 
-every = (kernels.linear_outputs, kernels.second_order_row_step, kernels.hedge_step)
+every = [getattr(kernels, name) for name in ("linear_outputs", "second_order_row_step",
+                                             "hedge_step", "all_finite")]
 compiled = lambda: [len(kernel.signatures) for kernel in every]
 print(compiled())
 model = MultiTaskLearner(tasks={"a": Regression(), "b": Binary()}, hidden=(8,), seed=0)
@@ -378,4 +380,4 @@ print(compiled())
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:3] == ["[0, 0, 0]", "[1, 1, 1]", "[1, 1, 1]"]
+    assert done.stdout.split("\n")[:3] == ["[0, 0, 0, 0]", "[1, 1, 1, 2]", "[1, 1, 1, 2]"]

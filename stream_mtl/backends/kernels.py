@@ -139,6 +139,15 @@ def hedge_step(
             alpha[k, h] = floor if row[h] < floor else row[h] * (room / free)
 
 
+@njit(cache=True, fastmath=False)
+def all_finite(values: np.ndarray) -> bool:
+    """Whether no value is NaN or infinite (0 * v is NaN for those, 0 for the rest)."""
+    total = 0.0
+    for v in values:
+        total += v * 0.0
+    return total == 0.0
+
+
 def warm_up() -> None:
     """Compile every kernel now (or load it from the cache), with the argument types of
     the per-observation path, so that nothing compiles when the first observation or
@@ -150,3 +159,5 @@ def warm_up() -> None:
         cov, weight, np.zeros(1), np.zeros(1), np.zeros(1), np.ones(1, bool), 1.0, 1.0
     )
     hedge_step(np.full((1, 2), 0.5), np.zeros(1), np.zeros((1, 2)), np.ones(1, bool), 1.0, 1.0, 0.0)
+    for dtype in (np.float32, np.float64):  # the trunk's buffer, in the model's dtype
+        all_finite(np.zeros(1, dtype))
