@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from stream_mtl.backends.kernels import hedge_step
+from stream_mtl.backends.kernels import hedge_step, kernel_array
 
 
 class Hedge:
@@ -88,8 +88,8 @@ class Hedge:
             hedge_step(
                 self.alpha,
                 self.scale,
-                np.ascontiguousarray(gradient, float),
-                np.ascontiguousarray(labelled, bool),
+                kernel_array(gradient),
+                kernel_array(labelled, bool),
                 float(self.rate),
                 float(self.memory),
                 self.floor / self.n_heads,

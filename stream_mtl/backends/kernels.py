@@ -15,6 +15,13 @@ import numpy as np
 from numba import njit
 
 
+def kernel_array(array: np.ndarray, dtype: type = float) -> np.ndarray:
+    """`array` as the kernels take it: C-ordered, float64 (or `dtype`), so that each kernel
+    has one compiled version, not a compile (seconds) when a caller hands over another
+    layout or type."""
+    return np.ascontiguousarray(array, dtype)
+
+
 @njit(cache=True, fastmath=False)
 def linear_outputs(X: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Rows x outputs: X (rows x inputs) times each output's weights (bias first), every

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream_mtl.backends.kernels import linear_outputs, second_order_row_step
+from stream_mtl.backends.kernels import kernel_array, linear_outputs, second_order_row_step
 
 
 class SecondOrderHeads:
@@ -91,7 +91,7 @@ class SecondOrderHeads:
     def outputs(self, X: np.ndarray) -> np.ndarray:
         """Raw outputs (rows x outputs) for encoded inputs X (rows x inputs)."""
         if self.compiled:
-            return linear_outputs(_c(X), self.weight)
+            return linear_outputs(kernel_array(X), self.weight)
         # einsum sums each row in the same order whatever the number of rows, so that a
         # batch predicts exactly what its rows would one by one.
         return np.einsum("nd,od->no", X, self.weight[:, 1:]) + self.weight[:, 0]
@@ -103,10 +103,10 @@ class SecondOrderHeads:
             second_order_row_step(
                 self.cov,
                 self.weight,
-                _c(X[0]),
-                _c(G[0]),
-                _c(H[0]),
-                np.ascontiguousarray(labelled[0], bool),
+                kernel_array(X[0]),
+                kernel_array(G[0]),
+                kernel_array(H[0]),
+                kernel_array(labelled[0], bool),
                 self.forgetting,
                 self.prior,
             )
@@ -173,12 +173,6 @@ class SecondOrderHeads:
 
     def state(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "cov": self.cov}
-
-
-def _c(array: np.ndarray) -> np.ndarray:
-    """`array` as the kernels take it, C-ordered float64: one compiled version each, not
-    a compile (seconds) when a caller hands over another layout."""
-    return np.ascontiguousarray(array, float)
 
 
 def _clip_variance(P: np.ndarray, prior: float) -> bool:
