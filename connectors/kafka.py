@@ -349,7 +349,13 @@ class KafkaSource:
             self.on_revoke(revoked)
         self._revoked_partitions |= {tp.partition for tp in revoked}
         for tp in revoked:
-            self._next.pop(tp.partition, None)
+            # Assigned back, it goes on from here unless the group committed a later offset
+            # meanwhile (`_settle_assignment`): its committed offset may be older (lost
+            # partitions commit nothing; a revoke's commit may not have landed yet).
+            left_at = self._next.pop(tp.partition, None)
+            if left_at is not None:
+                key = str(tp.partition)
+                self._start_at[key] = max(self._start_at.get(key, 0), left_at)
         self._newly_assigned -= revoked
 
     def _settle_assignment(self, records: dict) -> None:

@@ -511,3 +511,37 @@ def test_a_commit_while_the_group_rebalances_is_no_error(kafka):
     assert committed(kafka, topic, group, 2).items() >= {p: 1 for p in owned}.items()
     source.close()
     last.close()
+
+
+def test_partitions_lost_and_assigned_back_go_on_where_this_member_was(kafka, caplog):
+    """A member that stalls past the poll interval (a first compile, a long checkpoint)
+    loses its partitions; when the group hands them back, it goes on from where it was,
+    not from the group's older committed offset: nothing it handed out comes again."""
+    topic, group = unique("stall"), unique("group")
+    kafka.create_topic(topic, partitions=2)
+    placed = produce(kafka, topic, [encode_json(m) for m in synthetic_messages(400, seed=4)])
+    source = source_for(
+        kafka, topic, group, max_poll_records=50, session_timeout_ms=6000, idle_timeout=4.0
+    )
+    caplog.set_level("INFO", logger="stream_mtl.connectors.kafka")
+    seen: list[tuple[int, int]] = []
+    batches = source.batches()
+    while len(seen) < 100:
+        seen.extend((m.partition, m.offset) for m in next(batches))
+    # Hold the GIL past the session timeout, as a compile does: kafka-python's IO thread
+    # cannot heartbeat, the group drops the member, and its partitions are lost.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(30.0)
+    try:
+        until = time.monotonic() + 8
+        while time.monotonic() < until:
+            pass
+    finally:
+        sys.setswitchinterval(interval)
+    for batch in batches:
+        seen.extend((m.partition, m.offset) for m in batch)
+    source.close()
+    lost = [r for r in caplog.records if r.getMessage().startswith("lost partitions")]
+    assert lost, "the member never lost its partitions: the test misses its case"
+    assert len(seen) == len(set(seen)) == 400
+    assert set(seen) == set(placed)
