@@ -19,8 +19,8 @@ import pandas as pd
 from river import base
 
 from stream_mtl.affinity import TaskAffinity
-from stream_mtl.backends import BACKENDS, make_backend
-from stream_mtl.backends.base import StepResult
+from stream_mtl.backends import BACKENDS, SHARING, make_backend
+from stream_mtl.backends.base import StepResult, target_row
 from stream_mtl.backends.flat import OPTIMIZERS
 from stream_mtl.backends.guard import FiniteGuard
 from stream_mtl.backends.init import ACTIVATIONS, initial_trunk, layer_weights
@@ -148,6 +148,15 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         so that no stream can grow the model without bound. The second-order heads
         keep a matrix of (features + 1)^2 floats per task output, about 8 MB each at
         1,000 features; raise it for wider inputs, knowing that.
+    sharing
+        `"hard"`: one trunk for all tasks. `"soft"`: each task has its own trunk of the
+        widths `hidden` (and its own heads), and after every step each trunk moves
+        toward the tasks' mean trunk (see `backends.soft`); it costs about one trunk's
+        work per labelled task per step.
+    soft_strength
+        With soft sharing, the strength of the pull toward the mean trunk: each step
+        moves a trunk the share min(1, lr * soft_strength) of the way. 0 gives
+        independent models; from 1 / lr on, one shared trunk.
 
     Examples
     --------
@@ -193,6 +202,8 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         affinity_inputs: int = 128,
         max_magnitude: float = 1e15,
         max_features: int = 1000,
+        sharing: str = "hard",
+        soft_strength: float = 10.0,
     ) -> None:
         self.tasks = dict(tasks or {})
         self.hidden = tuple(hidden)
@@ -215,6 +226,8 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         self.affinity_inputs = affinity_inputs
         self.max_magnitude = max_magnitude
         self.max_features = max_features
+        self.sharing = sharing
+        self.soft_strength = soft_strength
         self._check_params()
 
         self._encoder = FeatureEncoder(
@@ -235,7 +248,8 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
             backend, self.hidden, activation, optimizer, float(lr), dtype, device, mixed_precision,
             forgetting=self.forgetting, hedge_rate=float(hedge_rate),
             hedge_floor=float(hedge_floor), share_linear=bool(share_linear),
-            top_forgetting=self.top_forgetting,
+            top_forgetting=self.top_forgetting, sharing=sharing,
+            soft_strength=float(soft_strength),
         )  # fmt: skip
         self._backend.load_trunk(initial_trunk(rng, self.hidden, activation))
         self._feature_seed = int(rng.integers(2**32))
@@ -251,6 +265,16 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
             )
         if self.backend not in BACKENDS:
             raise InvalidInput(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
+        if self.sharing not in SHARING:
+            raise InvalidInput(f"unknown sharing {self.sharing!r}; expected one of {SHARING}")
+        if self.sharing == "soft" and not self.hidden:
+            raise InvalidInput("sharing='soft' needs a trunk: give hidden layer widths")
+        if not (
+            isinstance(self.soft_strength, int | float)
+            and self.soft_strength >= 0
+            and math.isfinite(self.soft_strength)
+        ):
+            raise InvalidInput(f"soft_strength must be a number >= 0, got {self.soft_strength!r}")
         if self.optimizer not in OPTIMIZERS:
             raise InvalidInput(
                 f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}"
@@ -331,6 +355,12 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
             "lr": 0.01,
             "seed": 1,
         }
+        yield {
+            "tasks": {"y": Regression(), "flag": Binary()},
+            "hidden": (8,),
+            "sharing": "soft",
+            "seed": 3,
+        }
 
     def _unit_test_skips(self) -> set[str]:
         # River's multi-output data sets name targets (0, 1, 2; "amazed-suprised", ...)
@@ -385,7 +415,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         second-order head on the last trunk layer - which depth its predictions rely on
         now."""
         names = self._backend.head_names
-        alpha = self._backend.hedge.alpha.tolist()
+        alpha = self._backend.mixture_weights.tolist()
         return {task: dict(zip(names, row)) for task, row in zip(self._task_names, alpha)}
 
     @property
@@ -439,7 +469,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
             return  # rolled back: nothing of this step is kept or counted
         counts = [0 if t is None else 1 for t in targets]
         if self._outputs.tuners:
-            row = np.array([[np.nan if t is None else t for t in targets]], dtype=float)
+            row = target_row(targets)
             self._tune_thresholds(row, result.predictions)
         self._after_step(result, counts, counts)
         if self._affinity.due(1).size:
@@ -596,6 +626,8 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
                 "affinity_inputs": self.affinity_inputs,
                 "max_magnitude": self.max_magnitude,
                 "max_features": self.max_features,
+                "sharing": self.sharing,
+                "soft_strength": self.soft_strength,
             },
             "tasks": [
                 [name, object_to_spec(task)]
@@ -669,13 +701,18 @@ def _check_declared_structure(params: dict, meta: dict, arrays: dict) -> None:
     hidden, forgetting = params["hidden"], params["forgetting"]
     if not (isinstance(hidden, tuple) and isinstance(forgetting, tuple)):
         raise InvalidCheckpoint("checkpoint parameters hidden and forgetting must be lists")
-    for layer, width in enumerate(hidden):
-        stored = arrays.get(f"backend.param.trunk.{layer}.weight")
-        if stored is None or stored.ndim != 2 or stored.shape[1] != width:
-            raise InvalidCheckpoint(
-                f"checkpoint declares a trunk layer {layer} of width {width!r} that its "
-                "arrays do not hold"
-            )
+    soft = params.get("sharing") == "soft"
+    # Where the arrays of the trunk before any task, and of each task's model, lie.
+    first = "backend.prototype." if soft else "backend."
+    owner = {name: f"backend.soft.{name}." if soft else "backend." for name, _ in meta["tasks"]}
+    for prefix in {first, *owner.values()}:
+        for layer, width in enumerate(hidden):
+            stored = arrays.get(f"{prefix}param.trunk.{layer}.weight")
+            if stored is None or stored.ndim != 2 or stored.shape[1] != width:
+                raise InvalidCheckpoint(
+                    f"checkpoint declares a trunk layer {layer} of width {width!r} that its "
+                    "arrays do not hold"
+                )
     classes = meta["classes"]
     heads = [(f"linear{i}", 1) for i in range(len(forgetting))]
     if hidden:
@@ -683,15 +720,16 @@ def _check_declared_structure(params: dict, meta: dict, arrays: dict) -> None:
     for name, _spec in meta["tasks"]:
         rows = len(classes[name]) if name in classes else 1
         for group, width in heads:
-            stored = arrays.get(f"backend.{group}.{name}.cov")
+            stored = arrays.get(f"{owner[name]}{group}.{name}.cov")
             if width == 1 and stored is not None:  # a linear head: as wide as the inputs
-                width = arrays[f"backend.{group}.{name}.weight"].shape[-1]
+                width = arrays[f"{owner[name]}{group}.{name}.weight"].shape[-1]
             if stored is None or stored.shape != (rows, width, width):
                 raise InvalidCheckpoint(
                     f"checkpoint declares a head {group} for task {name!r} that its arrays "
                     "do not hold"
                 )
-    inputs = arrays["backend.param.trunk.0.weight"].shape[0] if hidden else None
-    linear = arrays.get(f"backend.linear0.{meta['tasks'][0][0]}.weight") if meta["tasks"] else None
-    if inputs is not None and linear is not None and linear.shape[-1] != inputs + 1:
-        raise InvalidCheckpoint("checkpoint declares more inputs than its linear heads hold")
+    inputs = arrays[f"{first}param.trunk.0.weight"].shape[0] if hidden else None
+    for name, _spec in meta["tasks"]:
+        linear = arrays[f"{owner[name]}linear0.{name}.weight"]
+        if inputs is not None and linear.shape[-1] != inputs + 1:
+            raise InvalidCheckpoint("checkpoint declares more inputs than its linear heads hold")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 from stream_mtl.backends.base import Backend, HeadSpec
 from stream_mtl.exceptions import InvalidInput
 
 BACKENDS = ("numpy", "torch")
+SHARING = ("hard", "soft")
 
 
 def make_backend(
@@ -17,9 +20,21 @@ def make_backend(
     dtype: str,
     device: str,
     mixed_precision: bool = False,
+    sharing: str = "hard",
+    soft_strength: float = 0.0,
     **mixture: float,
 ) -> Backend:
-    """The backend called `name`, empty (no inputs, no heads)."""
+    """The backend called `name`, empty (no inputs, no heads); with `sharing="soft"`, one
+    such backend per task, their trunks pulled together (see `soft`)."""
+    if sharing not in SHARING:
+        raise InvalidInput(f"unknown sharing {sharing!r}; expected one of {SHARING}")
+    args = (name, hidden, activation, optimizer, lr, dtype, device, mixed_precision)
+    if sharing == "soft":
+        from stream_mtl.backends.soft import SoftSharing
+
+        if not hidden:
+            raise InvalidInput("sharing='soft' needs a trunk (hidden layers) to share softly")
+        return SoftSharing(functools.partial(make_backend, *args, **mixture), soft_strength)
     if name == "numpy":
         from stream_mtl.backends.numpy import NumpyBackend
 
@@ -51,4 +66,4 @@ def make_backend(
     raise InvalidInput(f"unknown backend {name!r}; expected one of {BACKENDS}")
 
 
-__all__ = ["BACKENDS", "Backend", "HeadSpec", "make_backend"]
+__all__ = ["BACKENDS", "SHARING", "Backend", "HeadSpec", "make_backend"]

@@ -41,11 +41,24 @@ class StepResult(typing.NamedTuple):
       cosine similarity of tasks (task affinity).
 
     - `predictions` (rows x outputs): the mixed predictions made before the step.
+    - `task_gradients` (with `gram`): each row's per-task gradients at the shared
+      representation (rows x n_tasks x width), whose products summed over rows are
+      `gram`; soft sharing builds its Gram matrix from its tasks' own.
     """
 
     losses: typing.Sequence[float] | np.ndarray
     gram: np.ndarray | None
     predictions: np.ndarray
+    task_gradients: np.ndarray | None = None
+
+
+def target_row(targets: list) -> np.ndarray:
+    """One observation's per-task targets (None where unlabelled) as a 1-row batch.
+
+    >>> target_row([1.0, None]).tolist()
+    [[1.0, nan]]
+    """
+    return np.array([[np.nan if t is None else t for t in targets]], dtype=float)
 
 
 class Backend(typing.Protocol):
@@ -99,6 +112,10 @@ class Backend(typing.Protocol):
         gram: bool = False,
     ) -> StepResult:
         """One optimiser step on the mean loss over the batch's rows; per-task mean losses."""
+
+    @property
+    def mixture_weights(self) -> np.ndarray:
+        """Each task's mixture weight per head (tasks x heads; see `head_names`)."""
 
     def finite(self) -> bool:
         """Whether the parameters predictions read are all finite (cheap: every step)."""

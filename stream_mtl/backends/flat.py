@@ -42,7 +42,7 @@ import typing
 
 import numpy as np
 
-from stream_mtl.backends.base import HeadSpec, StepResult
+from stream_mtl.backends.base import HeadSpec, StepResult, target_row
 from stream_mtl.backends.heads import (
     HeadColumns,
     evaluate,
@@ -298,8 +298,7 @@ class FlatBackend:
         trunk_scale: np.ndarray,
         gram: bool = False,
     ) -> StepResult:
-        row = np.array([[np.nan if t is None else t for t in targets]], dtype=float)
-        return self.step_many(x[None, :], row, loss_weight, trunk_scale, gram)
+        return self.step_many(x[None, :], target_row(targets), loss_weight, trunk_scale, gram)
 
     def step_many(
         self,
@@ -354,17 +353,20 @@ class FlatBackend:
             self.shared.step(
                 X, G[i] @ members, curvature[i] @ members, labelled_outputs @ members > 0
             )
-        gram_head = deep.stop - 1 if self.hidden else 0
-        task_gram = self._task_gram(G[gram_head], counts) if gram else None
+        vectors = task_gram = None
+        if gram:
+            gram_head = deep.stop - 1 if self.hidden else 0
+            vectors = self._task_gradients(G[gram_head], counts)
+            task_gram = np.einsum("rkw,rlw->kl", vectors, vectors)
         self.hedge.update(mixture_gradient(self.columns, P, mixed, T, labelled), counts > 0)
-        return StepResult(losses, task_gram, mixed)
+        return StepResult(losses, task_gram, mixed, vectors)
 
-    def _task_gram(self, G: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Per-task gradient inner products at the shared representation (what the deepest
-        heads read: the last trunk layer, or with no trunk the inputs, read by the first
-        linear head), from the gradient G (rows x outputs) at those heads' outputs: task
-        k's gradient is the sum over its outputs o of dZ_o W_o, so <g_k, g_l> sums
-        D_op (W W^T)_op over o in k, p in l, with D = G^T G (per-task means)."""
+    def _task_gradients(self, G: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Each row's per-task loss gradient at the shared representation (rows x tasks
+        x width): what the deepest heads read (the last trunk layer or, with no trunk,
+        the inputs, read by the first linear head), from the gradient G (rows x outputs)
+        at those heads' outputs. Task k's is the sum over its outputs o of dZ_o W_o, each
+        row's divided by the task's count of labels in the step (a per-task mean)."""
         raw = G / np.maximum(counts, 1)[self._column_task]
         if self.hidden:
             depth = len(self.hidden)
@@ -372,10 +374,24 @@ class FlatBackend:
             weight = np.asarray(weight, float).reshape(len(self._column_task), self.hidden[-1])
         else:
             weight = self.linear[0].weight[:, 1:]
-        products = (raw.T @ raw) * (weight @ weight.T)
+        per_output = raw[:, :, None] * weight[None]  # rows x outputs x width
         if self._segments is None:
-            return products
-        return self._segments.T @ products @ self._segments
+            return per_output
+        return np.einsum("row,ok->rkw", per_output, self._segments)
+
+    @property
+    def mixture_weights(self) -> np.ndarray:
+        """Each task's mixture weight per head (tasks x heads; see `head_names`)."""
+        return self.hedge.alpha
+
+    @property
+    def trunk_span(self) -> slice:
+        """Where the trunk's blocks lie in the flat buffers (first, before the heads)."""
+        if not self.hidden:
+            return slice(0, 0)
+        return self._layout.span(
+            [name for name in self._layout.shapes if name.startswith("trunk.")]
+        )
 
     def finite(self) -> bool:
         """Whether the trunk, the deep heads, the second-order heads' weights and the

@@ -1,0 +1,240 @@
+"""Soft parameter sharing: a network per task, each trunk pulled toward the tasks' mean.
+
+Hard sharing (every other backend) gives all tasks one trunk. Soft sharing gives each
+task a whole model of its own - a trunk of the same widths and the task's heads at
+every depth, a member backend (NumPy or torch) holding one task - and after every step
+pulls each member's trunk toward the mean of the members' trunks:
+
+    W_k <- W_k - c (W_k - mean_j W_j),    c = min(1, lr * strength)
+
+the step of an L2 penalty (strength / 2) sum_k |W_k - mean W|^2 taken apart from the
+optimiser's own step, as AdamW decouples weight decay (Loshchilov & Hutter, "Decoupled
+Weight Decay Regularization", ICLR 2019): the pull is the same whatever Adam's scaling
+of the task's gradients. The penalty is the one of Duong, Cohn, Bird & Cook, "Low
+Resource Dependency Parsing: Cross-lingual Parameter Sharing in a Neural Network
+Parser" (ACL 2015) and Yang & Hospedales, "Trace Norm Regularised Deep Multi-Task
+Learning" (ICLR 2017 workshop), toward the mean rather than between pairs. Strength 0
+leaves the tasks' models independent; from 1 / lr on, the trunks are replaced by their
+mean after every step, which is hard sharing of the averaged step.
+
+A new task's member starts from the tasks' mean trunk (before any task, the initial
+trunk). Members share nothing else: each has its own depth-0 heads (the shared linear
+head, with one task, is the task's own). The cost per step is one step of every member
+whose task is labelled, plus the pull: about n_tasks times hard sharing's trunk work.
+
+The Gram matrix of the tasks' gradients (GradNorm, Relatedness) is built from each
+task's gradient at its own trunk's last layer, unit by unit: meaningful while the
+trunks are held close (strength > 0), as they start from one trunk and are pulled
+together; with strength 0 the units of different trunks drift apart and the off-diagonal
+products mean little.
+"""
+
+from __future__ import annotations
+
+import copy
+import typing
+
+import numpy as np
+
+from stream_mtl.backends.base import HeadSpec, StepResult, target_row
+from stream_mtl.backends.flat import FlatBackend
+from stream_mtl.backends.heads import HeadColumns
+from stream_mtl.exceptions import InvalidInput
+
+MEMBER_PREFIX = "soft"
+
+
+class SoftSharing:
+    """One member backend per task, their trunks pulled toward the tasks' mean.
+
+    Implements the `Backend` protocol; `make_member` makes an empty member backend (all
+    alike: the same widths, optimiser and mixture settings).
+
+    Parameters
+    ----------
+    make_member
+        Makes one empty member backend (`NumpyBackend` or `TorchBackend`).
+    strength
+        Strength of the pull toward the mean trunk (0: independent models).
+
+    >>> from stream_mtl.backends.init import initial_trunk
+    >>> from stream_mtl.backends.numpy import NumpyBackend
+    >>> def learn(strength):
+    ...     member = lambda: NumpyBackend(hidden=(4,), optimizer="sgd", lr=0.1)
+    ...     backend = SoftSharing(member, strength)
+    ...     backend.load_trunk(initial_trunk(np.random.default_rng(0), (4,), "relu"))
+    ...     backend.grow_inputs(np.ones((2, 4)))
+    ...     backend.set_head("product", "regression", 1)
+    ...     backend.set_head("size", "regression", 1)
+    ...     rng = np.random.default_rng(0)
+    ...     for _ in range(200):
+    ...         x = rng.normal(size=2)
+    ...         backend.step_one(x, [x[0] * x[1], abs(x[0])], np.ones(2), np.ones(2))
+    ...     return backend
+    >>> [round(learn(strength).trunk_spread(), 3) for strength in (0.0, 1.0, 10.0)]
+    [0.3, 0.005, 0.0]
+    """
+
+    def __init__(self, make_member: typing.Callable[[], FlatBackend], strength: float) -> None:
+        if not strength >= 0:
+            raise InvalidInput(f"soft sharing strength must be >= 0, got {strength!r}")
+        self._make_member = make_member
+        self.strength = float(strength)
+        # Holds the initial trunk (no heads), from which the first tasks' members start.
+        self._prototype = make_member()
+        self.members: list[FlatBackend] = []
+        self.hidden = self._prototype.hidden
+        self.heads: list[HeadSpec] = []
+        self.columns = HeadColumns([])
+
+    @property
+    def n_inputs(self) -> int:
+        return self._prototype.n_inputs
+
+    @property
+    def head_names(self) -> list[str]:
+        return self._prototype.head_names
+
+    @property
+    def mixture_weights(self) -> np.ndarray:
+        if not self.members:
+            return np.zeros((0, self._prototype.n_heads))
+        return np.concatenate([member.mixture_weights for member in self.members])
+
+    def predicting_copy(self) -> SoftSharing:
+        clone = copy.copy(self)
+        clone.members = [member.predicting_copy() for member in self.members]
+        clone._prototype = self._prototype.predicting_copy()
+        return clone
+
+    # -- structure -----------------------------------------------------------------------
+
+    def load_trunk(self, arrays: dict[str, np.ndarray]) -> None:
+        self._prototype.load_trunk(arrays)
+        for member in self.members:
+            member.load_trunk(arrays)
+
+    def grow_inputs(self, first_layer_rows: np.ndarray) -> None:
+        self._prototype.grow_inputs(first_layer_rows)
+        for member in self.members:
+            member.grow_inputs(first_layer_rows)
+
+    def set_head(self, task: str, kind: str, size: int) -> None:
+        for position, head in enumerate(self.heads):
+            if head.task == task:
+                self.members[position].set_head(task, kind, size)
+                self.heads[position] = HeadSpec(task, kind, size)
+                break
+        else:
+            member = self._make_member()
+            member.load_trunk(self._mean_trunk())
+            member.set_head(task, kind, size)
+            self.members.append(member)
+            self.heads.append(HeadSpec(task, kind, size))
+        starts = np.cumsum([0] + [head.size for head in self.heads])
+        self.columns = HeadColumns(
+            [(head.kind, int(a), int(a + head.size)) for head, a in zip(self.heads, starts)]
+        )
+
+    def _mean_trunk(self) -> dict[str, np.ndarray]:
+        """The trunk a new task starts from: the members' mean (the prototype's before any)."""
+        sources = self.members or [self._prototype]
+        names = [name for name in self._prototype._layout.shapes if name.startswith("trunk.")]
+        states = [member.state() for member in sources]
+        return {name: np.mean([s[f"param.{name}"] for s in states], axis=0) for name in names}
+
+    def restart_task(self, position: int) -> None:
+        self.members[position].restart_task(0)
+
+    # -- forward and steps ---------------------------------------------------------------
+
+    def forward_many(self, X: np.ndarray) -> np.ndarray:
+        if not self.members:
+            return np.zeros((len(X), 0))
+        return np.concatenate([member.forward_many(X) for member in self.members], axis=1)
+
+    def forward_one(self, x: np.ndarray) -> np.ndarray:
+        return self.forward_many(x[None, :])[0]
+
+    def step_one(
+        self,
+        x: np.ndarray,
+        targets: list,
+        loss_weight: np.ndarray,
+        trunk_scale: np.ndarray,
+        gram: bool = False,
+    ) -> StepResult:
+        return self.step_many(x[None, :], target_row(targets), loss_weight, trunk_scale, gram)
+
+    def step_many(
+        self,
+        X: np.ndarray,
+        targets: np.ndarray,
+        loss_weight: np.ndarray,
+        trunk_scale: np.ndarray,
+        gram: bool = False,
+    ) -> StepResult:
+        """Each labelled task's member takes its step; then the pull toward the mean."""
+        width = self.hidden[-1] if self.hidden else self.n_inputs
+        losses = np.full(len(self.members), np.nan)
+        predictions, vectors = [], np.zeros((len(X), len(self.members), width))
+        for k, member in enumerate(self.members):
+            column = targets[:, k : k + 1]
+            if np.isnan(column).all():
+                predictions.append(member.forward_many(X))
+                continue
+            result = member.step_many(
+                X, column, loss_weight[k : k + 1], trunk_scale[k : k + 1], gram
+            )
+            losses[k] = result.losses[0]
+            predictions.append(result.predictions)
+            if gram:
+                vectors[:, k] = result.task_gradients[:, 0]
+        self._pull()
+        task_gram = np.einsum("rkw,rlw->kl", vectors, vectors) if gram else None
+        mixed = np.concatenate(predictions, axis=1) if predictions else np.zeros((len(X), 0))
+        return StepResult(losses, task_gram, mixed, vectors if gram else None)
+
+    def _pull(self) -> None:
+        """Move every member's trunk the share c = min(1, lr * strength) of the way to
+        the members' mean trunk."""
+        share = min(1.0, self._prototype.lr * self.strength)
+        if share == 0.0 or len(self.members) < 2:
+            return
+        span = self._prototype.trunk_span
+        trunks = [member._param[span] for member in self.members]
+        mean = sum(trunks[1:], trunks[0] * 1.0) / len(trunks)
+        for trunk in trunks:
+            trunk -= (trunk - mean) * share
+
+    def trunk_spread(self) -> float:
+        """The root-mean-square distance of the members' trunk parameters from their mean."""
+        if len(self.members) < 2:
+            return 0.0
+        states = [member.state() for member in self.members]
+        names = [name for name in states[0] if name.startswith("param.trunk.")]
+        trunks = np.array([np.concatenate([s[n].ravel() for n in names]) for s in states])
+        return float(np.sqrt(np.mean((trunks - trunks.mean(axis=0)) ** 2)))
+
+    def finite(self) -> bool:
+        return all(member.finite() for member in self.members)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Every member's state, under `soft.{task}.`, and the initial trunk's inputs."""
+        arrays = {
+            f"{MEMBER_PREFIX}.{head.task}.{name}": value
+            for head, member in zip(self.heads, self.members)
+            for name, value in member.state().items()
+        }
+        arrays.update({f"prototype.{k}": v for k, v in self._prototype.state().items()})
+        return arrays
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        def section(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        self._prototype.load_state(section("prototype."))
+        for head, member in zip(self.heads, self.members):
+            member.load_state(section(f"{MEMBER_PREFIX}.{head.task}."))
