@@ -5,6 +5,11 @@ the features and their pairwise products, which no linear model captures) plus a
 smaller part of its own. A model that shares what it learns across tasks should
 therefore learn each task faster than one model per task.
 
+Tasks need not all be related: `relations` makes a task "unrelated" (its shared part
+draws on latent factors of its own, from another projection of the features) or
+"conflicting" (its shared part is the first related task's, negated: the negated
+shared factors, mixed as that task mixes them).
+
 A drift schedule changes chosen tasks' concepts at chosen steps: the task draws a
 new mix of the shared factors and a new part of its own, abruptly or gradually (over
 `width` observations, each drawn from the new concept with a probability that rises
@@ -28,6 +33,7 @@ DEFAULT_TASKS = {
     "flag": BINARY,
 }
 N_CLASSES = 3
+RELATIONS = ("related", "unrelated", "conflicting")
 
 
 class Drift(typing.NamedTuple):
@@ -61,6 +67,10 @@ class SyntheticStream:
         Weight of each task's own part relative to the shared part.
     drifts
         `Drift(task, at, width)`s: the concept changes, exposed again as `drift_points`.
+    relations
+        Task name -> `"related"` (the default for a task not named), `"unrelated"` or
+        `"conflicting"` (see above); a conflicting task needs a related one before it,
+        of the same number of outputs.
     n
         Number of observations, or None for an endless stream.
     seed
@@ -83,6 +93,14 @@ class SyntheticStream:
     True
     >>> drifting.drift_points
     [Drift(task='a', at=3, width=0, shared_only=False)]
+
+    A conflicting task's shared part is the first task's, negated:
+
+    >>> tasks = {"main": "regression", "against": "regression"}
+    >>> stream = SyntheticStream(tasks, relations={"against": "conflicting"}, task_specific=0.0)
+    >>> scores = stream.scores(np.ones((1, 20)))
+    >>> bool(np.allclose(scores["against"], -scores["main"]))
+    True
     """
 
     def __init__(
@@ -96,8 +114,16 @@ class SyntheticStream:
         drifts: typing.Sequence[Drift] = (),
         n: int | None = None,
         seed: int = 0,
+        relations: dict[str, str] | None = None,
     ) -> None:
         self.tasks = dict(tasks or DEFAULT_TASKS)
+        self.relations = {name: "related" for name in self.tasks} | dict(relations or {})
+        for name, relation in self.relations.items():
+            if name not in self.tasks or relation not in RELATIONS:
+                raise ValueError(
+                    f"relation {relation!r} of task {name!r}: need a task of the stream "
+                    f"and one of {RELATIONS}"
+                )
         for name, kind in self.tasks.items():
             if kind not in (REGRESSION, BINARY, MULTICLASS):
                 raise ValueError(f"task {name!r} has unknown kind {kind!r}")
@@ -119,8 +145,7 @@ class SyntheticStream:
         self.seed = seed
 
         structure = np.random.default_rng([seed, 0])
-        projection = structure.normal(size=(n_latent, n_features))
-        self._projection = 1.5 * projection / np.linalg.norm(projection, axis=1, keepdims=True)
+        self._projection = self._draw_projection(structure)
         n_shared = 2 * n_latent  # the factors and the products of neighbouring factors
         self._offset = {}
         # Per task, its concepts in order: (mix of the shared factors, its own part).
@@ -128,12 +153,32 @@ class SyntheticStream:
         for name, kind in self.tasks.items():
             self._concepts[name] = [self._draw_concept(structure, kind, n_shared)]
             self._offset[name] = (structure.uniform(10, 100), structure.uniform(2, 20))
+        self._own_projection = {}
+        related = [name for name in self.tasks if self.relations[name] == "related"]
+        own = np.random.default_rng([seed, 4])
+        for name, relation in self.relations.items():
+            if relation == "unrelated":
+                self._own_projection[name] = self._draw_projection(own)
+            elif relation == "conflicting":
+                first = related[0] if related else None
+                if first is None or self._concepts[first][0][0].shape != (
+                    self._concepts[name][0][0].shape
+                ):
+                    raise ValueError(
+                        f"conflicting task {name!r} needs a related task with as many outputs"
+                    )
+                part = self._concepts[name][0][1]
+                self._concepts[name][0] = (-self._concepts[first][0][0], part)
         changes = np.random.default_rng([seed, 2])
         for drift in drifts:
             mix, own = self._draw_concept(changes, self.tasks[drift.task], n_shared)
             if drift.shared_only:
                 own = self._concepts[drift.task][-1][1]
             self._concepts[drift.task].append((mix, own))
+
+    def _draw_projection(self, rng: np.random.Generator) -> np.ndarray:
+        projection = rng.normal(size=(self.n_latent, self.n_features))
+        return 1.5 * projection / np.linalg.norm(projection, axis=1, keepdims=True)
 
     @property
     def drift_points(self) -> list[Drift]:
@@ -151,9 +196,10 @@ class SyntheticStream:
             own / np.linalg.norm(own, axis=1, keepdims=True),
         )
 
-    def shared_factors(self, X: np.ndarray) -> np.ndarray:
-        """The latent factors every task draws on, for feature rows `X`."""
-        latent = np.tanh(X @ self._projection.T)
+    def shared_factors(self, X: np.ndarray, projection: np.ndarray | None = None) -> np.ndarray:
+        """The latent factors every related task draws on, for feature rows `X` (or those
+        of another `projection`)."""
+        latent = np.tanh(X @ (self._projection if projection is None else projection).T)
         products = latent * np.roll(latent, -1, axis=1) * 2.0
         return np.concatenate([latent, products], axis=1)
 
@@ -165,6 +211,8 @@ class SyntheticStream:
 
     def _score(self, X: np.ndarray, shared: np.ndarray, name: str, concept: int) -> np.ndarray:
         mix, own = self._concepts[name][concept]
+        if name in self._own_projection:
+            shared = self.shared_factors(X, self._own_projection[name])
         return shared @ mix.T + self.task_specific * np.tanh(X @ own.T * 1.5)
 
     def _concept_per_row(

@@ -517,6 +517,8 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         column_task = self._backend.columns.column_task
         for at in outputs:
             self._affinity.update((at[1:] - at[0]).T / AFFINITY_PROBE, column_task)
+        if self._weighting.needs_affinity:
+            self._weighting.observe_affinity(self._affinity.matrix)
 
     def _after_step(
         self, result: StepResult, labelled: typing.Sequence, counts: typing.Sequence[int]

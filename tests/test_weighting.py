@@ -9,9 +9,17 @@ from river import drift
 
 from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
 from stream_mtl.connectors.synthetic import Drift, SyntheticStream
-from stream_mtl.weighting import DWA, DriftAware, Equal, GradNorm, Uncertainty
+from stream_mtl.weighting import DWA, DriftAware, Equal, GradNorm, Relatedness, Uncertainty
 
-STRATEGIES = [Equal, Uncertainty, DWA, GradNorm, lambda: DriftAware(GradNorm())]
+STRATEGIES = [
+    Equal,
+    Uncertainty,
+    DWA,
+    GradNorm,
+    lambda: DriftAware(GradNorm()),
+    lambda: Relatedness(main=["a"]),
+    lambda: DriftAware(Relatedness(main=["a"])),
+]
 TASKS = {"a": "regression", "b": "binary", "c": "multiclass"}
 
 

@@ -1,6 +1,6 @@
 """Task-weighting strategies: how much each task's loss counts at each step.
 
-`Equal`, `Uncertainty`, `DWA` and `GradNorm` set the loss weights; `DriftAware`
+`Equal`, `Uncertainty`, `DWA`, `GradNorm` and `Relatedness` set the loss weights; `DriftAware`
 wraps any of them with a drift detector per task (the learner's default is
 `DriftAware(DWA())`).
 """
@@ -12,6 +12,7 @@ from stream_mtl.weighting.drift import DriftAware
 from stream_mtl.weighting.dwa import DWA
 from stream_mtl.weighting.equal import Equal
 from stream_mtl.weighting.gradnorm import GradNorm
+from stream_mtl.weighting.relatedness import Relatedness
 from stream_mtl.weighting.uncertainty import Uncertainty
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "DriftAware",
     "Equal",
     "GradNorm",
+    "Relatedness",
     "StepWeights",
     "Uncertainty",
     "WeightingStrategy",

@@ -2,7 +2,9 @@
 
 The learner asks a strategy for the weights of the next step, takes the step, and
 reports each task's loss (NaN for a task with no label in that step) and, for
-strategies that want them, each task's gradient norm at the shared representation.
+strategies that want them, each task's gradient norm at the shared representation
+(`needs_grad_norms`) and the tasks' affinity matrix whenever it is re-measured
+(`needs_affinity`).
 A strategy never sees a backend: it deals in numbers only. Its per-task statistics
 are lists of floats ordered like the learner's tasks, so it checkpoints without pickle.
 """
@@ -39,6 +41,8 @@ class WeightingStrategy(base.Base):
     _per_task: typing.ClassVar[dict[str, float]] = {}
     #: Whether `update` must be given each task's gradient norm.
     needs_grad_norms: typing.ClassVar[bool] = False
+    #: Whether the learner must call `observe_affinity` (see `affinity.TaskAffinity`).
+    needs_affinity: typing.ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.tasks: list[str] = []
@@ -105,6 +109,10 @@ class WeightingStrategy(base.Base):
         self._observe(losses, labelled, grad_norms)
         self._refresh()
         return []
+
+    def observe_affinity(self, matrix: np.ndarray) -> None:
+        """Take the tasks' affinity matrix (tasks x tasks, NaN where unknown), as the
+        learner re-measures it; only strategies that `needs_affinity` use it."""
 
     def _refresh(self) -> None:
         loss = np.array(self._loss_weights(), dtype=float)

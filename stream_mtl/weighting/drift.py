@@ -159,6 +159,14 @@ class DriftAware(WeightingStrategy):
     def needs_grad_norms(self) -> bool:  # type: ignore[override]
         return self._base.needs_grad_norms
 
+    @property
+    def needs_affinity(self) -> bool:  # type: ignore[override]
+        return self._base.needs_affinity
+
+    def observe_affinity(self, matrix: np.ndarray) -> None:
+        self._base.observe_affinity(matrix)
+        self._refresh()
+
     def _fresh_detector(self, position: int) -> river_base.DriftDetector:
         return self.detectors.get(self.tasks[position], self.detector).clone()
 
