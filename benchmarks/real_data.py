@@ -15,7 +15,8 @@ and every contender runs on the same stream in the same job:
   (1 - MSE / Var(y)) and per school (weighted by size).
 
 Contenders, with the same (64, 64) trunk where they have one: the multi-task model
-(all defaults), one single-task model per task, one pooled model for all tasks
+(all defaults: hard sharing), the same with soft sharing (`sharing="soft"`, a trunk
+per task pulled toward their mean), one single-task model per task, one pooled model for all tasks
 (ignoring which task a row belongs to), the model's second-order linear heads alone
 (per-task RLS / online Newton: "linear") and River's linear model per task.
 
@@ -82,7 +83,11 @@ def contenders(tasks: dict[str, str], seed: int, pooled: bool = True) -> dict[st
     model = MultiTaskLearner(
         tasks={name: task_from_kind(kind) for name, kind in tasks.items()}, hidden=HIDDEN, seed=seed
     )
-    out = {"multi_task": model, "single_task": SingleTaskModels(model)}
+    soft = MultiTaskLearner(
+        tasks={name: task_from_kind(kind) for name, kind in tasks.items()},
+        hidden=HIDDEN, seed=seed, sharing="soft",
+    )  # fmt: skip
+    out = {"multi_task": model, "soft_sharing": soft, "single_task": SingleTaskModels(model)}
     if pooled:
         out["pooled"] = Pooled(tasks, seed)
     out["linear"] = SecondOrderLinear(model)

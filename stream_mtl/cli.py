@@ -215,7 +215,14 @@ def _names_option(text: str) -> list[str]:
 
 # --seed, --backend and --hidden when given for a new model; None means "not given", so a
 # resumed model can tell an option that conflicts with its checkpoint from a default.
-MODEL_DEFAULTS = {"seed": 0, "backend": "numpy", "hidden": [64, 64], "max_features": 1000}
+MODEL_DEFAULTS = {
+    "seed": 0,
+    "backend": "numpy",
+    "hidden": [64, 64],
+    "max_features": 1000,
+    "sharing": "hard",
+    "soft_strength": 10.0,
+}
 
 
 def _model_for(tasks: dict[str, str], args: argparse.Namespace) -> MultiTaskLearner:
@@ -229,6 +236,8 @@ def _model_for(tasks: dict[str, str], args: argparse.Namespace) -> MultiTaskLear
         device=getattr(args, "device", "cpu"),
         seed=options["seed"],
         max_features=options["max_features"],
+        sharing=options["sharing"],
+        soft_strength=options["soft_strength"],
     )
 
 
@@ -248,6 +257,8 @@ def _check_resumed(
         ("hidden", _as_option(args.hidden), _as_option(model.hidden)),
         ("seed", args.seed, model.seed),
         ("max-features", args.max_features, model.max_features),
+        ("sharing", args.sharing, model.sharing),
+        ("soft-strength", args.soft_strength, model.soft_strength),
     ):
         if given is not None and given != held:
             raise ValueError(
@@ -503,6 +514,18 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--max-features",
         type=_positive_int,
         help="most distinct features a new model takes in; more are refused (default 1000)",
+    )
+    parser.add_argument(
+        "--sharing",
+        choices=["hard", "soft"],
+        help="hard: one trunk for all tasks (default); soft: a trunk per task, pulled "
+        "toward their mean",
+    )
+    parser.add_argument(
+        "--soft-strength",
+        type=float,
+        help="with --sharing soft, the pull toward the mean trunk (default 10; 0: "
+        "independent models)",
     )
 
 

@@ -75,6 +75,24 @@ def test_evaluate_runs_on_a_users_file_and_counts_its_bad_rows(tmp_path):
     assert any("colour" in reason for reason in report["rejected"])
 
 
+def test_evaluate_learns_a_soft_sharing_model_when_asked(tmp_path):
+    lines = [
+        json.dumps({"x": {"u": i / 300}, "y": {"price": 3.0 * i / 300, "cost": i / 300}})
+        for i in range(300)
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    _cli(
+        "evaluate", "--source", f"jsonl:{path}", "--task", "price:regression",
+        "--task", "cost:regression", "--hidden", "8", "--sharing", "soft",
+        "--soft-strength", "5", "--report", str(tmp_path / "report"), "--no-progress",
+    )  # fmt: skip
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    params = report["config"]["model"]["params"]
+    assert params["sharing"] == "soft" and params["soft_strength"] == 5.0
+    assert report["metrics"]["price"] and report["metrics"]["cost"]
+
+
 def test_evaluate_refuses_a_malformed_task_option(tmp_path):
     result = _cli("evaluate", "--source", "csv:x.csv", "--task", "price", check=False)
     assert result.returncode == 2
@@ -169,6 +187,7 @@ def test_serve_refuses_a_task_whose_kind_differs_from_the_checkpoint(tmp_path):
     [
         (["--hidden", "8"], "holds a model with hidden 4; --hidden 8 needs a new checkpoint"),
         (["--seed", "3"], "holds a model with seed 0; --seed 3 needs a new checkpoint"),
+        (["--sharing", "soft"], "holds a model with sharing hard; --sharing soft needs a new"),
     ],
 )
 def test_serve_refuses_an_option_that_contradicts_the_checkpoint(tmp_path, option, message):

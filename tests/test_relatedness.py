@@ -7,6 +7,7 @@ import pytest
 
 from stream_mtl import MultiTaskLearner, Regression
 from stream_mtl.connectors.synthetic import SyntheticStream
+from stream_mtl.evaluate import prequential
 from stream_mtl.exceptions import InvalidInput
 from stream_mtl.weighting import DriftAware, Relatedness
 
@@ -39,6 +40,21 @@ def test_the_related_auxiliary_keeps_its_weight_and_the_unrelated_ones_fade(wrap
     assert weights["other2"] < 0.3 * weights["helps"]
     related = model._weighting._base if wrap else model._weighting
     assert related.relatedness[1] > max(related.relatedness[2:]) + 0.1
+
+
+def test_the_report_shows_the_auxiliaries_weights_move(tmp_path):
+    model = MultiTaskLearner(
+        tasks={t: Regression() for t in TASKS}, hidden=(32, 32), seed=0,
+        weighting=Relatedness(main=["main"]),
+    )  # fmt: skip
+    stream = SyntheticStream(TASKS, relations=RELATIONS, n=3000, seed=0)
+    report = prequential(model, stream, every=250, progress=False, baselines=())
+    other1 = [w["other1"] for w in report.task_weights]
+    assert max(other1) > 0.5 > 0.3 > other1[-1]  # it moved, and ended low
+    last = report.task_weights[-1]
+    assert last["other2"] < 0.3 and last["helps"] == 1.0 and last["main"] == 1.0
+    report.save(tmp_path)
+    assert (tmp_path / "task_weights.png").stat().st_size > 0
 
 
 def test_its_state_survives_a_checkpoint(tmp_path):

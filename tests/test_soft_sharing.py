@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from stream_mtl import Binary, Multiclass, MultiTaskLearner, Regression
 from stream_mtl.connectors.synthetic import SyntheticStream
 from stream_mtl.exceptions import InvalidInput
+from stream_mtl.predictor import Snapshot
 from stream_mtl.weighting import DriftAware, Equal, GradNorm
 
 KINDS = {"a": "regression", "b": "binary", "c": "multiclass"}
@@ -113,6 +116,16 @@ def test_a_soft_checkpoint_loads_into_either_backend_and_continues_identically(t
     _learn(loaded, observations[300:])
     for obs in _stream(20, seed=5):
         assert loaded.predict_one(obs.x)["a"] == pytest.approx(model.predict_one(obs.x)["a"])
+
+
+def test_a_snapshot_of_a_soft_model_predicts_as_it_did_and_pickles():
+    model = _learn(_soft(10.0), _stream(200))
+    snapshot = pickle.loads(pickle.dumps(Snapshot(model)))
+    held_out = _stream(10, seed=4)
+    before = [model.predict_one(obs.x) for obs in held_out]
+    _learn(model, _stream(100, seed=6))
+    assert [snapshot.predict_one(obs.x) for obs in held_out] == before
+    assert all(head.cov is None for m in snapshot._backend.members for head in m.linear)
 
 
 def test_weighting_and_drift_work_unchanged_with_soft_sharing():

@@ -174,14 +174,17 @@ class SoftSharing:
         trunk_scale: np.ndarray,
         gram: bool = False,
     ) -> StepResult:
-        """Each labelled task's member takes its step; then the pull toward the mean."""
+        """Each labelled task's member takes its step; then the pull toward the mean.
+
+        The predictions made before the step are NaN for the tasks the batch does not
+        label (their members do no work in it)."""
         width = self.hidden[-1] if self.hidden else self.n_inputs
         losses = np.full(len(self.members), np.nan)
         predictions, vectors = [], np.zeros((len(X), len(self.members), width))
         for k, member in enumerate(self.members):
             column = targets[:, k : k + 1]
-            if np.isnan(column).all():
-                predictions.append(member.forward_many(X))
+            if np.isnan(column).all():  # not its step: no work, and no prediction served
+                predictions.append(np.full((len(X), self.heads[k].size), np.nan))
                 continue
             result = member.step_many(
                 X, column, loss_weight[k : k + 1], trunk_scale[k : k + 1], gram

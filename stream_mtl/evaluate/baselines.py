@@ -93,7 +93,7 @@ class SingleTaskModels:
     """
 
     def __init__(self, model: typing.Any) -> None:
-        params = model._get_params()
+        params = {**model._get_params(), "sharing": "hard"}  # one task: nothing to share
         params["weighting"] = Equal()
         self.tasks = dict(model.tasks)
         self.models = {
@@ -135,7 +135,7 @@ class SecondOrderLinear(SingleTaskModels):
     """
 
     def __init__(self, model: typing.Any) -> None:
-        params = {**model._get_params(), "hidden": (), "share_linear": False}
+        params = {**model._get_params(), "hidden": (), "share_linear": False, "sharing": "hard"}
         params["weighting"] = Equal()
         self.tasks = dict(model.tasks)
         self.models = {"all": type(model)(**{**params, "tasks": dict(self.tasks)})}
