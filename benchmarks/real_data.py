@@ -31,7 +31,6 @@ Usage: python -m benchmarks.real_data [--seeds 3] [--splits 10] [--jobs 2]
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import statistics
 import time
 import typing
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from river import metrics
 
-from benchmarks.throughput import write_result
+from benchmarks.throughput import grouped_runs, write_result
 from stream_mtl import MultiTaskLearner, datasets
 from stream_mtl.evaluate import RiverLinear, SecondOrderLinear, SingleTaskModels
 from stream_mtl.tasks import task_from_kind
@@ -261,11 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         for data_set in args.only
         for seed in range(args.splits if data_set == "school" else args.seeds)
     ]
-    with multiprocessing.Pool(args.jobs) as pool:
-        done = pool.map(_job, jobs)
-    runs: dict[str, list[dict]] = {}
-    for data_set, _, result in done:
-        runs.setdefault(data_set, []).append(result)
+    runs = grouped_runs(_job, jobs, args.jobs)
     summary = {data_set: summarise(results) for data_set, results in runs.items()}
     for data_set, table in summary.items():
         print(f"{data_set}: median [min, max] over {len(runs[data_set])} runs")

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +117,17 @@ class DeepRiverRunner:
     def close(self) -> None:
         self.process.stdin.close()
         self.process.wait(timeout=30)
+
+
+def grouped_runs(function: typing.Callable, jobs: list, processes: int) -> dict[str, list]:
+    """`function` on every job, in a pool of `processes`; its answers, (group, key,
+    result), as group -> results in the jobs' order."""
+    with multiprocessing.Pool(processes) as pool:
+        done = pool.map(function, jobs)
+    runs: dict[str, list] = {}
+    for group, _, result in done:
+        runs.setdefault(group, []).append(result)
+    return runs
 
 
 def write_result(result: dict, path: str) -> dict:
