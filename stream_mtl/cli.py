@@ -221,7 +221,7 @@ MODEL_DEFAULTS = {
     "hidden": [64, 64],
     "max_features": 1000,
     "sharing": "hard",
-    "soft_strength": 10.0,
+    "soft_strength": 1.0,
 }
 
 
@@ -524,7 +524,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--soft-strength",
         type=float,
-        help="with --sharing soft, the pull toward the mean trunk (default 10; 0: "
+        help="with --sharing soft, the pull toward the mean trunk (default 1; 0: "
         "independent models)",
     )
 

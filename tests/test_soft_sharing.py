@@ -128,6 +128,15 @@ def test_a_snapshot_of_a_soft_model_predicts_as_it_did_and_pickles():
     assert all(head.cov is None for m in snapshot._backend.members for head in m.linear)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy warns of the overflow
+def test_a_step_that_breaks_a_member_is_undone():
+    model = _soft(10.0, optimizer="sgd", lr=1e38, dtype="float32")
+    _learn(model, _stream(100))
+    assert model.rolled_back["rollbacks"] > 0
+    assert model._backend.finite()
+    assert all(np.isfinite(a).all() for a in model._backend.state().values())
+
+
 def test_weighting_and_drift_work_unchanged_with_soft_sharing():
     model = _soft(10.0, weighting=DriftAware(GradNorm()))
     _learn(model, _stream(300))

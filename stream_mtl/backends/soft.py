@@ -86,6 +86,7 @@ class SoftSharing:
         self.hidden = self._prototype.hidden
         self.heads: list[HeadSpec] = []
         self.columns = HeadColumns([])
+        self._unchecked: set[int] = set()  # members that learned since `finite` last looked
 
     @property
     def n_inputs(self) -> int:
@@ -103,6 +104,7 @@ class SoftSharing:
 
     def predicting_copy(self) -> SoftSharing:
         clone = copy.copy(self)
+        clone.heads = list(self.heads)
         clone.members = [member.predicting_copy() for member in self.members]
         clone._prototype = self._prototype.predicting_copy()
         return clone
@@ -180,23 +182,21 @@ class SoftSharing:
         label (their members do no work in it)."""
         width = self.hidden[-1] if self.hidden else self.n_inputs
         losses = np.full(len(self.members), np.nan)
-        predictions, vectors = [], np.zeros((len(X), len(self.members), width))
-        for k, member in enumerate(self.members):
-            column = targets[:, k : k + 1]
-            if np.isnan(column).all():  # not its step: no work, and no prediction served
-                predictions.append(np.full((len(X), self.heads[k].size), np.nan))
-                continue
-            result = member.step_many(
-                X, column, loss_weight[k : k + 1], trunk_scale[k : k + 1], gram
+        mixed = np.full((len(X), self.columns.n_outputs), np.nan)
+        vectors = np.zeros((len(X), len(self.members), width)) if gram else None
+        for k in np.flatnonzero(~np.isnan(targets).all(axis=0)).tolist():
+            _, start, stop = self.columns.slices[k]
+            result = self.members[k].step_many(
+                X, targets[:, k : k + 1], loss_weight[k : k + 1], trunk_scale[k : k + 1], gram
             )
+            self._unchecked.add(k)
             losses[k] = result.losses[0]
-            predictions.append(result.predictions)
-            if gram:
+            mixed[:, start:stop] = result.predictions
+            if vectors is not None:
                 vectors[:, k] = result.task_gradients[:, 0]
         self._pull()
-        task_gram = np.einsum("rkw,rlw->kl", vectors, vectors) if gram else None
-        mixed = np.concatenate(predictions, axis=1) if predictions else np.zeros((len(X), 0))
-        return StepResult(losses, task_gram, mixed, vectors if gram else None)
+        task_gram = np.einsum("rkw,rlw->kl", vectors, vectors) if vectors is not None else None
+        return StepResult(losses, task_gram, mixed, vectors)
 
     def _pull(self) -> None:
         """Move every member's trunk the share c = min(1, lr * strength) of the way to
@@ -220,7 +220,10 @@ class SoftSharing:
         return float(np.sqrt(np.mean((trunks - trunks.mean(axis=0)) ** 2)))
 
     def finite(self) -> bool:
-        return all(member.finite() for member in self.members)
+        """Whether the members that learned since the last check are finite: the others'
+        heads have not changed, and their trunks moved toward a mean of finite trunks."""
+        unchecked, self._unchecked = self._unchecked, set()
+        return all(self.members[k].finite() for k in unchecked)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -241,3 +244,4 @@ class SoftSharing:
         self._prototype.load_state(section("prototype."))
         for head, member in zip(self.heads, self.members):
             member.load_state(section(f"{MEMBER_PREFIX}.{head.task}."))
+        self._unchecked = set(range(len(self.members)))
