@@ -160,6 +160,28 @@ def test_the_soft_gram_is_each_tasks_own_gradient_at_its_trunk():
     assert (np.diagonal(result.gram) > 0).all()
 
 
+def test_the_task_gradients_a_backend_reports_make_up_its_gram_matrix():
+    model = MultiTaskLearner(
+        tasks={"a": Regression(), "c": Multiclass()}, hidden=(8,), dtype="float64", seed=0
+    )
+    observations = [
+        type(obs)(obs.x, {t: obs.y[t] for t in "ac"}) for obs in _stream(54, label_share=1.0)
+    ]
+    _learn(model, observations[:50])  # c has its three classes by now
+    backend = model._backend
+    backend.report_task_gradients = True
+    rows = observations[50:]
+    X = np.array([model._encoder.transform_one(obs.x) for obs in rows])
+    targets = np.array(
+        [model._outputs.targets_one(model._outputs.check_labels(obs.y)) for obs in rows], float
+    )
+    result = backend.step_many(X, targets, np.ones(2), np.ones(2), gram=True)
+    assert result.task_gradients.shape == (4, 2, 8)
+    np.testing.assert_allclose(
+        result.gram, np.einsum("rkw,rlw->kl", result.task_gradients, result.task_gradients)
+    )
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [

@@ -41,9 +41,10 @@ class StepResult(typing.NamedTuple):
       cosine similarity of tasks (task affinity).
 
     - `predictions` (rows x outputs): the mixed predictions made before the step.
-    - `task_gradients` (with `gram`): each row's per-task gradients at the shared
-      representation (rows x n_tasks x width), whose products summed over rows are
-      `gram`; soft sharing builds its Gram matrix from its tasks' own.
+    - `task_gradients` (with `gram`, where the backend is asked to report them): each
+      row's per-task gradients at the shared representation (rows x n_tasks x width),
+      whose products summed over rows are `gram`; soft sharing builds its Gram matrix
+      from its members'.
     """
 
     losses: typing.Sequence[float] | np.ndarray

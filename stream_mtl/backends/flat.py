@@ -101,6 +101,9 @@ class FlatBackend:
         # The parameters, and Adam's m and v as the two rows of `_moments`.
         self._param = self._zeros((0,))
         self._moments = self._zeros((2, 0))
+        # Whether a step asked for the Gram matrix also returns the per-row task
+        # gradients it is made of (soft sharing's members do; see `soft`).
+        self.report_task_gradients = False
         self.linear = [SecondOrderHeads(factor) for factor in forgetting]
         self.shared = SecondOrderHeads(max(forgetting)) if share_linear else None
         self.top = [SecondOrderHeads(factor) for factor in top_forgetting] if hidden else []
@@ -355,18 +358,20 @@ class FlatBackend:
             )
         vectors = task_gram = None
         if gram:
-            gram_head = deep.stop - 1 if self.hidden else 0
-            vectors = self._task_gradients(G[gram_head], counts)
-            task_gram = np.einsum("rkw,rlw->kl", vectors, vectors)
+            raw, weight = self._gram_inputs(G[deep.stop - 1 if self.hidden else 0], counts)
+            task_gram = self._task_gram(raw, weight)
+            if self.report_task_gradients:
+                vectors = self._task_gradients(raw, weight)
         self.hedge.update(mixture_gradient(self.columns, P, mixed, T, labelled), counts > 0)
         return StepResult(losses, task_gram, mixed, vectors)
 
-    def _task_gradients(self, G: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Each row's per-task loss gradient at the shared representation (rows x tasks
-        x width): what the deepest heads read (the last trunk layer or, with no trunk,
-        the inputs, read by the first linear head), from the gradient G (rows x outputs)
-        at those heads' outputs. Task k's is the sum over its outputs o of dZ_o W_o, each
-        row's divided by the task's count of labels in the step (a per-task mean)."""
+    def _gram_inputs(self, G: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What the tasks' gradients at the shared representation are made of: the
+        gradient G (rows x outputs) at the deepest heads' outputs, each task's divided by
+        its count of labels in the step (per-task means), and those heads' weights
+        (outputs x width). The deepest heads read the last trunk layer or, with no trunk,
+        the inputs (the first linear head). Task k's gradient is the sum over its outputs
+        o of raw_o W_o."""
         raw = G / np.maximum(counts, 1)[self._column_task]
         if self.hidden:
             depth = len(self.hidden)
@@ -374,6 +379,19 @@ class FlatBackend:
             weight = np.asarray(weight, float).reshape(len(self._column_task), self.hidden[-1])
         else:
             weight = self.linear[0].weight[:, 1:]
+        return raw, weight
+
+    def _task_gram(self, raw: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """Per-task gradient inner products at the shared representation: <g_k, g_l> sums
+        D_op (W W^T)_op over o in k, p in l, with D = raw^T raw."""
+        products = (raw.T @ raw) * (weight @ weight.T)
+        if self._segments is None:
+            return products
+        return self._segments.T @ products @ self._segments
+
+    def _task_gradients(self, raw: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """Each row's per-task gradient at the shared representation (rows x tasks x
+        width), whose products summed over rows are `_task_gram`'s."""
         per_output = raw[:, :, None] * weight[None]  # rows x outputs x width
         if self._segments is None:
             return per_output

@@ -129,6 +129,7 @@ class SoftSharing:
                 break
         else:
             member = self._make_member()
+            member.report_task_gradients = True
             member.load_trunk(self._mean_trunk())
             member.set_head(task, kind, size)
             self.members.append(member)
