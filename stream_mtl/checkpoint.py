@@ -51,6 +51,15 @@ MAX_PARAM_TEXT = 1000  # characters of a text parameter
 MAX_PARAM_ITEMS = 1000  # items of a list or dict parameter
 
 
+def arrays_under(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays whose names start with `prefix`, named without it: one part's state.
+
+    >>> sorted(arrays_under({"encoder.mean": 1, "encoder.var": 2, "backend.w": 3}, "encoder."))
+    ['mean', 'var']
+    """
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 def save_checkpoint(path: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     """Write `meta` (JSON-able) and `arrays` to `path` atomically.
 

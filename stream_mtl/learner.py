@@ -25,6 +25,7 @@ from stream_mtl.backends.flat import OPTIMIZERS
 from stream_mtl.backends.guard import FiniteGuard
 from stream_mtl.backends.init import ACTIVATIONS, initial_trunk, layer_weights
 from stream_mtl.checkpoint import (
+    arrays_under,
     load_checkpoint,
     object_from_spec,
     object_to_spec,
@@ -674,14 +675,11 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         model = cls(tasks=tasks, weighting=weighting, **params)
         model._feature_seed = int(meta["feature_seed"])
 
-        def section(prefix: str) -> dict[str, np.ndarray]:
-            return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-        model._encoder.load_state(meta["encoder"], section("encoder."))
-        model._weighting.load_state(meta["weighting"]["state"], section("weighting."))
-        model._affinity.load_state(section("affinity."))
+        model._encoder.load_state(meta["encoder"], arrays_under(arrays, "encoder."))
+        model._weighting.load_state(meta["weighting"]["state"], arrays_under(arrays, "weighting."))
+        model._affinity.load_state(arrays_under(arrays, "affinity."))
         model._outputs.load_state(meta, arrays)  # grows the multiclass heads
-        model._backend.load_state(section("backend."))
+        model._backend.load_state(arrays_under(arrays, "backend."))
         model._n_learned = [int(n) for n in meta["n_learned"]]
         model._n_steps = int(meta["n_steps"])
         model.drift_events = [DriftEvent(*event) for event in meta["drift_events"]]

@@ -21,7 +21,7 @@ def make_backend(
     device: str,
     mixed_precision: bool = False,
     sharing: str = "hard",
-    soft_strength: float = 0.0,
+    soft_strength: float = 1.0,
     **mixture: float,
 ) -> Backend:
     """The backend called `name`, empty (no inputs, no heads); with `sharing="soft"`, one

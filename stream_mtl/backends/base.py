@@ -62,6 +62,25 @@ def target_row(targets: list) -> np.ndarray:
     return np.array([[np.nan if t is None else t for t in targets]], dtype=float)
 
 
+class RowsAsBatches:
+    """`forward_one` and `step_one` as a batch of one row, for backends whose maths is
+    batched (a mixin: the class supplies `forward_many` and `step_many`)."""
+
+    def forward_one(self, x: np.ndarray) -> np.ndarray:
+        return self.forward_many(x[None, :])[0]  # type: ignore[attr-defined]
+
+    def step_one(
+        self,
+        x: np.ndarray,
+        targets: list,
+        loss_weight: np.ndarray,
+        trunk_scale: np.ndarray,
+        gram: bool = False,
+    ) -> StepResult:
+        row = target_row(targets)
+        return self.step_many(x[None, :], row, loss_weight, trunk_scale, gram)  # type: ignore[attr-defined]
+
+
 class Backend(typing.Protocol):
     hidden: tuple[int, ...]
     n_inputs: int

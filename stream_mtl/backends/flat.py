@@ -42,7 +42,7 @@ import typing
 
 import numpy as np
 
-from stream_mtl.backends.base import HeadSpec, StepResult, target_row
+from stream_mtl.backends.base import HeadSpec, RowsAsBatches, StepResult
 from stream_mtl.backends.heads import (
     HeadColumns,
     evaluate,
@@ -68,7 +68,7 @@ SHARED_ROWS = {REGRESSION: 0, BINARY: 1}
 _NOT_SHARED = len(SHARED_ROWS)
 
 
-class FlatBackend:
+class FlatBackend(RowsAsBatches):
     """Base class of the backends (abstract): structure, state and the host-side maths."""
 
     def __init__(
@@ -288,20 +288,7 @@ class FlatBackend:
         heads, n, n_out = Z.shape
         return self._mix(link(self.columns, Z.reshape(heads * n, n_out)).reshape(Z.shape))
 
-    def forward_one(self, x: np.ndarray) -> np.ndarray:
-        return self.forward_many(x[None, :])[0]
-
     # -- steps ---------------------------------------------------------------------------
-
-    def step_one(
-        self,
-        x: np.ndarray,
-        targets: list,
-        loss_weight: np.ndarray,
-        trunk_scale: np.ndarray,
-        gram: bool = False,
-    ) -> StepResult:
-        return self.step_many(x[None, :], target_row(targets), loss_weight, trunk_scale, gram)
 
     def step_many(
         self,

@@ -36,15 +36,17 @@ import typing
 
 import numpy as np
 
-from stream_mtl.backends.base import HeadSpec, StepResult, target_row
+from stream_mtl.backends.base import HeadSpec, RowsAsBatches, StepResult
 from stream_mtl.backends.flat import FlatBackend
 from stream_mtl.backends.heads import HeadColumns
+from stream_mtl.backends.layout import Layout, trunk_shapes
+from stream_mtl.checkpoint import arrays_under
 from stream_mtl.exceptions import InvalidInput
 
 MEMBER_PREFIX = "soft"
 
 
-class SoftSharing:
+class SoftSharing(RowsAsBatches):
     """One member backend per task, their trunks pulled toward the tasks' mean.
 
     Implements the `Backend` protocol; `make_member` makes an empty member backend (all
@@ -84,9 +86,13 @@ class SoftSharing:
         self._prototype = make_member()
         self.members: list[FlatBackend] = []
         self.hidden = self._prototype.hidden
-        self.heads: list[HeadSpec] = []
         self.columns = HeadColumns([])
         self._unchecked: set[int] = set()  # members that learned since `finite` last looked
+
+    @property
+    def heads(self) -> list[HeadSpec]:
+        """Every member's head, in task order."""
+        return [member.heads[0] for member in self.members]
 
     @property
     def n_inputs(self) -> int:
@@ -104,7 +110,6 @@ class SoftSharing:
 
     def predicting_copy(self) -> SoftSharing:
         clone = copy.copy(self)
-        clone.heads = list(self.heads)
         clone.members = [member.predicting_copy() for member in self.members]
         clone._prototype = self._prototype.predicting_copy()
         return clone
@@ -122,29 +127,32 @@ class SoftSharing:
             member.grow_inputs(first_layer_rows)
 
     def set_head(self, task: str, kind: str, size: int) -> None:
-        for position, head in enumerate(self.heads):
-            if head.task == task:
-                self.members[position].set_head(task, kind, size)
-                self.heads[position] = HeadSpec(task, kind, size)
-                break
+        tasks = [head.task for head in self.heads]
+        if task in tasks:
+            self.members[tasks.index(task)].set_head(task, kind, size)
         else:
             member = self._make_member()
             member.report_task_gradients = True
             member.load_trunk(self._mean_trunk())
             member.set_head(task, kind, size)
             self.members.append(member)
-            self.heads.append(HeadSpec(task, kind, size))
         starts = np.cumsum([0] + [head.size for head in self.heads])
         self.columns = HeadColumns(
             [(head.kind, int(a), int(a + head.size)) for head, a in zip(self.heads, starts)]
         )
 
+    def _trunks(self) -> list[typing.Any]:
+        """Each member's trunk: a view of its flat parameters (the backend's array type)."""
+        span = self._prototype.trunk_span
+        return [member._param[span] for member in self.members]
+
     def _mean_trunk(self) -> dict[str, np.ndarray]:
-        """The trunk a new task starts from: the members' mean (the prototype's before any)."""
-        sources = self.members or [self._prototype]
-        names = [name for name in self._prototype._layout.shapes if name.startswith("trunk.")]
-        states = [member.state() for member in sources]
-        return {name: np.mean([s[f"param.{name}"] for s in states], axis=0) for name in names}
+        """The trunk a new task starts from: the members' mean (the prototype's before
+        any), as named blocks."""
+        members = self.members or [self._prototype]
+        span = self._prototype.trunk_span
+        mean = np.mean([member._to_numpy(member._param[span]) for member in members], axis=0)
+        return Layout(trunk_shapes(self.n_inputs, self.hidden)).views(mean)
 
     def restart_task(self, position: int) -> None:
         self.members[position].restart_task(0)
@@ -155,19 +163,6 @@ class SoftSharing:
         if not self.members:
             return np.zeros((len(X), 0))
         return np.concatenate([member.forward_many(X) for member in self.members], axis=1)
-
-    def forward_one(self, x: np.ndarray) -> np.ndarray:
-        return self.forward_many(x[None, :])[0]
-
-    def step_one(
-        self,
-        x: np.ndarray,
-        targets: list,
-        loss_weight: np.ndarray,
-        trunk_scale: np.ndarray,
-        gram: bool = False,
-    ) -> StepResult:
-        return self.step_many(x[None, :], target_row(targets), loss_weight, trunk_scale, gram)
 
     def step_many(
         self,
@@ -181,7 +176,7 @@ class SoftSharing:
 
         The predictions made before the step are NaN for the tasks the batch does not
         label (their members do no work in it)."""
-        width = self.hidden[-1] if self.hidden else self.n_inputs
+        width = self.hidden[-1]
         losses = np.full(len(self.members), np.nan)
         mixed = np.full((len(X), self.columns.n_outputs), np.nan)
         vectors = np.zeros((len(X), len(self.members), width)) if gram else None
@@ -205,8 +200,7 @@ class SoftSharing:
         share = min(1.0, self._prototype.lr * self.strength)
         if share == 0.0 or len(self.members) < 2:
             return
-        span = self._prototype.trunk_span
-        trunks = [member._param[span] for member in self.members]
+        trunks = self._trunks()
         mean = sum(trunks[1:], trunks[0] * 1.0) / len(trunks)
         for trunk in trunks:
             trunk -= (trunk - mean) * share
@@ -215,9 +209,7 @@ class SoftSharing:
         """The root-mean-square distance of the members' trunk parameters from their mean."""
         if len(self.members) < 2:
             return 0.0
-        states = [member.state() for member in self.members]
-        names = [name for name in states[0] if name.startswith("param.trunk.")]
-        trunks = np.array([np.concatenate([s[n].ravel() for n in names]) for s in states])
+        trunks = np.array([np.asarray(self._prototype._to_numpy(t), float) for t in self._trunks()])
         return float(np.sqrt(np.mean((trunks - trunks.mean(axis=0)) ** 2)))
 
     def finite(self) -> bool:
@@ -239,10 +231,7 @@ class SoftSharing:
         return arrays
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        def section(prefix: str) -> dict[str, np.ndarray]:
-            return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-        self._prototype.load_state(section("prototype."))
+        self._prototype.load_state(arrays_under(arrays, "prototype."))
         for head, member in zip(self.heads, self.members):
-            member.load_state(section(f"{MEMBER_PREFIX}.{head.task}."))
+            member.load_state(arrays_under(arrays, f"{MEMBER_PREFIX}.{head.task}."))
         self._unchecked = set(range(len(self.members)))

@@ -9,6 +9,7 @@ import numpy as np
 from river import base as river_base
 from river import drift
 
+from stream_mtl.checkpoint import arrays_under
 from stream_mtl.exceptions import InvalidInput, InvalidInputType
 from stream_mtl.weighting.base import StepWeights, WeightingStrategy
 from stream_mtl.weighting.dwa import DWA
@@ -256,10 +257,7 @@ class DriftAware(WeightingStrategy):
         return meta, arrays
 
     def load_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-        prefix = "base."
-        self._base.load_state(
-            meta["base"], {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-        )
+        self._base.load_state(meta["base"], arrays_under(arrays, "base."))
         super().load_state(meta, arrays)
         self._detectors = [self._fresh_detector(k) for k in range(len(self.tasks))]
         self._fed = [array.array("d") for _ in self.tasks]
