@@ -6,7 +6,10 @@ is given - the one a checkpoint has just stored - so that a restart from that ch
 (`seek`) neither loses nor repeats a message. When partitions are reassigned in the
 group, each partition starts at the later of the checkpoint's position and the group's
 committed offset, and an `on_revoke` callback lets the owner checkpoint and commit
-before partitions are handed over.
+before partitions are handed over. With `share=(rank, workers)` it takes no part in the
+group's rebalances: it owns the partitions p with p % workers == rank, assigned
+directly, so that workers that learn one model (`connectors.distributed_loop`) split the
+topic as their own group decides, never as Kafka's does.
 
 A message that cannot be read - whatever its bytes: not JSON, nested too deeply, of the
 wrong shape, larger than `max_message_bytes` - goes to the dead-letter topic (when one
@@ -212,7 +215,8 @@ class KafkaSource:
     Iterate it for observations, or call `batches()` for one list of `Message`s per
     poll. Both stop after `idle_timeout` seconds without a message (None: run until
     `stop()`). The position advances as messages are handed out, so a checkpoint taken
-    after they are learned holds exactly what was learned.
+    after they are learned holds exactly what was learned. `share=(rank, workers)`
+    reads the partitions p with p % workers == rank, assigned without a rebalance.
 
     >>> source = KafkaSource("events", bootstrap_servers="localhost:9092", decoder="yaml")
     Traceback (most recent call last):
@@ -233,8 +237,15 @@ class KafkaSource:
         idle_timeout: float | None = None,
         keep_dead_letters: int = 100,
         max_message_bytes: int = 1_000_000,
+        share: tuple[int, int] | None = None,
         **consumer_config: typing.Any,
     ) -> None:
+        if share is not None and not (
+            len(share) == 2 and all(isinstance(n, int) for n in share) and 0 <= share[0] < share[1]
+        ):
+            raise InvalidInput(
+                f"share must be (rank, workers) with 0 <= rank < workers, got {share!r}"
+            )
         if not isinstance(max_message_bytes, int) or max_message_bytes < 1:
             raise InvalidInput(
                 f"max_message_bytes must be a positive integer, got {max_message_bytes!r}"
@@ -282,10 +293,45 @@ class KafkaSource:
         except BaseException:
             self._consumer.close(autocommit=False)
             raise
-        self._consumer.subscribe([topic], listener=_Rebalance(self))
+        self.share = share
+        if share is None:
+            self._consumer.subscribe([topic], listener=_Rebalance(self))
+        else:
+            self._assign_share(*share)
 
     def __repr__(self) -> str:
         return f"KafkaSource({self.topic!r}, group_id={self.group_id!r})"
+
+    def _assign_share(self, rank: int, workers: int) -> None:
+        """Own the partitions p with p % workers == rank, assigned directly: no group
+        rebalance ever moves them (the group only keeps their committed offsets)."""
+        timeout = self._consumer.config["request_timeout_ms"] / 1000
+        deadline = time.monotonic() + timeout
+        partitions = self._consumer.partitions_for_topic(self.topic)
+        while not partitions and time.monotonic() < deadline:
+            time.sleep(0.2)
+            partitions = self._consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            self.close()
+            raise InvalidInput(f"topic {self.topic!r} has no partitions after {timeout:g} s")
+        mine = sorted(p for p in partitions if p % workers == rank)
+        if not mine:
+            logger.warning(
+                "worker %d of %d owns no partition: topic %r has %d",
+                rank,
+                workers,
+                self.topic,
+                len(partitions),
+            )
+        assigned = {TopicPartition(self.topic, p) for p in mine}
+        self._consumer.assign(list(assigned))
+        self._newly_assigned = set(assigned)
+        logger.info("worker %d of %d owns partitions %s", rank, workers, mine)
+
+    @property
+    def partitions(self) -> list[int]:
+        """The partitions this source reads now."""
+        return sorted(tp.partition for tp in self._consumer.assignment())
 
     # -- positions ---------------------------------------------------------------------
 

@@ -5,18 +5,22 @@
 - `stream-mtl evaluate --source jsonl:PATH|csv:PATH --task NAME:KIND ...`: the same on
   a user's own file;
 - `stream-mtl run --source kafka://HOST:PORT/TOPIC --group G --task NAME:KIND ...
-  --checkpoint PATH`: learn from a Kafka topic until stopped, checkpointing as it goes.
+  --checkpoint PATH`: learn from a Kafka topic until stopped, checkpointing as it goes;
+  with `--workers N`, N processes (torch.distributed) learn one model together.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -309,15 +313,20 @@ def _run(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
     from stream_mtl.connectors.kafka import KafkaSink, KafkaSource
-    from stream_mtl.connectors.learning_loop import LearningLoop
 
+    if args.workers is not None and args.workers > 1 and not _in_worker_group():
+        return _launch_workers(args)
     topic, options = _kafka_source_options(args)
     servers, api_version = options["bootstrap_servers"], options["api_version"]
     tasks = _tasks(args.task or [])
     if not tasks and not Path(args.checkpoint).exists():
         raise ValueError("give the tasks with --task NAME:KIND (or a --checkpoint to resume)")
+    if _in_worker_group() and args.device == "cuda":  # one GPU a worker
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    group = _worker_group(args.device) if _in_worker_group() else None
+    share = None if group is None else (group.rank, group.size)
     try:
-        source = KafkaSource(topic, idle_timeout=args.idle_exit, **options)
+        source = KafkaSource(topic, idle_timeout=args.idle_exit, share=share, **options)
     except KafkaError as error:
         raise ValueError(f"no Kafka broker answers at {servers}: {error}") from None
     sink = (
@@ -325,19 +334,35 @@ def _run(args: argparse.Namespace) -> int:
         if args.predictions_topic
         else None
     )
-    loop = LearningLoop.resume_or_start(
-        args.checkpoint,
-        lambda: _model_for(tasks, args),
-        source,
-        checkpoint_every=args.checkpoint_every,
-        sink=sink,
-        label_wait=args.label_wait,
-        label_max_age=args.label_max_age,
-        label_max_bytes=args.label_max_bytes,
-        log_every=args.log_every,
-        backend=args.backend,
-        device=args.device,
-    )
+    loop_options = {
+        "checkpoint_every": args.checkpoint_every,
+        "sink": sink,
+        "label_wait": args.label_wait,
+        "label_max_age": args.label_max_age,
+        "label_max_bytes": args.label_max_bytes,
+        "log_every": args.log_every,
+        "backend": args.backend,
+        "device": args.device,
+    }
+    if group is None:
+        from stream_mtl.connectors.learning_loop import LearningLoop
+
+        loop = LearningLoop.resume_or_start(
+            args.checkpoint, lambda: _model_for(tasks, args), source, **loop_options
+        )
+    else:
+        from stream_mtl.connectors.distributed_loop import DistributedLoop
+
+        loop = DistributedLoop.resume_or_start(
+            args.checkpoint,
+            lambda: _model_for(tasks, args),
+            source,
+            group,
+            sync_every=args.sync_every,
+            sync_seconds=args.sync_seconds,
+            idle_timeout=args.idle_exit,
+            **loop_options,
+        )
     if loop.resumed:
         _check_resumed(loop.model, tasks, args)
 
@@ -360,6 +385,67 @@ def _run(args: argparse.Namespace) -> int:
         args.checkpoint,
     )
     return 0
+
+
+def _in_worker_group() -> bool:
+    """Whether this process is one of the workers torchrun started."""
+    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+
+
+def _worker_group(device: str):
+    from stream_mtl.group import TorchGroup
+
+    group = TorchGroup(device=device)
+    for handler in logging.getLogger().handlers:  # say which worker says what
+        handler.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s %(levelname)s [worker {group.rank}/{group.size}] "
+                "%(name)s: %(message)s"
+            )
+        )
+    return group
+
+
+def _launch_workers(args: argparse.Namespace) -> int:
+    """`run --workers N`: this command again, as N workers under torchrun (one machine;
+    restarted together from the last aligned checkpoint when one dies)."""
+    if importlib.util.find_spec("torch") is None:
+        raise ImportError("--workers needs torch: pip install 'stream-mtl[torch]'")
+    argv = sys.argv[1:]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.workers}",
+        f"--max-restarts={args.max_restarts}",
+        "-m",
+        "stream_mtl",
+        *argv,
+    ]
+    logger.info("starting %d workers: %s", args.workers, " ".join(command))
+    launcher = subprocess.Popen(command)
+
+    def stop(number: int, _frame: object) -> None:
+        # To the workers, not to torchrun: each stops at the end of its round, the
+        # group writes an aligned checkpoint, and torchrun sees them all finish.
+        logger.info("%s: stopping the workers", signal.Signals(number).name)
+        for pid in _children(launcher.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return launcher.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (Linux)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -636,6 +722,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-every", type=float, default=10.0, help="seconds between log lines")
     _model_options(run)
     run.add_argument("--device", default="cpu", help="torch backend: cpu, cuda, cuda:N, auto")
+    workers = run.add_argument_group(
+        "several workers, one model (torch.distributed; see docs/scaling.md)"
+    )
+    workers.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="learn with N worker processes on this machine, each reading the partitions "
+        "p with p %% N == its rank (runs torchrun; default: one process, no torch needed)",
+    )
+    workers.add_argument(
+        "--sync-every",
+        type=_positive_int,
+        default=2_000,
+        help="a worker that learned this many messages makes the workers average their "
+        "models (default 2,000)",
+    )
+    workers.add_argument(
+        "--sync-seconds",
+        type=float,
+        default=5.0,
+        help="... as do this many seconds since the last average (default 5)",
+    )
+    workers.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="times torchrun starts the workers again from the last aligned checkpoint "
+        "when one dies (default 3)",
+    )
     run.set_defaults(run=_run)
 
     serve = commands.add_parser(

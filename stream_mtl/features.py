@@ -241,6 +241,27 @@ class FeatureEncoder:
         reserved.update(dict.fromkeys(new))
         return new
 
+    def unseen(self, x: object) -> list[tuple[FeatureName, bool]]:
+        """The features learning `x` would register, each with whether it is scaled
+        (nothing for an `x` that would be refused); the encoder does not change."""
+        if self._fast_values(x, self._fast_keys) is not None:
+            return []
+        try:
+            parsed = self._parse(x)
+        except InvalidInput:
+            return []
+        index = self._index
+        return [(n, s) for n, s in zip(parsed.names, parsed.scaled) if n not in index]
+
+    def register(self, features: typing.Iterable[tuple[FeatureName, bool]]) -> None:
+        """Give columns to `features` (name, scaled) in their order, as far as
+        `max_features` leaves room; those beyond it stay unknown."""
+        new = [(n, s) for n, s in dict(features).items() if n not in self._index]
+        room = self.max_features - self.n_features
+        if len(new) > room:
+            new = new[: max(0, int(room))]
+        self._register([n for n, _ in new], [s for _, s in new])
+
     def _check_room(self, names: typing.Iterable[FeatureName], taken: int = 0) -> None:
         """Refuse names that would take the encoder beyond `max_features` features, when
         `taken` more are promised."""

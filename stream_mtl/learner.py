@@ -12,7 +12,7 @@ import math
 import os
 import typing
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -69,6 +69,16 @@ class DriftEvent(typing.NamedTuple):
     step: int
     task: str
     detector: str
+
+
+class Schema(typing.NamedTuple):
+    """Features (name, whether scaled) and classes (task -> labels) in order of arrival."""
+
+    features: list[tuple[str | int, bool]]
+    classes: dict[str, list]
+
+    def __bool__(self) -> bool:
+        return bool(self.features or self.classes)
 
 
 class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelClassifier):
@@ -448,6 +458,45 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
     def n_learned(self) -> dict[str, int]:
         """How many labels each task has learned from."""
         return dict(zip(self._task_names, self._n_learned))
+
+    # -- schema (the features and classes known) -------------------------------------
+
+    def unseen(self, xs: Iterable[dict], ys: Iterable[dict | None]) -> Schema:
+        """The features and classes that learning `xs` and `ys` (None: no labels) would
+        register, in the order they would get columns; nothing changes. Observations
+        that would be refused add nothing. Several learners that must keep one schema
+        (workers averaging one model) register each other's with `register`."""
+        features: dict = {}
+        classes: dict[str, dict] = {}
+        multiclass = [
+            n for n, t in zip(self._task_names, self._task_objects) if t.kind == MULTICLASS
+        ]
+        for x, y in zip(xs, ys):
+            features.update(self._encoder.unseen(x))
+            if y is None or not multiclass:
+                continue
+            try:
+                labels = self._outputs.canonical_labels(y)
+            except InvalidInput:
+                continue
+            for name in multiclass:
+                if name in labels and not self._outputs.has_class(name, labels[name]):
+                    classes.setdefault(name, {})[labels[name]] = None
+        return Schema(
+            list(features.items()), {name: list(found) for name, found in classes.items()}
+        )
+
+    def register(self, schema: Schema) -> None:
+        """Give columns to the features and head outputs to the classes of `schema`, in
+        its order (those already known are skipped, those beyond `max_features` or a
+        task's `max_classes` left out): learners that register the same schemas in the
+        same order keep the same columns."""
+        n_before = self._encoder.n_features
+        self._encoder.register(schema.features)
+        self._grow_inputs(n_before)
+        for name, labels in schema.classes.items():
+            for label in labels:
+                self._outputs.add_class(name, label)
 
     # -- one observation ---------------------------------------------------------------
 

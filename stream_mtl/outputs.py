@@ -218,6 +218,19 @@ class Outputs:
                 ]
         return targets
 
+    def has_class(self, task: str, label: Label) -> bool:
+        """Whether multiclass `task` knows the class `label`."""
+        return label in self._class_index[task]
+
+    def add_class(self, task: str, label: Label) -> None:
+        """Give multiclass `task` the class `label` (if new), unless it has `max_classes`."""
+        known = self.classes[task]
+        if (
+            label not in self._class_index[task]
+            and len(known) < self.tasks[self.positions[task]].max_classes
+        ):
+            self._class_position(task, label)
+
     def _class_position(self, task: str, label: Label) -> int:
         index = self._class_index[task]
         position = index.get(label)

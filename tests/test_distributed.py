@@ -1,0 +1,105 @@
+"""Several workers, one model (`stream-mtl run --workers N`): torch.distributed over gloo,
+a real Kafka broker, real processes killed at random.
+
+Each test starts the workers the way a user does, through torchrun, and checks the
+final checkpoint's fingerprint: every message learned exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_kafka import (
+    committed,
+    end_offsets,
+    produce,
+    run_command,
+    synthetic_messages,
+    unique,
+    wait_for,
+)
+
+from stream_mtl import MultiTaskLearner
+from stream_mtl.connectors.messages import encode_json
+
+pytest.importorskip("torch")
+pytestmark = [pytest.mark.integration]
+
+
+def run_workers(kafka, topic: str, group: str, checkpoint: Path, *options: str):
+    """`stream-mtl run --workers 2 ...` as test_kafka runs one; the process and its log."""
+    launcher = run_command(kafka, topic, group, checkpoint, "--workers", "2", *options)
+    return launcher, max(checkpoint.parent.glob("run-*.log"))
+
+
+def workers_of(launcher: subprocess.Popen) -> list[int]:
+    """The worker processes: the children of torchrun, the launcher's child."""
+    found = []
+    for agent in _children(launcher.pid):
+        found.extend(_children(agent))
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_a_worker_killed_at_a_random_point_restarts_the_group_and_each_message_is_learned_once(
+    kafka, tmp_path
+):
+    topic, group = unique("workers"), unique("group")
+    kafka.create_topic(topic, partitions=4)
+    messages = synthetic_messages(20_000, seed=3)
+    placed = produce(kafka, topic, [encode_json(m) for m in messages])
+    checkpoint = tmp_path / "model.ckpt"
+    options = ("--sync-every", "300", "--checkpoint-every", "1500", "--idle-exit", "3")
+    launcher, log = run_workers(kafka, topic, group, checkpoint, *options)
+    wait_for(checkpoint.exists, 120, "the first aligned checkpoint")
+    time.sleep(random.Random(11).uniform(0.2, 1.5))
+    victims = workers_of(launcher)
+    assert len(victims) == 2, victims
+    _, at_kill = MultiTaskLearner.load_with_extra(checkpoint)
+    signal_sent = random.Random(5).choice(victims)
+    subprocess.run(["kill", "-9", str(signal_sent)], check=True)
+    assert launcher.wait(240) == 0, log.read_text()[-3000:]
+    assert sum(at_kill["position"].values()) < 20_000, "killed too late to test a restart"
+
+    text = log.read_text()
+    assert "resumed from" in text  # the group started again from the aligned checkpoint
+    ends = end_offsets(placed)
+    model, extra = MultiTaskLearner.load_with_extra(checkpoint)
+    assert extra["workers"] == 2
+    assert extra["position"] == ends == committed(kafka, topic, group, 4)
+    assert extra["learned"] == ends  # every message of every partition, once
+    assert model.n_learned == {"a": 20_000, "flag": 20_000}
+    targets = np.array([m["y"]["a"] for m in messages])
+    assert model._outputs.scale.mean[0] == pytest.approx(targets.mean(), rel=1e-9)
+
+
+def test_sigterm_stops_every_worker_with_one_aligned_checkpoint(kafka, tmp_path):
+    topic, group = unique("workers-term"), unique("group")
+    kafka.create_topic(topic, partitions=4)
+    produce(kafka, topic, [encode_json(m) for m in synthetic_messages(20_000, seed=4)])
+    checkpoint = tmp_path / "model.ckpt"
+    launcher, log = run_workers(kafka, topic, group, checkpoint, "--checkpoint-every", "100000")
+    wait_for(lambda: "consumed" in log.read_text(), 120, "the workers to start learning")
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(60) == 0, log.read_text()[-3000:]
+
+    model, extra = MultiTaskLearner.load_with_extra(checkpoint)
+    assert extra["position"] == committed(kafka, topic, group, 4)
+    assert {int(p) % 2 for p in extra["position"]} == {0, 1}  # both workers' partitions
+    learned = sum(extra["position"].values())
+    assert 0 < learned < 20_000
+    assert model.n_learned == {"a": learned, "flag": learned}
+    text = log.read_text()
+    assert "[worker 0/2]" in text and "[worker 1/2]" in text
