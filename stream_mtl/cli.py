@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import typing
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ if typing.TYPE_CHECKING:
     from stream_mtl.evaluate import Report
 
 logger = logging.getLogger("stream_mtl")
+STOP_GRACE_SECONDS = 30.0  # a worker told to stop exits after this, done or not
 LEARN_TOKEN_VARIABLE = "STREAM_MTL_LEARN_TOKEN"  # serve: the bearer token /learn needs
 
 
@@ -369,13 +371,21 @@ def _run(args: argparse.Namespace) -> int:
     def stop(number: int, _frame: object) -> None:
         logger.info("%s: checkpointing and stopping", signal.Signals(number).name)
         loop.stop()
+        if group is not None:  # a worker whose peer is gone cannot end its round: exit
+            deadline = threading.Timer(STOP_GRACE_SECONDS, os._exit, (1,))
+            deadline.daemon = True  # never what keeps a finished worker alive
+            deadline.start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     logger.info(
         "learning from %s as group %r; checkpoint %s", args.source, args.group, args.checkpoint
     )
-    loop.run()
+    try:
+        loop.run()
+    finally:
+        if group is not None:
+            group.close()
     stats = loop.stats()
     logger.info(
         "stopped: %s consumed, %s learned, %s set aside; checkpoint %s",

@@ -83,7 +83,7 @@ class TorchGroup:
     ValueError: a worker group needs RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: use torchrun
     """
 
-    def __init__(self, device: str = "cpu", timeout: float = 300.0) -> None:
+    def __init__(self, device: str = "cpu", timeout: float = 60.0) -> None:
         needed = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
         if not all(name in os.environ for name in needed):
             raise ValueError(
@@ -97,7 +97,19 @@ class TorchGroup:
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+        store, rank, size = next(
+            dist.rendezvous("env://", timeout=datetime.timedelta(seconds=timeout))
+        )
+        # A restarted group must not read the addresses its dead predecessor left in
+        # torchrun's store: each start keeps its keys under a prefix of its own.
+        round_ = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(
+            backend,
+            store=dist.PrefixStore(f"stream-mtl/{round_}", store),
+            rank=rank,
+            world_size=size,
+            timeout=datetime.timedelta(seconds=timeout),
+        )
         self.backend = backend
         self.rank = dist.get_rank()
         self.size = dist.get_world_size()

@@ -103,3 +103,31 @@ def test_sigterm_stops_every_worker_with_one_aligned_checkpoint(kafka, tmp_path)
     assert model.n_learned == {"a": learned, "flag": learned}
     text = log.read_text()
     assert "[worker 0/2]" in text and "[worker 1/2]" in text
+
+
+def test_held_features_follow_their_keys_partition_when_the_number_of_workers_changes(kafka):
+    from types import SimpleNamespace
+
+    from stream_mtl.connectors.distributed_loop import DistributedLoop
+
+    topic = unique("held")
+    kafka.create_topic(topic, partitions=4)
+    keys = [f"k{i}" for i in range(40)]
+    placed = produce(kafka, topic, [b"{}"] * len(keys), keys)  # where the producer puts them
+    owner = {key: partition % 3 for key, (partition, _) in zip(keys, placed)}
+    held = {
+        str(rank): {
+            "n_arrived": 20,
+            "held": [[k, {"f": 1.0}, None, i, 0.0] for i, k in enumerate(keys[rank::2])],
+        }
+        for rank in range(2)
+    }
+    extra = {"workers": 2, "partitions": 4, "held": held}
+    got = []
+    for rank in range(3):  # three workers now
+        worker = SimpleNamespace(group=SimpleNamespace(rank=rank, size=3))
+        got.append({row[0] for row in DistributedLoop._held_features(worker, extra)["held"]})
+        assert got[-1] == {k for k in keys if owner[k] == rank}
+    assert set().union(*got) == set(keys)  # every held key goes to one worker
+    same = SimpleNamespace(group=SimpleNamespace(rank=1, size=2))
+    assert DistributedLoop._held_features(same, extra) == held["1"]  # as many: its own
