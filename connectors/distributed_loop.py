@@ -59,7 +59,7 @@ class Round(typing.NamedTuple):
     due: float  # workers due to synchronise (sync_every messages or sync_seconds)
     learned: float  # messages learned since the last synchronisation
     new_schema: float  # workers whose poll holds features or classes not yet known
-    consumed: float  # messages consumed since the start
+    consumed: float  # messages consumed since the start, up to the last poll learned
 
 
 class DistributedLoop(LearningLoop):
@@ -197,6 +197,7 @@ class DistributedLoop(LearningLoop):
         warm_up()
         self._adopt(self.group.gather(self._state() if self.group.rank == 0 else None)[0])
         learned_at = self.source.position  # what a checkpoint may hold: learned, no more
+        consumed = self.source.n_consumed  # messages consumed up to learned_at
         synced_at = idle_since = time.monotonic()
         since_sync = 0  # messages this worker learned since the last synchronisation
         consumed_at_checkpoint = 0  # by the whole group
@@ -219,7 +220,7 @@ class DistributedLoop(LearningLoop):
                             since_sync >= self.sync_every or now - synced_at >= self.sync_seconds,
                             since_sync,
                             bool(schema),
-                            self.source.n_consumed,
+                            consumed,
                         ]
                     )
                 )
@@ -244,7 +245,7 @@ class DistributedLoop(LearningLoop):
                 if batch:
                     self._process(batch)
                     since_sync += len(batch)
-                learned_at = self.source.position
+                learned_at, consumed = self.source.position, self.source.n_consumed
                 self._log()
         finally:
             self.source.close()
