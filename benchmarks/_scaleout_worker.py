@@ -17,7 +17,7 @@ from pathlib import Path
 from stream_mtl import MultiTaskLearner
 from stream_mtl.connectors.distributed_loop import DistributedLoop
 from stream_mtl.connectors.kafka import KafkaSource, parse_api_version
-from stream_mtl.group import SoloGroup, TorchGroup
+from stream_mtl.distributed import SoloGroup, TorchGroup
 from stream_mtl.tasks import task_from_kind
 
 TASKS = {"y1": "regression", "y2": "regression", "y3": "regression", "flag": "binary"}

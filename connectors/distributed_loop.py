@@ -1,6 +1,6 @@
 """DistributedLoop: several workers learn one model from a Kafka topic, exactly once.
 
-Each worker of a torch.distributed group (`stream_mtl.group`) reads its own share of the
+Each worker of a torch.distributed group (`stream_mtl.distributed`) reads its own share of the
 topic's partitions (p % workers == rank; `KafkaSource(share=...)`), so membership is
 decided by the group's rendezvous and never by Kafka's rebalance. The workers go in
 rounds, one poll each, and agree after every poll (one all-reduce of seven numbers):
@@ -34,8 +34,6 @@ import logging
 import os
 import time
 import typing
-from collections.abc import Callable
-from pathlib import Path
 
 from kafka.partitioner.default import murmur2
 
@@ -44,7 +42,7 @@ from stream_mtl.backends.kernels import warm_up
 from stream_mtl.checkpoint import save_checkpoint
 from stream_mtl.connectors.kafka import KafkaSource
 from stream_mtl.connectors.learning_loop import LearningLoop
-from stream_mtl.group import WorkerGroup
+from stream_mtl.distributed import WorkerGroup
 from stream_mtl.learner import MultiTaskLearner
 
 logger = logging.getLogger(__name__)
@@ -88,11 +86,15 @@ class DistributedLoop(LearningLoop):
         As `LearningLoop`'s: sink, label_wait, max_pending, label_max_age,
         label_max_bytes, batch_learning, log_every, window, on_learned.
 
+    `LearningLoop.resume_or_start(checkpoint, new_model, source, group=group, ...)` goes
+    on from the aligned checkpoint when there is one; every worker starts from rank 0's
+    model either way.
+
     Examples
     --------
     Without a broker, the parameters are checked at once:
 
-    >>> from stream_mtl.group import SoloGroup
+    >>> from stream_mtl.distributed import SoloGroup
     >>> DistributedLoop(None, None, "model.ckpt", SoloGroup(), sync_every=0)
     Traceback (most recent call last):
     ...
@@ -130,29 +132,6 @@ class DistributedLoop(LearningLoop):
         self.sync_time = 0.0  # seconds spent merging and checkpointing
         self._base: State | None = None  # the state every worker went on from
         self._stopping = False
-
-    @classmethod
-    def resume_or_start(  # type: ignore[override]
-        cls,
-        checkpoint: str | os.PathLike,
-        new_model: Callable[[], MultiTaskLearner],
-        source: KafkaSource,
-        group: WorkerGroup,
-        backend: str | None = None,
-        device: str | None = None,
-        **options: typing.Any,
-    ) -> DistributedLoop:
-        """A loop that goes on from the aligned `checkpoint` if it exists, else starts
-        `new_model()`; in both cases every worker starts from the same model."""
-        path = Path(checkpoint)
-        if not path.exists():
-            return cls(new_model(), source, path, group, **options)
-        model, extra = MultiTaskLearner.load_with_extra(path, backend=backend, device=device)
-        loop = cls(model, source, path, group, **options)
-        loop._restore(extra)
-        loop.resumed = True
-        logger.info("worker %d resumed from %s", group.rank, path)
-        return loop
 
     def _restore(self, extra: dict) -> None:
         if extra.get("topic") != self.source.topic:
@@ -195,7 +174,7 @@ class DistributedLoop(LearningLoop):
         """Learn in rounds with the group until all are idle or one is stopped; then
         write an aligned checkpoint, commit, and close."""
         warm_up()
-        self._adopt(self.group.gather(self._state() if self.group.rank == 0 else None)[0])
+        self._adopt(self.group.gather(self.model._state() if self.group.rank == 0 else None)[0])
         learned_at = self.source.position  # what a checkpoint may hold: learned, no more
         consumed = self.source.n_consumed  # messages consumed up to learned_at
         synced_at = idle_since = time.monotonic()
@@ -262,9 +241,6 @@ class DistributedLoop(LearningLoop):
 
     # -- synchronising -------------------------------------------------------------------
 
-    def _state(self) -> State:
-        return self.model._state()
-
     def _adopt(self, state: State) -> None:
         """Go on from `state` (the group's merged model), kept as the next merge's base."""
         meta, arrays = state
@@ -276,7 +252,7 @@ class DistributedLoop(LearningLoop):
         """Merge every worker's model; with `write`, the aligned checkpoint and commits."""
         started = time.monotonic()
         mine = {
-            "state": self._state(),
+            "state": self.model._state(),
             "position": position,
             "held": self.step.pending.state() if write else None,
             "learned": dict(self.learned),
@@ -313,7 +289,7 @@ class DistributedLoop(LearningLoop):
             "topic": self.source.topic,
             "group": self.source.group_id,
             "workers": self.group.size,
-            "partitions": len(self.source._consumer.partitions_for_topic(self.source.topic)),
+            "partitions": self.source.n_partitions,
             "position": dict(sorted(position.items(), key=lambda item: int(item[0]))),
             "held": {str(rank): worker["held"] for rank, worker in enumerate(workers)},
             "learned": {str(p): n for p, n in sorted(learned.items())},

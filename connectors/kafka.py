@@ -294,6 +294,7 @@ class KafkaSource:
             self._consumer.close(autocommit=False)
             raise
         self.share = share
+        self.n_partitions: int | None = None  # the topic's, with a share
         if share is None:
             self._consumer.subscribe([topic], listener=_Rebalance(self))
         else:
@@ -314,6 +315,7 @@ class KafkaSource:
         if not partitions:
             self.close()
             raise InvalidInput(f"topic {self.topic!r} has no partitions after {timeout:g} s")
+        self.n_partitions = len(partitions)
         mine = sorted(p for p in partitions if p % workers == rank)
         if not mine:
             logger.warning(

@@ -359,7 +359,7 @@ def _run(args: argparse.Namespace) -> int:
             args.checkpoint,
             lambda: _model_for(tasks, args),
             source,
-            group,
+            group=group,
             sync_every=args.sync_every,
             sync_seconds=args.sync_seconds,
             idle_timeout=args.idle_exit,
@@ -403,7 +403,7 @@ def _in_worker_group() -> bool:
 
 
 def _worker_group(device: str):
-    from stream_mtl.group import TorchGroup
+    from stream_mtl.distributed import TorchGroup
 
     group = TorchGroup(device=device)
     for handler in logging.getLogger().handlers:  # say which worker says what

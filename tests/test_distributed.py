@@ -26,6 +26,7 @@ from test_kafka import (
 )
 
 from stream_mtl import MultiTaskLearner
+from stream_mtl.cli import _children
 from stream_mtl.connectors.messages import encode_json
 
 pytest.importorskip("torch")
@@ -40,17 +41,7 @@ def run_workers(kafka, topic: str, group: str, checkpoint: Path, *options: str):
 
 def workers_of(launcher: subprocess.Popen) -> list[int]:
     """The worker processes: the children of torchrun, the launcher's child."""
-    found = []
-    for agent in _children(launcher.pid):
-        found.extend(_children(agent))
-    return found
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    return [worker for agent in _children(launcher.pid) for worker in _children(agent)]
 
 
 def test_a_worker_killed_at_a_random_point_restarts_the_group_and_each_message_is_learned_once(

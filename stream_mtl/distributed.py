@@ -1,4 +1,6 @@
-"""Worker groups: the few collective calls that workers learning one model need.
+"""Worker groups (the DESIGN's `stream_mtl.distributed`): the few collective calls that
+workers learning one model need (their loop: `connectors/distributed_loop.py`; their
+merge: `stream_mtl.averaging`).
 
 `TorchGroup` is a torch.distributed process group (gloo on CPU, NCCL when the model is
 on CUDA), joined from the environment that `torchrun` sets (RANK, WORLD_SIZE,
