@@ -38,7 +38,6 @@ import typing
 from kafka.partitioner.default import murmur2
 
 from stream_mtl.averaging import State, merge_states
-from stream_mtl.backends.kernels import warm_up
 from stream_mtl.checkpoint import save_checkpoint
 from stream_mtl.connectors.kafka import KafkaSource
 from stream_mtl.connectors.learning_loop import LearningLoop
@@ -173,7 +172,7 @@ class DistributedLoop(LearningLoop):
     def run(self) -> None:
         """Learn in rounds with the group until all are idle or one is stopped; then
         write an aligned checkpoint, commit, and close."""
-        warm_up()
+        self.model.warm_up()
         self._adopt(self.group.gather(self.model._state() if self.group.rank == 0 else None)[0])
         learned_at = self.source.position  # what a checkpoint may hold: learned, no more
         consumed = self.source.n_consumed  # messages consumed up to learned_at

@@ -28,7 +28,6 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from stream_mtl.backends.kernels import warm_up
 from stream_mtl.connectors.kafka import KafkaSink, KafkaSource, Message
 from stream_mtl.exceptions import InvalidInput
 from stream_mtl.learner import MultiTaskLearner
@@ -162,7 +161,7 @@ class LearningLoop:
 
     def run(self) -> None:
         """Consume until the source ends or `stop()`; then checkpoint, commit and close."""
-        warm_up()  # before joining the group: a first compile would outlast the poll interval
+        self.model.warm_up()  # before joining the group: a compile would outlast the poll interval
         try:
             for batch in self.source.batches():
                 if batch:

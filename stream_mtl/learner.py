@@ -621,6 +621,15 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         labelled_rows = np.flatnonzero(~np.isnan(targets).all(axis=1))
         self._feed_affinity(encoded[labelled_rows[self._affinity.due(len(labelled_rows))]])
 
+    def warm_up(self) -> None:
+        """Compile the compiled kernels this model's `predict_one` and `learn_one` call
+        (or load them from numba's cache: a first compile takes seconds, once per
+        machine), so that no prediction or observation waits for one. A live service
+        and `stream-mtl run` call it at start."""
+        from stream_mtl.backends.numpy import warm_up
+
+        warm_up(self._backend)
+
     # -- checkpoints -------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:

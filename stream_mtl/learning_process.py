@@ -48,7 +48,6 @@ from collections.abc import Hashable
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
-from stream_mtl.backends.kernels import warm_up
 from stream_mtl.exceptions import InvalidInput, InvalidInputType
 from stream_mtl.learning_thread import LearningThread, Unavailable, resumed_from
 from stream_mtl.pending import writable_key
@@ -566,7 +565,7 @@ def _child_main(conn: Connection) -> None:
         if kind == "checkpoint":  # a restart: the model, held features and log position in it
             what, resumed = resumed_from(what)
             options = {**options, **resumed}
-        warm_up()  # before it says it is ready: no observation waits for a compile
+        what.warm_up()  # before it says it is ready: no observation waits for a compile
         thread = LearningThread(what, on_snapshot=publish, on_idle=writer.touch, **options)
         listener = None if listen is None else _listen(listen)
     except BaseException as error:

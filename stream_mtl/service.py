@@ -23,7 +23,7 @@ import os
 import typing
 from collections.abc import Hashable
 
-from stream_mtl.backends.kernels import warm_up
+from stream_mtl.backends.numpy import warm_up
 from stream_mtl.exceptions import UnknownKey
 from stream_mtl.learner import MultiTaskLearner
 from stream_mtl.learning_process import LearnerClient, LearningProcess
@@ -92,7 +92,7 @@ class OnlineModel:
     def __init__(
         self, model: MultiTaskLearner, *, process: bool = True, **options: typing.Any
     ) -> None:
-        warm_up()  # predictions are computed here
+        model.warm_up()  # predictions are computed here
         if process:
             self._engine: LearningThread | LearningProcess | LearnerClient = LearningProcess(
                 model, **options

@@ -348,7 +348,8 @@ def test_checkpoint_every_bounds_what_a_kill_without_a_log_can_lose(tmp_path):
 
 def test_a_service_compiles_its_kernels_at_start_and_nothing_after(tmp_path):
     """In a fresh process: once `OnlineModel` is built, every kernel has its compiled
-    version (`all_finite` two: the trunk's float32 buffer, the float64 mixture), and
+    version (`all_finite` two: the trunk's float32 buffer, the float64 mixture; one row's
+    prediction and step, for this model's settings), and
     predicting and learning (keys, labels, a binary task) add none: no request waits
     for a compile."""
     import subprocess
@@ -357,11 +358,12 @@ def test_a_service_compiles_its_kernels_at_start_and_nothing_after(tmp_path):
     code = """
 import numpy as np
 from stream_mtl import Binary, MultiTaskLearner, Regression
-from stream_mtl.backends import kernels
+from stream_mtl.backends import kernels, row_kernel
 from stream_mtl.service import OnlineModel
 
 every = [getattr(kernels, name) for name in ("linear_outputs", "second_order_row_step",
                                              "hedge_step", "all_finite")]
+every += [row_kernel.row_predict, row_kernel.row_step]
 compiled = lambda: [len(kernel.signatures) for kernel in every]
 print(compiled())
 model = MultiTaskLearner(tasks={"a": Regression(), "b": Binary()}, hidden=(8,), seed=0)
@@ -380,4 +382,6 @@ print(compiled())
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:3] == ["[0, 0, 0, 0]", "[1, 1, 1, 2]", "[1, 1, 1, 2]"]
+    before, after, at_end = done.stdout.split("\n")[:3]
+    assert before == "[0, 0, 0, 0, 0, 0]"
+    assert after == at_end == "[1, 1, 1, 2, 1, 1]"

@@ -8,9 +8,17 @@ observation (a batch of one row) and a mini-batch.
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 
+from stream_mtl.backends import kernels, row_kernel
+from stream_mtl.backends.base import StepResult
 from stream_mtl.backends.flat import ADAM_BETAS, ADAM_EPS, FlatBackend
+from stream_mtl.backends.kernels import kernel_array
+from stream_mtl.tasks import BINARY, MULTICLASS
+
+_KIND_CODES = {BINARY: row_kernel.BINARY_CODE, MULTICLASS: row_kernel.MULTICLASS_CODE}
 
 
 class NumpyBackend(FlatBackend):
@@ -30,16 +38,7 @@ class NumpyBackend(FlatBackend):
     [[...]]
     """
 
-    _LEARNING_ONLY = (
-        "_moments",
-        "_grads",
-        "_scratch",
-        "_saved",
-        "_grad_weights",
-        "_grad_biases",
-        "_grad_head_weights",
-        "_grad_head_biases",
-    )
+    _LEARNING_ONLY = ("_moments", "_grads", "_scratch", "_saved")
 
     def __init__(
         self,
@@ -48,9 +47,11 @@ class NumpyBackend(FlatBackend):
         optimizer: str = "adam",
         lr: float = 1e-3,
         dtype: str = "float32",
+        compiled: bool = True,
         **mixture: float,
     ) -> None:
         self.dtype = np.dtype(dtype)
+        self.compiled = compiled
         # `_grads` row 0 is the gradient, row 1 scratch for its square, so that Adam's
         # m and v (the rows of `_moments`) are updated together in four operations.
         self._adam_coef = np.array([[1.0 - ADAM_BETAS[0]], [1.0 - ADAM_BETAS[1]]], self.dtype)
@@ -70,15 +71,129 @@ class NumpyBackend(FlatBackend):
         size = self._layout.size
         self._grads = np.zeros((2, size), self.dtype)
         self._scratch = np.zeros(size, self.dtype)
-        param = self._layout.views(self._param)
-        grad = self._layout.views(self._grads[0])
+        self._bind_views()
+        self._bind_row_kernel()
+
+    # Views into the flat buffers, bound again whenever the backend is unpickled or
+    # deep-copied: copied along, they would be arrays of their own, and a step would
+    # read and write the copies while the buffers stayed where they were.
+    _VIEWS = (
+        "_weights",
+        "_biases",
+        "_grad_weights",
+        "_grad_biases",
+        "_head_weights",
+        "_head_biases",
+        "_grad_head_weights",
+        "_grad_head_biases",
+    )
+
+    def _bind_views(self) -> None:
         n_layers = len(self.hidden)
+        param = self._layout.views(self._param)
         self._weights = [param[f"trunk.{i}.weight"] for i in range(n_layers)]
         self._biases = [param[f"trunk.{i}.bias"] for i in range(n_layers)]
+        self._head_weights, self._head_biases = self._head_views(self._param)
+        if self._grads is None:  # a predicting copy (see `predicting_copy`)
+            self._grad_weights = self._grad_biases = []
+            self._grad_head_weights = self._grad_head_biases = []
+            return
+        grad = self._layout.views(self._grads[0])
         self._grad_weights = [grad[f"trunk.{i}.weight"] for i in range(n_layers)]
         self._grad_biases = [grad[f"trunk.{i}.bias"] for i in range(n_layers)]
-        self._head_weights, self._head_biases = self._head_views(self._param)
         self._grad_head_weights, self._grad_head_biases = self._head_views(self._grads[0])
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in self._VIEWS}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._bind_views()
+
+    # -- one row, compiled ---------------------------------------------------------------
+
+    def _bind_row_kernel(self) -> None:
+        """Where `row_kernel` finds the trunk's and heads' blocks in the flat buffer, and
+        each task's kind and columns; whether it serves this model (it needs a trunk, a
+        linear head and a top head: other models take the NumPy path)."""
+        self._row_kernel = bool(
+            self.compiled and self.hidden and self.linear and self.top and self.heads
+        )
+        if not self._row_kernel:
+            return
+        offsets = self._layout.offsets
+        tasks = [head.task for head in self.heads]
+        self._widths = np.array([self.n_inputs, *self.hidden], dtype=np.int64)
+        self._trunk_at = np.array(
+            [
+                [offsets[f"trunk.{i}.weight"], offsets[f"trunk.{i}.bias"]]
+                for i in range(len(self.hidden))
+            ],
+            dtype=np.int64,
+        )
+        self._heads_at = np.array(
+            [
+                [offsets[f"head{d}.{tasks[0]}.weight"], offsets[f"head{d}.{tasks[0]}.bias"]]
+                for d in range(1, len(self.hidden) + 1)
+            ],
+            dtype=np.int64,
+        )
+        self._task_kind = np.array(
+            [_KIND_CODES.get(kind, row_kernel.REGRESSION_CODE) for kind, _, _ in self._slices],
+            dtype=np.int64,
+        )
+        self._task_start = np.array([a for _, a, _ in self._slices], dtype=np.int64)
+        self._task_stop = np.array([b for _, _, b in self._slices], dtype=np.int64)
+        self._column_task64 = self._column_task.astype(np.int64)
+        self._shared_row64 = self._shared_row.astype(np.int64)
+        self._linear_factors = _factors(self.linear)
+        self._top_factors = _factors(self.top)
+
+    def _shared_arrays(self) -> tuple:
+        shared = self.shared if self.shared is not None else self.linear[0]
+        return shared.weight, shared.cov, shared.forgetting, shared.prior
+
+    def forward_many(self, X: np.ndarray) -> np.ndarray:
+        if not (self._row_kernel and len(X) == 1):
+            return super().forward_many(X)
+        shared_w, _, _, _ = self._shared_arrays()
+        mixed = row_kernel.row_predict(
+            kernel_array(X[0]), self._param, self._widths, self._trunk_at, self._heads_at,
+            self.activation == "relu", tuple(head.weight for head in self.linear), shared_w,
+            self._shared_row64, self.shared is not None,
+            tuple(head.weight for head in self.top), self._column_task64, self._task_kind,
+            self._task_start, self._task_stop, self.hedge.alpha,
+        )  # fmt: skip
+        return mixed[None, :]
+
+    def step_many(
+        self,
+        X: np.ndarray,
+        targets: np.ndarray,
+        loss_weight: np.ndarray,
+        trunk_scale: np.ndarray,
+        gram: bool = False,
+    ) -> StepResult:
+        if gram or not (self._row_kernel and len(X) == 1):
+            return super().step_many(X, targets, loss_weight, trunk_scale, gram)
+        adam = self.optimizer == "adam"
+        root_bias2, step = self._adam_scalars() if adam else (1.0, 1.0)
+        shared_w, shared_cov, shared_forgetting, shared_prior = self._shared_arrays()
+        losses = np.empty(len(self.heads))
+        mixed = row_kernel.row_step(
+            kernel_array(X[0]), kernel_array(targets[0]), kernel_array(loss_weight),
+            kernel_array(trunk_scale), self._param, self._moments, self._widths,
+            self._trunk_at, self._heads_at, self.activation == "relu", adam, self.lr,
+            root_bias2, step, tuple(head.weight for head in self.linear),
+            tuple(head.cov for head in self.linear), *self._linear_factors, shared_w,
+            shared_cov, shared_forgetting, shared_prior, self._shared_row64,
+            self.shared is not None, tuple(head.weight for head in self.top),
+            tuple(head.cov for head in self.top), *self._top_factors, self._column_task64,
+            self._task_kind, self._task_start, self._task_stop, self.hedge.alpha,
+            self.hedge.scale, float(self.hedge.rate), float(self.hedge.memory),
+            self.hedge.floor / self.hedge.n_heads, losses,
+        )  # fmt: skip
+        return StepResult(losses, None, mixed[None, :])
 
     def _head_views(self, buffer: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """At each depth, every head's weights as one (outputs x width) matrix, biases as one
@@ -165,3 +280,30 @@ class NumpyBackend(FlatBackend):
         np.divide(moments[0], update, out=update)
         update *= self.lr * step
         self._param -= update
+
+
+def _factors(heads: list) -> tuple[np.ndarray, np.ndarray]:
+    """Second-order heads' forgetting factors and priors, as `row_kernel` takes them."""
+    return np.array([head.forgetting for head in heads]), np.array([head.prior for head in heads])
+
+
+def warm_up(backend: typing.Any = None) -> None:
+    """Compile every kernel of the per-observation path now, or load it from numba's
+    cache (see `kernels`): the building blocks, and one row's prediction and step for
+    `backend`'s settings (the default model's when None or not a `NumpyBackend`), so
+    that no prediction or observation waits for a compile."""
+    kernels.warm_up()
+    like = backend if isinstance(backend, NumpyBackend) else NumpyBackend()
+    tiny = NumpyBackend(
+        hidden=(2,),
+        activation=like.activation,
+        optimizer=like.optimizer,
+        dtype=like.dtype_name,
+        forgetting=tuple(head.forgetting for head in like.linear),
+        share_linear=like.shared is not None,
+        top_forgetting=tuple(head.forgetting for head in like.top),
+    )
+    tiny.grow_inputs(np.zeros((1, 2)))
+    tiny.set_head("task", "regression", 1)
+    tiny.step_many(np.zeros((1, 1)), np.zeros((1, 1)), np.ones(1), np.ones(1))
+    tiny.forward_many(np.zeros((1, 1)))

@@ -1,0 +1,361 @@
+"""One observation's whole prediction, and whole step, as one compiled call each.
+
+`row_predict` and `row_step` do for one row what `FlatBackend.forward_many` and
+`FlatBackend.step_many` (with `NumpyBackend`'s trunk) do for a batch: the trunk's
+forward pass, every head's raw output (the second-order linear heads, the shared one,
+the head on each trunk layer, the second-order heads on the last layer), links, losses,
+gradients and curvatures, the Hedge mixture and, in a step, backpropagation with
+SGD or Adam on the flat buffer, the heads' Newton steps and the mixture's Hedge step,
+in that order and on the state from before the step, as the batched code does it.
+
+They read the backend's own arrays (nothing is copied), so the NumPy code stays the
+reference and the state is the same by construction: tests hold these kernels to it at
+1e-12 in float64. Where the trunk is float32 its values are read into float64, computed
+with and rounded once when stored, and every sum runs in a fixed order, so a float32
+model is bit-for-bit the same on every run.
+
+The second-order heads come as tuples of arrays (one per forgetting factor, see
+`second_order`), so a model with other numbers of them compiles its own version once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from stream_mtl.backends.kernels import hedge_step, second_order_row_step
+
+# Task kinds as the kernels take them (`NumpyBackend` codes them from `HeadSpec.kind`).
+REGRESSION_CODE, BINARY_CODE, MULTICLASS_CODE = 0, 1, 2
+_TINY = 1e-12
+_BETA1, _BETA2 = 0.9, 0.999
+
+
+@njit(cache=True, fastmath=False)
+def _linear(weight: np.ndarray, row: int, x: np.ndarray) -> float:
+    """Output `row` of a second-order head (bias first) at inputs x."""
+    total = 0.0
+    for j in range(x.shape[0]):
+        total += x[j] * weight[row, j + 1]
+    return total + weight[row, 0]
+
+
+@njit(cache=True, fastmath=False)
+def _raw_outputs(
+    x, param, widths, trunk_at, heads_at, relu, linear_w, shared_w, shared_row, has_shared,
+    top_w, acts, Z,
+) -> None:  # fmt: skip
+    """Every head's raw output for one row into Z (heads x outputs, mixture order), and
+    the trunk's layer outputs into `acts` (in the trunk's dtype, their widths end to
+    end, the inputs first)."""
+    n_in = widths[0]
+    for j in range(n_in):
+        acts[j] = x[j]
+    n_linear = len(linear_w)
+    for i in range(n_linear):
+        for o in range(Z.shape[1]):
+            Z[i, o] = _linear(linear_w[i], o, x)
+    if has_shared:
+        for o in range(Z.shape[1]):
+            Z[n_linear, o] = _linear(shared_w, shared_row[o], x)
+    first_deep = n_linear + (1 if has_shared else 0)
+    start = 0
+    for layer in range(len(widths) - 1):
+        width_in, width = widths[layer], widths[layer + 1]
+        w_at, b_at = trunk_at[layer, 0], trunk_at[layer, 1]
+        out = start + width_in
+        for j in range(width):
+            total = 0.0
+            for i in range(width_in):
+                total += acts[start + i] * param[w_at + i * width + j]
+            a = total + param[b_at + j]
+            a = max(a, 0.0) if relu else np.tanh(a)
+            acts[out + j] = a  # rounded to the trunk's dtype, as NumPy's layers are
+        hw_at, hb_at = heads_at[layer, 0], heads_at[layer, 1]
+        for o in range(Z.shape[1]):
+            total = 0.0
+            for j in range(width):
+                total += acts[out + j] * param[hw_at + o * width + j]
+            Z[first_deep + layer, o] = total + param[hb_at + o]
+        start = out
+    top = acts[start:]
+    first_top = first_deep + len(widths) - 1
+    for t in range(len(top_w)):
+        for o in range(Z.shape[1]):
+            Z[first_top + t, o] = _linear(top_w[t], o, top)
+
+
+@njit(cache=True, fastmath=False)
+def _link(Z, task_kind, task_start, task_stop, P) -> None:
+    """Predictions from raw outputs, head by head: the value, P(True) or softmax."""
+    for h in range(Z.shape[0]):
+        for k in range(task_kind.shape[0]):
+            a, b = task_start[k], task_stop[k]
+            if task_kind[k] == BINARY_CODE:
+                P[h, a] = 0.5 * (1.0 + np.tanh(0.5 * Z[h, a]))
+            elif task_kind[k] == MULTICLASS_CODE:
+                if b == a:
+                    continue
+                top = Z[h, a]
+                for c in range(a + 1, b):
+                    top = max(top, Z[h, c])
+                total = 0.0
+                for c in range(a, b):
+                    P[h, c] = np.exp(Z[h, c] - top)
+                    total += P[h, c]
+                for c in range(a, b):
+                    P[h, c] /= total
+            else:
+                P[h, a] = Z[h, a]
+
+
+@njit(cache=True, fastmath=False)
+def _mix(P, alpha, column_task, mixed) -> None:
+    for o in range(P.shape[1]):
+        total = 0.0
+        for h in range(P.shape[0]):
+            total += P[h, o] * alpha[column_task[o], h]
+        mixed[o] = total
+
+
+@njit(cache=True, fastmath=False)
+def _heads(
+    x, param, widths, trunk_at, heads_at, relu, linear_w, shared_w, shared_row, has_shared,
+    top_w, column_task, task_kind, task_start, task_stop, alpha,
+):  # fmt: skip
+    """The trunk's layer outputs, every head's prediction (heads x outputs) and their
+    mixture (outputs,) for one row."""
+    n_out = column_task.shape[0]
+    n_heads = alpha.shape[1]
+    acts = np.empty(widths.sum(), param.dtype)
+    Z = np.empty((n_heads, n_out))
+    _raw_outputs(
+        x, param, widths, trunk_at, heads_at, relu, linear_w, shared_w, shared_row,
+        has_shared, top_w, acts, Z,
+    )  # fmt: skip
+    P = np.empty((n_heads, n_out))
+    _link(Z, task_kind, task_start, task_stop, P)
+    mixed = np.empty(n_out)
+    _mix(P, alpha, column_task, mixed)
+    return acts, P, mixed
+
+
+@njit(cache=True, fastmath=False)
+def row_predict(
+    x, param, widths, trunk_at, heads_at, relu, linear_w, shared_w, shared_row, has_shared,
+    top_w, column_task, task_kind, task_start, task_stop, alpha,
+) -> np.ndarray:  # fmt: skip
+    """Mixed predictions (outputs,) for one encoded row x: `forward_many` of one row."""
+    return _heads(
+        x, param, widths, trunk_at, heads_at, relu, linear_w, shared_w, shared_row,
+        has_shared, top_w, column_task, task_kind, task_start, task_stop, alpha,
+    )[2]  # fmt: skip
+
+
+@njit(cache=True, fastmath=False)
+def _evaluate(P, targets, task_kind, task_start, task_stop, G, H) -> None:
+    """Gradient and curvature of each head's loss at its raw output (0 if unlabelled)."""
+    G[:] = 0.0
+    H[:] = 0.0
+    for k in range(task_kind.shape[0]):
+        t = targets[k]
+        if np.isnan(t):
+            continue
+        a, b = task_start[k], task_stop[k]
+        for h in range(P.shape[0]):
+            if task_kind[k] == MULTICLASS_CODE:
+                for c in range(a, b):
+                    p = P[h, c]
+                    G[h, c] = p - 1.0 if c - a == int(t) else p
+                    H[h, c] = p * (1.0 - p)
+            elif task_kind[k] == BINARY_CODE:
+                p = P[h, a]
+                G[h, a] = p - t
+                H[h, a] = p * (1.0 - p)
+            else:
+                G[h, a] = P[h, a] - t
+                H[h, a] = 1.0
+
+
+@njit(cache=True, fastmath=False)
+def _losses_and_mixture_gradient(
+    P, mixed, targets, task_kind, task_start, losses, gradient, labelled
+) -> None:
+    """Each task's loss of its mixed prediction (NaN if unlabelled), and d loss / d alpha
+    (tasks x heads), as `prediction_losses` and `mixture_gradient` give them."""
+    for k in range(task_kind.shape[0]):
+        t = targets[k]
+        gradient[k, :] = 0.0
+        labelled[k] = not np.isnan(t)
+        if not labelled[k]:
+            losses[k] = np.nan
+            continue
+        a = task_start[k]
+        if task_kind[k] == MULTICLASS_CODE:
+            c = a + int(t)
+            p = max(mixed[c], _TINY)
+            losses[k] = -np.log(p)
+            for h in range(P.shape[0]):
+                gradient[k, h] = -(P[h, c] / p)
+        elif task_kind[k] == BINARY_CODE:
+            p = min(max(mixed[a], _TINY), 1.0 - _TINY)
+            losses[k] = -(t * np.log(p) + (1.0 - t) * np.log1p(-p))
+            slope = (p - t) / (p * (1.0 - p))
+            for h in range(P.shape[0]):
+                gradient[k, h] = slope * P[h, a]
+        else:
+            residual = mixed[a] - t
+            losses[k] = 0.5 * residual * residual
+            for h in range(P.shape[0]):
+                gradient[k, h] = residual * P[h, a]
+
+
+@njit(cache=True, fastmath=False)
+def _backward(
+    param, widths, trunk_at, heads_at, relu, acts, dZ, factor, grad,
+) -> None:  # fmt: skip
+    """The gradient (into `grad`, laid out as `param`) of the heads on the trunk's layers
+    from dZ (depths x outputs) at their outputs, and of the trunk, which takes dZ times
+    `factor`."""
+    n_layers = len(widths) - 1
+    n_out = dZ.shape[1]
+    widest = widths.max()
+    dH = np.zeros(widest)
+    dA = np.empty(widest)
+    ends = np.cumsum(widths)
+    for layer in range(n_layers - 1, -1, -1):
+        width_in, width = widths[layer], widths[layer + 1]
+        out, start = ends[layer], ends[layer] - width_in
+        hw_at, hb_at = heads_at[layer, 0], heads_at[layer, 1]
+        for o in range(n_out):
+            dz = dZ[layer, o]
+            for j in range(width):
+                grad[hw_at + o * width + j] = dz * acts[out + j]
+            grad[hb_at + o] = dz
+        for j in range(width):
+            total = 0.0
+            for o in range(n_out):
+                total += (dZ[layer, o] * factor[layer, o]) * param[hw_at + o * width + j]
+            dH[j] = total if layer == n_layers - 1 else dH[j] + total
+        for j in range(width):
+            h = acts[out + j]
+            if relu:
+                dA[j] = dH[j] if h > 0.0 else 0.0
+            else:
+                dA[j] = dH[j] * (1.0 - h * h)
+        w_at, b_at = trunk_at[layer, 0], trunk_at[layer, 1]
+        for i in range(width_in):
+            a = acts[start + i]
+            for j in range(width):
+                grad[w_at + i * width + j] = a * dA[j]
+        for j in range(width):
+            grad[b_at + j] = dA[j]
+        if layer:
+            for i in range(width_in):
+                total = 0.0
+                for j in range(width):
+                    total += dA[j] * param[w_at + i * width + j]
+                dH[i] = total
+
+
+@njit(cache=True, fastmath=False)
+def _descend(param, m, v, grad, adam, lr, root_bias2, step) -> None:
+    """SGD, or Adam as `torch.optim.Adam` computes it (see `FlatBackend._adam_scalars`),
+    on the whole flat buffer; m and v in the buffer's dtype, as the reference keeps them."""
+    if not adam:
+        for i in range(param.shape[0]):
+            param[i] = param[i] - lr * grad[i]
+        return
+    rate = lr * step
+    eps = 1e-8 * root_bias2
+    for i in range(param.shape[0]):
+        g = grad[i]
+        m[i] = m[i] + (g - m[i]) * (1.0 - _BETA1)
+        v[i] = v[i] + (g * g - v[i]) * (1.0 - _BETA2)
+    for i in range(param.shape[0]):
+        param[i] = param[i] - m[i] / (np.sqrt(v[i]) + eps) * rate
+
+
+@njit(cache=True, fastmath=False)
+def row_step(
+    x, targets, loss_weight, trunk_scale, param, moments, widths, trunk_at, heads_at, relu,
+    adam, lr, root_bias2, step, linear_w, linear_cov, linear_forgetting, linear_prior,
+    shared_w, shared_cov, shared_forgetting, shared_prior, shared_row, has_shared, top_w,
+    top_cov, top_forgetting, top_prior, column_task, task_kind, task_start, task_stop,
+    alpha, hedge_scale, hedge_rate, hedge_memory, hedge_floor, losses,
+) -> np.ndarray:  # fmt: skip
+    """One step of `step_many` on one row (targets per task, NaN where unlabelled),
+    every array updated in place; each task's loss into `losses`; returns the mixed
+    predictions made before the step."""
+    n_out = column_task.shape[0]
+    n_heads = alpha.shape[1]
+    n_tasks = task_kind.shape[0]
+    n_linear = len(linear_w)
+    first_deep = n_linear + (1 if has_shared else 0)
+    n_layers = len(widths) - 1
+    first_top = first_deep + n_layers
+    acts, P, mixed = _heads(
+        x, param, widths, trunk_at, heads_at, relu, linear_w, shared_w, shared_row,
+        has_shared, top_w, column_task, task_kind, task_start, task_stop, alpha,
+    )  # fmt: skip
+    G = np.empty((n_heads, n_out))
+    H = np.empty((n_heads, n_out))
+    _evaluate(P, targets, task_kind, task_start, task_stop, G, H)
+    mixture_gradient = np.empty((n_tasks, n_heads))
+    labelled = np.empty(n_tasks, np.bool_)
+    _losses_and_mixture_gradient(
+        P, mixed, targets, task_kind, task_start, losses, mixture_gradient, labelled
+    )
+    labelled_outputs = np.empty(n_out, np.bool_)
+    for o in range(n_out):
+        labelled_outputs[o] = labelled[column_task[o]]
+    # The trunk and the heads on its layers: each deep head's gradient times its task's
+    # loss weight; the trunk's share of it is the head's mixture weight (the top heads'
+    # counted as the last layer's) times the task's trunk scale.
+    dZ = np.empty((n_layers, n_out))
+    factor = np.empty((n_layers, n_out))
+    for o in range(n_out):
+        k = column_task[o]
+        for layer in range(n_layers):
+            dZ[layer, o] = G[first_deep + layer, o] * loss_weight[k]
+            factor[layer, o] = alpha[k, first_deep + layer] * trunk_scale[k]
+        tops = 0.0
+        for t in range(len(top_w)):
+            tops += alpha[k, first_top + t] * trunk_scale[k]
+        factor[n_layers - 1, o] += tops
+    top_x = acts[acts.shape[0] - widths[n_layers] :].astype(np.float64)
+    grad = np.empty(param.shape[0])
+    _backward(param, widths, trunk_at, heads_at, relu, acts, dZ, factor, grad)
+    _descend(param, moments[0], moments[1], grad, adam, lr, root_bias2, step)
+    for i in range(n_linear):
+        second_order_row_step(
+            linear_cov[i], linear_w[i], x, G[i], H[i], labelled_outputs,
+            linear_forgetting[i], linear_prior[i],
+        )  # fmt: skip
+    for t in range(len(top_w)):
+        second_order_row_step(
+            top_cov[t], top_w[t], top_x, G[first_top + t], H[first_top + t], labelled_outputs,
+            top_forgetting[t], top_prior[t],
+        )  # fmt: skip
+    if has_shared:
+        # One Newton step on the sum of the losses of the outputs each row serves, each
+        # scaled by its task's trunk scale; the last row serves no one and never learns.
+        rows = shared_w.shape[0]
+        g = np.zeros(rows)
+        h = np.zeros(rows)
+        served = np.zeros(rows)
+        for o in range(n_out):
+            r = shared_row[o]
+            if r == rows - 1:
+                continue
+            share = trunk_scale[column_task[o]]
+            g[r] += G[n_linear, o] * share
+            h[r] += H[n_linear, o] * share
+            served[r] += share if labelled_outputs[o] else 0.0
+        second_order_row_step(
+            shared_cov, shared_w, x, g, h, served > 0.0, shared_forgetting, shared_prior
+        )
+    hedge_step(
+        alpha, hedge_scale, mixture_gradient, labelled, hedge_rate, hedge_memory, hedge_floor
+    )
+    return mixed
