@@ -44,3 +44,15 @@ def test_all_finite_finds_one_nan_or_infinity_anywhere(dtype):
             broken = values.copy()
             broken[where] = bad
             assert not all_finite(broken), (bad, where)
+
+
+def test_all_finite_matrices_finds_one_nan_or_infinity_in_any_matrix():
+    from stream_mtl.backends.kernels import all_finite_matrices
+
+    matrices = tuple(np.random.default_rng(6).normal(size=(3, 4, 5)) * 1e30)
+    assert all_finite_matrices(matrices) and all_finite_matrices((np.zeros((0, 5)),))
+    for bad in (np.nan, np.inf, -np.inf):
+        for which, where in ((0, (0, 0)), (1, (2, 1)), (2, (3, 4))):
+            broken = [m.copy() for m in matrices]
+            broken[which][where] = bad
+            assert not all_finite_matrices(tuple(broken)), (bad, which, where)

@@ -363,7 +363,7 @@ from stream_mtl.service import OnlineModel
 
 every = [getattr(kernels, name) for name in ("linear_outputs", "second_order_row_step",
                                              "hedge_step", "all_finite")]
-every += [row_kernel.row_predict, row_kernel.row_step]
+every += [kernels.all_finite_matrices, row_kernel.row_predict, row_kernel.row_step]
 compiled = lambda: [len(kernel.signatures) for kernel in every]
 print(compiled())
 model = MultiTaskLearner(tasks={"a": Regression(), "b": Binary()}, hidden=(8,), seed=0)
@@ -383,5 +383,5 @@ print(compiled())
     )
     assert done.returncode == 0, done.stderr
     before, after, at_end = done.stdout.split("\n")[:3]
-    assert before == "[0, 0, 0, 0, 0, 0]"
-    assert after == at_end == "[1, 1, 1, 2, 1, 1]"
+    assert before == "[0, 0, 0, 0, 0, 0, 0]"
+    assert after == at_end == "[1, 1, 1, 2, 1, 1, 1]"

@@ -52,7 +52,7 @@ from stream_mtl.backends.heads import (
 )
 from stream_mtl.backends.hedge import Hedge
 from stream_mtl.backends.init import ACTIVATIONS
-from stream_mtl.backends.kernels import all_finite
+from stream_mtl.backends.kernels import all_finite, all_finite_matrices
 from stream_mtl.backends.layout import Layout, head_names, head_shapes, trunk_shapes
 from stream_mtl.backends.second_order import SecondOrderHeads
 from stream_mtl.exceptions import InvalidInput
@@ -402,8 +402,8 @@ class FlatBackend(RowsAsBatches):
         """Whether the trunk, the deep heads, the second-order heads' weights and the
         mixture are finite."""
         heads = (*self.linear, *self.top, *(() if self.shared is None else (self.shared,)))
-        return self._finite(self._param) and all(
-            all_finite(a.ravel()) for a in (self.hedge.alpha, *(head.weight for head in heads))
+        return self._finite(self._param) and all_finite_matrices(
+            (self.hedge.alpha, *(head.weight for head in heads))
         )
 
     def _finite(self, buffer: typing.Any) -> bool:

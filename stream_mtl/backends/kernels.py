@@ -155,6 +155,18 @@ def all_finite(values: np.ndarray) -> bool:
     return total == 0.0
 
 
+@njit(cache=True, fastmath=False)
+def all_finite_matrices(matrices: tuple) -> bool:
+    """`all_finite` of every matrix of a tuple (of float64 matrices), in one call."""
+    total = 0.0
+    for k in range(len(matrices)):
+        matrix = matrices[k]
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                total += matrix[i, j] * 0.0
+    return total == 0.0
+
+
 def warm_up() -> None:
     """Compile every kernel now (or load it from the cache), with the argument types of
     the per-observation path, so that nothing compiles when the first observation or

@@ -307,3 +307,4 @@ def warm_up(backend: typing.Any = None) -> None:
     tiny.set_head("task", "regression", 1)
     tiny.step_many(np.zeros((1, 1)), np.zeros((1, 1)), np.ones(1), np.ones(1))
     tiny.forward_many(np.zeros((1, 1)))
+    tiny.finite()

@@ -29,6 +29,8 @@ from stream_mtl.backends.kernels import hedge_step, second_order_row_step
 REGRESSION_CODE, BINARY_CODE, MULTICLASS_CODE = 0, 1, 2
 _TINY = 1e-12
 _BETA1, _BETA2 = 0.9, 0.999
+# Adam's moments below this are stored as 0 (see `_descend`); float32's least normal is 1.2e-38
+_SUBNORMAL = 1e-30
 
 
 @njit(cache=True, fastmath=False)
@@ -266,12 +268,21 @@ def _descend(param, m, v, grad, adam, lr, root_bias2, step) -> None:
         for i in range(param.shape[0]):
             param[i] = param[i] - lr * grad[i]
         return
-    rate = lr * step
-    eps = 1e-8 * root_bias2
+    # in the buffer's dtype, as NumPy's in-place reference computes it (float32 halves
+    # the time of the square roots and divisions that bound this loop)
+    cast = param.dtype.type
+    rate, eps = cast(lr * step), cast(1e-8 * root_bias2)
+    keep_m, keep_v = cast(1.0 - _BETA1), cast(1.0 - _BETA2)
+    tiny = cast(_SUBNORMAL)
     for i in range(param.shape[0]):
-        g = grad[i]
-        m[i] = m[i] + (g - m[i]) * (1.0 - _BETA1)
-        v[i] = v[i] + (g * g - v[i]) * (1.0 - _BETA2)
+        g = cast(grad[i])
+        mi = m[i] + (g - m[i]) * keep_m
+        vi = v[i] + (g * g - v[i]) * keep_v
+        # A parameter whose gradient stays 0 (a dead unit's) has its m decay by 0.9 a
+        # step into subnormal numbers, where every operation takes a hundred cycles:
+        # such moments are 0 for any step Adam can take, and are stored as 0.
+        m[i] = mi if abs(mi) >= tiny else cast(0.0)
+        v[i] = vi if vi >= tiny else cast(0.0)
     for i in range(param.shape[0]):
         param[i] = param[i] - m[i] / (np.sqrt(v[i]) + eps) * rate
 
