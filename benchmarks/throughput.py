@@ -10,14 +10,22 @@ The systems take turns over blocks of the same stream, each keeping its own stat
 a change in the machine's speed hits all of them alike; ratios are taken within each
 round and their median reported. Prints a table, writes benchmarks/results/throughput.json.
 
+Beside them, the same model driven by `prequential` with its baselines off, to show
+what an evaluation run costs beyond predict_one + learn_one. `--long N` instead runs
+one stream of N observations and prints the rate and resident memory every 100,000
+(writes throughput_long.json): they must not grow with the stream's length.
+
 Usage: python -m benchmarks.throughput [--rounds 8] [--block 1000] [--no-deep-river]
+       python -m benchmarks.throughput --long 1000000
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -29,8 +37,9 @@ from pathlib import Path
 import numpy as np
 from river import linear_model, preprocessing
 
-from stream_mtl import MultiTaskLearner, Regression
+from stream_mtl import MultiTaskLearner, Observation, Regression
 from stream_mtl.connectors.synthetic import SyntheticStream
+from stream_mtl.evaluate import prequential
 
 HERE = Path(__file__).resolve().parent
 DEEP_RIVER_VENV = HERE / ".venv-deep-river"
@@ -75,6 +84,22 @@ class OursRunner:
         for i in range(start, stop):
             model.predict_one(xs[i])
             model.learn_one(xs[i], ys[i])
+        return time.perf_counter() - began
+
+
+class PrequentialRunner(OursRunner):
+    """The same model driven by `prequential` (baselines off, no progress bar): what an
+    evaluation run costs beyond predict_one + learn_one (metrics, windows, the report)."""
+
+    name = "stream-mtl prequential, baselines off"
+
+    def __init__(self, xs, ys) -> None:
+        super().__init__(xs, ys)
+        self.observations = [Observation(x, y) for x, y in zip(xs, ys)]
+
+    def run(self, start: int, stop: int) -> float:
+        began = time.perf_counter()
+        prequential(self.model, self.observations[start:stop], progress=False, baselines=())
         return time.perf_counter() - began
 
 
@@ -139,6 +164,37 @@ def write_result(result: dict, path: str) -> dict:
     return result
 
 
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux), in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def long_run(n: int, block: int) -> list[dict]:
+    """predict_one + learn_one over `n` observations of one stream on a fresh reference
+    model: the rate and this process's resident memory after each `block`."""
+    model = OursRunner([], []).model
+    stream = iter(SyntheticStream(tasks=dict.fromkeys(TASKS, "regression"), n=n, seed=1))
+    blocks = []
+    for index in range(n // block):
+        chunk = [(obs.x, obs.y) for obs in itertools.islice(stream, block)]
+        began = time.perf_counter()
+        for x, y in chunk:
+            model.predict_one(x)
+            model.learn_one(x, y)
+        elapsed = time.perf_counter() - began
+        blocks.append({
+            "observations": (index + 1) * block,
+            "us_per_observation": elapsed / block * 1e6,
+            "resident_mb": resident_bytes() / 2**20,
+        })  # fmt: skip
+        print(
+            f"{blocks[-1]['observations']:>10,} observations: "
+            f"{blocks[-1]['us_per_observation']:.1f} us/obs, {blocks[-1]['resident_mb']:.0f} MB"
+        )
+    return blocks
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
@@ -151,14 +207,25 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--no-deep-river", action="store_true")
+    parser.add_argument(
+        "--long",
+        type=int,
+        default=0,
+        help="instead: one run of this many observations, rate and memory per 100,000",
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     args = parser.parse_args(argv)
+    if args.long:
+        blocks = long_run(args.long, min(100_000, args.long))
+        return write_result(
+            {"config": vars(args), "blocks": blocks}, args.out.replace(".json", "_long.json")
+        )
 
     n = args.warmup + args.rounds * args.block
     X, Y = make_stream(n, seed=0)
     xs = [{f"x{j}": float(v) for j, v in enumerate(row)} for row in X]
     ys = [dict(zip(TASKS, map(float, row))) for row in Y]
-    runners = [OursRunner(xs, ys), RiverRunner(xs, ys)]
+    runners = [OursRunner(xs, ys), PrequentialRunner(xs, ys), RiverRunner(xs, ys)]
     with tempfile.TemporaryDirectory() as folder:
         if not args.no_deep_river:
             data_path = Path(folder) / "stream.npz"

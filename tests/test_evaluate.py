@@ -40,11 +40,26 @@ def test_each_observation_is_predicted_before_it_is_learned():
 
 
 def test_rolling_metrics_cover_the_last_window_beside_the_overall_ones():
+    from river import utils
+
     observations = _stream(600)
-    report = prequential(_model(), observations, every=200, progress=False, baselines=())
+    by_hand, model = _model(), _model()
+    rolling = [utils.Rolling(metrics.MAE(), 200), utils.Rolling(metrics.Accuracy(), 200)]
+    expected = []
+    for i, obs in enumerate(observations, start=1):
+        prediction = by_hand.predict_one(obs.x)
+        for metric, task in zip(rolling, ("a", "flag")):
+            if task in obs.y:
+                metric.update(obs.y[task], prediction[task])
+        by_hand.learn_one(obs.x, obs.y)
+        if i % 200 == 0:
+            expected.append([metric.get() for metric in rolling])
+    report = prequential(model, observations, every=200, progress=False, baselines=())
     assert [w["step"] for w in report.windows] == [200, 400, 600]
     assert set(report.windows[-1]["flag"]) == {"Accuracy", "F1", "LogLoss", "ROCAUC"}
     assert report.windows[-1]["a"]["MAE"] != report.metrics["a"]["MAE"]
+    got = [[w["a"]["MAE"], w["flag"]["Accuracy"]] for w in report.windows]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 def test_baselines_run_on_the_same_stream_in_the_same_call():

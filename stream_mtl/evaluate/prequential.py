@@ -8,6 +8,7 @@ learns. Metrics are kept over the whole run and over a rolling window, side by s
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
@@ -15,7 +16,7 @@ import time
 import typing
 from collections.abc import Iterable, Iterator
 
-from river import base, utils
+from river import base
 from river import metrics as river_metrics
 from tqdm import tqdm
 
@@ -39,38 +40,49 @@ def default_metrics(model: typing.Any) -> Metrics:
     return {name: task.default_metrics() for name, task in model.tasks.items()}
 
 
-def _rolling(metric: river_metrics.base.Metric, window: int) -> utils.Rolling:
-    """A fresh copy of `metric` computed over the last `window` labels only."""
-    fresh = metric.clone()
-    params = {name: getattr(fresh, name) for name in fresh._get_params()}
-    return utils.Rolling(type(metric), window_size=window, **params)
-
-
 class _Score:
-    """One contender's metrics per task, over the whole run and over a rolling window."""
+    """One contender's metrics per task, over the whole run and over the last `window`
+    labels. The window's metrics are computed when read (every `every` observations, by
+    a checkpoint): each task's last `window` labels and predictions are kept (bounded)
+    and replayed into fresh copies. That costs one update per label, where River's
+    `utils.Rolling` costs an update and a revert per label and metric, whether or not
+    anything reads it."""
 
     def __init__(self, metrics: Metrics, window: int) -> None:
         self.overall = {name: [m.clone() for m in task] for name, task in metrics.items()}
-        self.rolling = {name: [_rolling(m, window) for m in task] for name, task in metrics.items()}
+        self.recent: dict[str, collections.deque] = {
+            name: collections.deque(maxlen=window) for name in metrics
+        }
 
     def update(self, y: dict, prediction: dict, proba: dict) -> None:
         for name, label in y.items():
             if name not in self.overall:
                 continue
-            for metric in (*self.overall[name], *self.rolling[name]):
-                if getattr(metric, "requires_labels", True):
-                    if prediction.get(name) is not None:
-                        metric.update(label, prediction[name])
-                elif proba.get(name):
-                    metric.update(label, proba[name])
+            pair = (label, prediction.get(name), proba.get(name))
+            _score(self.overall[name], pair)
+            self.recent[name].append(pair)
 
     def summary(self, rolling: bool = False) -> dict[str, dict[str, float]]:
-        scores = self.rolling if rolling else self.overall
-        return {name: {_metric_name(m): _value(m) for m in task} for name, task in scores.items()}
+        if not rolling:
+            scores = self.overall
+        else:
+            scores = {name: [m.clone() for m in task] for name, task in self.overall.items()}
+            for name, task in scores.items():
+                for pair in self.recent[name]:
+                    _score(task, pair)
+        return {name: {type(m).__name__: _value(m) for m in task} for name, task in scores.items()}
 
 
-def _metric_name(metric: river_metrics.base.Metric) -> str:
-    return type(metric.obj if isinstance(metric, utils.Rolling) else metric).__name__
+def _score(metrics: list, pair: tuple) -> None:
+    """Update `metrics` with one (label, prediction, probabilities): each metric that
+    needs labels with the prediction, each that needs probabilities with those."""
+    label, prediction, proba = pair
+    for metric in metrics:
+        if getattr(metric, "requires_labels", True):
+            if prediction is not None:
+                metric.update(label, prediction)
+        elif proba:
+            metric.update(label, proba)
 
 
 def _value(metric: river_metrics.base.Metric) -> float:
