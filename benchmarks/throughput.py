@@ -26,6 +26,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import pickle
 import statistics
 import subprocess
 import sys
@@ -172,7 +173,8 @@ def resident_bytes() -> int:
 
 def long_run(n: int, block: int) -> list[dict]:
     """predict_one + learn_one over `n` observations of one stream on a fresh reference
-    model: the rate and this process's resident memory after each `block`."""
+    model: the rate, this process's resident memory and the model's pickled size after
+    each `block`."""
     model = OursRunner([], []).model
     stream = iter(SyntheticStream(tasks=dict.fromkeys(TASKS, "regression"), n=n, seed=1))
     blocks = []
@@ -187,10 +189,13 @@ def long_run(n: int, block: int) -> list[dict]:
             "observations": (index + 1) * block,
             "us_per_observation": elapsed / block * 1e6,
             "resident_mb": resident_bytes() / 2**20,
+            "model_mb": len(pickle.dumps(model)) / 2**20,
         })  # fmt: skip
+        last = blocks[-1]
         print(
-            f"{blocks[-1]['observations']:>10,} observations: "
-            f"{blocks[-1]['us_per_observation']:.1f} us/obs, {blocks[-1]['resident_mb']:.0f} MB"
+            f"{last['observations']:>10,} observations: {last['us_per_observation']:.1f} us/obs,"
+            f" process {last['resident_mb']:.0f} MB (the block's {block:,} observations held),"
+            f" model {last['model_mb']:.2f} MB"
         )
     return blocks
 
