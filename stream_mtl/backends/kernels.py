@@ -52,8 +52,9 @@ def second_order_row_step(
 
     For each output o that the row labels, with x1 = [1, x]: u = P_o x1,
     s = max(x1' u, 0), d = forgetting + h_o s; P_o <- (P_o - (h_o / d) u u') / forgetting;
-    w_o <- w_o - (g_o / d) u; then rows and columns j with P_o[j, j] > prior are scaled
-    to P_o[j, j] = prior, and a P_o so scaled is symmetrised.
+    w_o <- w_o - (g_o / d) u; then where P_o[j, j] > prior, row and column j are scaled
+    to P_o[j, j] = prior: entry (i, j) is multiplied by s_i s_j, one product, so that a
+    symmetric P_o stays exactly symmetric.
     """
     size = x.shape[0] + 1
     x1 = np.empty(size)
@@ -75,28 +76,27 @@ def second_order_row_step(
         s = max(s, 0.0)
         denominator = forgetting + curvature[o] * s
         c = curvature[o] / denominator
-        for i in range(size):
-            for j in range(size):
-                P[i, j] = (P[i, j] - c * (u[i] * u[j])) / forgetting
-        step = gradient[o] / denominator
-        for i in range(size):
-            weight[o, i] -= step * u[i]
+        # The clip's scales come from the diagonal the update leaves, so that the update
+        # and the clip are one pass over P.
         clipped = False
         for i in range(size):
-            if P[i, i] > prior:
-                scale[i] = np.sqrt(prior / P[i, i])
+            diagonal = (P[i, i] - c * (u[i] * u[i])) / forgetting
+            if diagonal > prior:
+                scale[i] = np.sqrt(prior / diagonal)
                 clipped = True
             else:
                 scale[i] = 1.0
         if clipped:
             for i in range(size):
                 for j in range(size):
-                    P[i, j] = P[i, j] * scale[i] * scale[j]
+                    P[i, j] = (P[i, j] - c * (u[i] * u[j])) / forgetting * (scale[i] * scale[j])
+        else:
             for i in range(size):
-                for j in range(i + 1, size):
-                    both = (P[i, j] + P[j, i]) * 0.5
-                    P[i, j] = both
-                    P[j, i] = both
+                for j in range(size):
+                    P[i, j] = (P[i, j] - c * (u[i] * u[j])) / forgetting
+        step = gradient[o] / denominator
+        for i in range(size):
+            weight[o, i] -= step * u[i]
 
 
 @njit(cache=True, fastmath=False)

@@ -14,6 +14,11 @@ reference and the state is the same by construction: tests hold these kernels to
 with and rounded once when stored, and every sum runs in a fixed order, so a float32
 model is bit-for-bit the same on every run.
 
+numba keys each cached kernel on its own file only: after an edit of `kernels.py`,
+delete the `*.nbi` and `*.nbc` files under `backends/__pycache__`, or these kernels go on
+calling the cached copy of the old one (an installed release rewrites every file, and
+so starts afresh).
+
 The second-order heads come as tuples of arrays (one per forgetting factor, see
 `second_order`), so a model with other numbers of them compiles its own version once.
 """

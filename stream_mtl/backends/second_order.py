@@ -26,10 +26,10 @@ asymmetric, after which its antisymmetric part grows like lambda^-t (the update 
 subtracts symmetric terms) until P_o is indefinite and the weights explode (seen after
 4,400 steps with lambda = 0.99): the rank-one step keeps a symmetric P_o exactly
 symmetric (it subtracts a multiple of u u', whose (i, j) and (j, i) entries are the
-same product), and P_o is symmetrised after every step that can break that (a clip,
-or a batch's matrix inverse). All of this runs
-in float64 whatever the model's dtype. One row's step and the outputs run as compiled
-kernels (`kernels`); this NumPy code is their reference (`compiled=False`).
+same product, and the clip multiplies entry (i, j) by the product s_i s_j), and P_o is
+symmetrised after a batch's step (a matrix inverse is symmetric only up to rounding).
+All of this runs in float64 whatever the model's dtype. One row's step and the outputs
+run as compiled kernels (`kernels`); this NumPy code is their reference (`compiled=False`).
 
 A mini-batch takes one Newton step with the batch's curvature in information form:
 A_o = lambda^m P_o^-1 + sum_i h_i x_i x_i' over the m rows labelling o, P_o = A_o^-1,
@@ -121,18 +121,16 @@ class SecondOrderHeads:
         every = len(outputs) == len(counts)
         P = self.cov if every else self.cov[outputs]
         if len(X) == 1:
+            # The rank-one step and the clip keep a symmetric P exactly symmetric (u u' and
+            # the clip's scales s s' are).
             P, change = self._rank_one(P, X1[0], G[0, outputs], H[0, outputs])
-            # The rank-one step keeps a symmetric P exactly symmetric (u u' is); only a
-            # clip can break that.
-            asymmetric = _clip_variance(P, self.prior)
+            _clip_variance(P, self.prior)
         else:
             P, change = self._information_form(
                 P, X1, G[:, outputs], H[:, outputs], labelled[:, outputs], counts[outputs]
             )
             _clip_variance(P, self.prior)
-            asymmetric = True  # the inverse is symmetric only up to rounding
-        if asymmetric:
-            P += np.swapaxes(P, 1, 2).copy()
+            P += np.swapaxes(P, 1, 2).copy()  # the inverse is symmetric only up to rounding
             P *= 0.5
         if P is not self.cov:  # a copy (some outputs) or a new matrix (a batch)
             self.cov[outputs] = P
@@ -175,13 +173,11 @@ class SecondOrderHeads:
         return {"weight": self.weight, "cov": self.cov}
 
 
-def _clip_variance(P: np.ndarray, prior: float) -> bool:
-    """Scale row and column j of each P where P[j, j] > prior, so that P[j, j] = prior;
-    whether anything was scaled."""
+def _clip_variance(P: np.ndarray, prior: float) -> None:
+    """Scale row and column j of each P where P[j, j] > prior, so that P[j, j] = prior:
+    entry (i, j) times s_i s_j, one product, which keeps a symmetric P symmetric."""
     diagonal = np.diagonal(P, axis1=1, axis2=2)
     if diagonal.max(initial=0.0) <= prior:
-        return False
+        return
     scale = np.sqrt(np.minimum(1.0, prior / np.maximum(diagonal, prior)))
-    P *= scale[:, :, None]
-    P *= scale[:, None, :]
-    return True
+    P *= scale[:, :, None] * scale[:, None, :]
