@@ -44,7 +44,10 @@ def test_rolling_metrics_cover_the_last_window_beside_the_overall_ones():
 
     observations = _stream(600)
     by_hand, model = _model(), _model()
-    rolling = [utils.Rolling(metrics.MAE(), 200), utils.Rolling(metrics.Accuracy(), 200)]
+    rolling = [
+        utils.Rolling(metrics.MAE, window_size=200),
+        utils.Rolling(metrics.Accuracy, window_size=200),
+    ]
     expected = []
     for i, obs in enumerate(observations, start=1):
         prediction = by_hand.predict_one(obs.x)
