@@ -4,7 +4,8 @@ The reference model of benchmarks/throughput.py (20 features, a (64, 64) trunk, 
 regression tasks, Adam). For each batch size, `learn_many` on DataFrames (the whole
 learner: label checks, feature scaling, the copy to the device, the step) on the CPU
 and, where CUDA is present, on the GPU; in the same run, the NumPy backend's
-`learn_one` rate. Systems take turns in rounds; medians are reported. Prints a table,
+`learn_one` rate, and the same MLP in plain torch (`RawTorch`), which `learn_many` is
+held to. Systems take turns in rounds; medians are reported. Prints a table,
 writes benchmarks/results/minibatch.json.
 
 Usage: python -m benchmarks.minibatch [--rounds 5] [--sizes 32 256 1024 4096 8192]
@@ -29,6 +30,37 @@ HERE = Path(__file__).resolve().parent
 def model(backend: str, device: str = "cpu") -> MultiTaskLearner:
     tasks = {t: Regression() for t in TASKS}
     return MultiTaskLearner(tasks=tasks, hidden=(64, 64), backend=backend, device=device, seed=0)
+
+
+class RawTorch:
+    """The same trunk and deep heads in plain torch: an MLP of (64, 64) with one linear
+    head per task on each layer, Adam (lr 1e-3) on the mean squared error of the last
+    layer's heads plus the first's, one step per batch from float32 arrays. What the
+    learner's `learn_many` is measured against (it adds label checks, feature and target
+    scaling, the second-order heads, the mixture, weighting and drift detection)."""
+
+    def __init__(self, device: str) -> None:
+        torch.manual_seed(0)
+        self.device = device
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(20, 64), torch.nn.Linear(64, 64)]).to(
+            device
+        )
+        self.heads = torch.nn.ModuleList(
+            [torch.nn.Linear(64, len(TASKS)), torch.nn.Linear(64, len(TASKS))]
+        ).to(device)
+        parameters = [*self.layers.parameters(), *self.heads.parameters()]
+        self.optimizer = torch.optim.Adam(parameters, lr=1e-3)
+
+    def learn(self, X, Y) -> None:
+        x = torch.from_numpy(X).to(self.device, non_blocking=True)
+        y = torch.from_numpy(Y).to(self.device, non_blocking=True)
+        loss = 0.0
+        for layer, head in zip(self.layers, self.heads):
+            x = torch.relu(layer(x))
+            loss = loss + torch.nn.functional.mse_loss(head(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
 
 def mixed_precision_cost(device: str, batch: int = 256, n: int = 16384) -> dict:
@@ -74,10 +106,12 @@ def main(argv: list[str] | None = None) -> dict:
     xs = frame_x.to_dict(orient="records")
     ys = frame_y.to_dict(orient="records")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    systems = {("numpy learn_one", "cpu", 1): model("numpy")}
+    systems: dict = {("numpy learn_one", "cpu", 1): model("numpy")}
     for device in devices:
         for size in args.sizes:
             systems[("torch learn_many", device, size)] = model("torch", device)
+            systems[("raw torch", device, size)] = RawTorch(device)
+    X32, Y32 = X.astype("float32"), Y.astype("float32")
 
     def run(key) -> float:
         name, device, size = key
@@ -92,6 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
             torch.cuda.synchronize()
         began = time.perf_counter()
         for start in range(0, n, size):
+            if name == "raw torch":
+                learner.learn(X32[start : start + size], Y32[start : start + size])
+                continue
             learner.learn_many(
                 frame_x.iloc[start : start + size], frame_y.iloc[start : start + size]
             )
@@ -125,6 +162,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"{row['observations_per_second']:>12,.0f}{row['us_per_observation']:>9.2f}"
             f"{row['x_numpy_learn_one']:>13.1f}"
         )
+    print("\ntorch learn_many's time per observation over raw torch's (issue 14: <= 1.5x)")
+    raw = {(r["device"], r["batch"]): r for r in rows if r["system"] == "raw torch"}
+    for row in rows:
+        if row["system"] == "torch learn_many":
+            plain = raw[row["device"], row["batch"]]
+            row["x_raw_torch_time"] = row["us_per_observation"] / plain["us_per_observation"]
+            print(f"{row['device']:<8}{row['batch']:>7}{row['x_raw_torch_time']:>10.2f}x")
     costs = [mixed_precision_cost(device) for device in devices]
     print("\nbf16 autocast: held-out normalised MSE after one pass (batch 256)")
     for cost in costs:
