@@ -622,10 +622,10 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         self._feed_affinity(encoded[labelled_rows[self._affinity.due(len(labelled_rows))]])
 
     def warm_up(self) -> None:
-        """Compile the compiled kernels this model's `predict_one` and `learn_one` call
-        (or load them from numba's cache: a first compile takes seconds, once per
-        machine), so that no prediction or observation waits for one. A live service
-        and `stream-mtl run` call it at start."""
+        """Compile the numba kernels that this model's `predict_one` and `learn_one` call,
+        or load them from numba's cache (a first compile takes seconds, once per machine),
+        so that no prediction or observation waits for one. A live service and
+        `stream-mtl run` call it as they start."""
         from stream_mtl.backends.numpy import warm_up
 
         warm_up(self._backend)
