@@ -518,7 +518,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         result = self._backend.step_one(
             encoded, targets, weights.loss, weights.trunk, self._wants_gram()
         )
-        if not self._guard.after_step(self._backend, self._n_steps):
+        if not self._guard.after_step(self._backend, self._n_steps, result.finite):
             return  # rolled back: nothing of this step is kept or counted
         counts = [0 if t is None else 1 for t in targets]
         if self._outputs.tuners:
@@ -614,7 +614,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         result = self._backend.step_many(
             encoded, targets, weights.loss, weights.trunk, self._wants_gram()
         )
-        if not self._guard.after_step(self._backend, self._n_steps):
+        if not self._guard.after_step(self._backend, self._n_steps, result.finite):
             return  # rolled back: nothing of this step is kept or counted
         self._tune_thresholds(targets, result.predictions)
         self._after_step(result, counts > 0, counts)

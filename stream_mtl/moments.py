@@ -11,6 +11,10 @@ import math
 
 import numpy as np
 
+from stream_mtl.backends.kernels import kernel_array, welford_step
+
+_EVERY = slice(None)
+
 
 class RunningMoments:
     """Count, mean and sum of squared deviations per column, in float64.
@@ -52,6 +56,13 @@ class RunningMoments:
 
     def update_and_scale(self, columns: np.ndarray | slice, values: np.ndarray) -> np.ndarray:
         """Add one observation of each given column, then return it standardised."""
+        if type(columns) is slice and columns == _EVERY and len(values) == len(self.count):
+            # a stream's steady all-numeric schema: one compiled call
+            return welford_step(self.count, self.mean, self.m2, self.stdev, kernel_array(values))
+        return self._update_and_scale(columns, values)
+
+    def _update_and_scale(self, columns: np.ndarray | slice, values: np.ndarray) -> np.ndarray:
+        """`update_and_scale` in NumPy: the reference of `kernels.welford_step`."""
         # A slice gives views, updated in place; an index array gives copies, written back.
         count, mean, m2, stdev = (
             self.count[columns], self.mean[columns], self.m2[columns], self.stdev[columns]

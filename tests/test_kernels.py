@@ -56,3 +56,23 @@ def test_all_finite_matrices_finds_one_nan_or_infinity_in_any_matrix():
             broken = [m.copy() for m in matrices]
             broken[which][where] = bad
             assert not all_finite_matrices(tuple(broken)), (bad, which, where)
+
+
+def test_the_compiled_welford_step_is_numpys_bit_for_bit():
+    """A stream's steady schema takes `welford_step`; it must scale exactly as the NumPy
+    reference does (and so as `learn_many`'s batch update, held to the same)."""
+    from stream_mtl.moments import RunningMoments
+
+    rng = np.random.default_rng(8)
+    compiled, reference = RunningMoments(), RunningMoments()
+    for moments in (compiled, reference):
+        moments.grow(6)
+    for i in range(3_000):
+        row = rng.normal(size=6) * np.array([1e-3, 1.0, 1e3, 1.0, 1.0, 0.0])
+        row[:5] += 50.0 * (i > 1500)  # a shift; the last column stays constant
+        ours = compiled.update_and_scale(slice(None), row)
+        theirs = reference._update_and_scale(slice(None), row)
+        assert np.array_equal(ours, theirs), i
+    for name in ("count", "mean", "m2", "stdev"):
+        assert np.array_equal(getattr(compiled, name), getattr(reference, name)), name
+    assert compiled.stdev[5] == 1.0  # a constant column: its deviation is undefined, 1

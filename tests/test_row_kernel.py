@@ -128,3 +128,15 @@ def test_an_unpickled_or_copied_backend_learns_as_the_original(compiled):
     for model in copies:
         for name, value in model.state().items():
             np.testing.assert_array_equal(value, expected[name], err_msg=name)
+
+
+def test_the_compiled_step_reports_what_finite_would_say():
+    """The guard takes the step's own word on finiteness; it must be `finite()`'s."""
+    model = backend(True, optimizer="sgd", lr=1e6)  # diverges within a few steps
+    said = []
+    for X, targets, loss_weight, trunk_scale in stream(60):
+        with np.errstate(all="ignore"):
+            result = model.step_many(X * 1e3, targets * 1e3, loss_weight, trunk_scale)
+        assert result.finite == model.finite()
+        said.append(result.finite)
+    assert said[0] and not said[-1], "the test never saw both answers"

@@ -45,12 +45,15 @@ class StepResult(typing.NamedTuple):
       row's per-task gradients at the shared representation (rows x n_tasks x width),
       whose products summed over rows are `gram`; soft sharing builds its Gram matrix
       from its members'.
+    - `finite`: whether the step left every parameter that `finite()` checks finite,
+      where the backend learned it at no cost in the step; None: ask `finite()`.
     """
 
     losses: typing.Sequence[float] | np.ndarray
     gram: np.ndarray | None
     predictions: np.ndarray
     task_gradients: np.ndarray | None = None
+    finite: bool | None = None
 
 
 def target_row(targets: list) -> np.ndarray:

@@ -68,10 +68,11 @@ class FiniteGuard:
         self._copy, self._copied_at = state, completed
         return state
 
-    def after_step(self, backend: Backend, completed: int) -> bool:
+    def after_step(self, backend: Backend, completed: int, finite: bool | None = None) -> bool:
         """Whether the step just taken, after `completed` earlier ones, left the
-        parameters finite; if not, the backend is back at the last verified copy."""
-        if backend.finite():
+        parameters finite (`finite`, where the step said; else `backend.finite()`); if
+        not, the backend is back at the last verified copy."""
+        if backend.finite() if finite is None else finite:
             return True
         self._roll_back(backend, completed - self._copied_at + 1, completed)
         return False

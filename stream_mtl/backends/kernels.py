@@ -148,10 +148,17 @@ def hedge_step(
 
 @njit(cache=True, fastmath=False)
 def all_finite(values: np.ndarray) -> bool:
-    """Whether no value is NaN or infinite (0 * v is NaN for those, 0 for the rest)."""
-    total = 0.0
-    for v in values:
-        total += v * 0.0
+    """Whether no value is NaN or infinite (0 * v is NaN for those, 0 for the rest),
+    summed in eight running sums: one waits on each addition before the next."""
+    n = values.shape[0]
+    sums = np.zeros(8)
+    end = n - n % 8
+    for i in range(0, end, 8):
+        for k in range(8):
+            sums[k] += values[i + k] * 0.0
+    total = sums.sum()
+    for i in range(end, n):
+        total += values[i] * 0.0
     return total == 0.0
 
 
@@ -167,6 +174,30 @@ def all_finite_matrices(matrices: tuple) -> bool:
     return total == 0.0
 
 
+@njit(cache=True, fastmath=False)
+def welford_step(
+    count: np.ndarray, mean: np.ndarray, m2: np.ndarray, stdev: np.ndarray, values: np.ndarray
+) -> np.ndarray:
+    """`RunningMoments.update_and_scale` of every column, in place: one observation of
+    each added, returned standardised, with the same operations in the same order."""
+    out = np.empty(values.shape[0])
+    for j in range(values.shape[0]):
+        c = count[j] + 1.0
+        count[j] = c
+        delta = values[j] - mean[j]
+        mu = mean[j] + delta / c
+        mean[j] = mu
+        deviation = values[j] - mu
+        q = m2[j] + delta * deviation
+        m2[j] = q
+        s = np.sqrt(q / c)
+        if s == 0.0:
+            s = 1.0
+        stdev[j] = s
+        out[j] = deviation / s
+    return out
+
+
 def warm_up() -> None:
     """Compile every kernel now (or load it from the cache), with the argument types of
     the per-observation path, so that nothing compiles when the first observation or
@@ -180,3 +211,4 @@ def warm_up() -> None:
     hedge_step(np.full((1, 2), 0.5), np.zeros(1), np.zeros((1, 2)), np.ones(1, bool), 1.0, 1.0, 0.0)
     for dtype in (np.float32, np.float64):  # the trunk's buffer, in the model's dtype
         all_finite(np.zeros(1, dtype))
+    welford_step(np.zeros(1), np.zeros(1), np.zeros(1), np.ones(1), np.zeros(1))

@@ -180,7 +180,7 @@ class NumpyBackend(FlatBackend):
         root_bias2, step = self._adam_scalars() if adam else (1.0, 1.0)
         shared_w, shared_cov, shared_forgetting, shared_prior = self._shared_arrays()
         losses = np.empty(len(self.heads))
-        mixed = row_kernel.row_step(
+        mixed, finite = row_kernel.row_step(
             kernel_array(X[0]), kernel_array(targets[0]), kernel_array(loss_weight),
             kernel_array(trunk_scale), self._param, self._moments, self._widths,
             self._trunk_at, self._heads_at, self.activation == "relu", adam, self.lr,
@@ -193,7 +193,7 @@ class NumpyBackend(FlatBackend):
             self.hedge.scale, float(self.hedge.rate), float(self.hedge.memory),
             self.hedge.floor / self.hedge.n_heads, losses,
         )  # fmt: skip
-        return StepResult(losses, None, mixed[None, :])
+        return StepResult(losses, None, mixed[None, :], finite=finite)
 
     def _head_views(self, buffer: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """At each depth, every head's weights as one (outputs x width) matrix, biases as one

@@ -28,7 +28,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from stream_mtl.backends.kernels import hedge_step, second_order_row_step
+from stream_mtl.backends.kernels import (
+    all_finite,
+    all_finite_matrices,
+    hedge_step,
+    second_order_row_step,
+)
 
 # Task kinds as the kernels take them (`NumpyBackend` codes them from `HeadSpec.kind`).
 REGRESSION_CODE, BINARY_CODE, MULTICLASS_CODE = 0, 1, 2
@@ -303,7 +308,7 @@ def row_step(
 ) -> np.ndarray:  # fmt: skip
     """One step of `step_many` on one row (targets per task, NaN where unlabelled),
     every array updated in place; each task's loss into `losses`; returns the mixed
-    predictions made before the step."""
+    predictions made before the step, and whether the step left the parameters finite."""
     n_out = column_task.shape[0]
     n_heads = alpha.shape[1]
     n_tasks = task_kind.shape[0]
@@ -375,4 +380,11 @@ def row_step(
     hedge_step(
         alpha, hedge_scale, mixture_gradient, labelled, hedge_rate, hedge_memory, hedge_floor
     )
-    return mixed
+    # What `FlatBackend.finite` checks, while it is at hand: the flat buffer, the
+    # mixture and every second-order head's weights.
+    finite = all_finite(param) and all_finite_matrices((alpha, shared_w))
+    for i in range(n_linear):
+        finite = finite and all_finite(linear_w[i].ravel())
+    for t in range(len(top_w)):
+        finite = finite and all_finite(top_w[t].ravel())
+    return mixed, finite
