@@ -10,9 +10,10 @@ in that order and on the state from before the step, as the batched code does it
 
 They read the backend's own arrays (nothing is copied), so the NumPy code stays the
 reference and the state is the same by construction: tests hold these kernels to it at
-1e-12 in float64. Where the trunk is float32 its values are read into float64, computed
-with and rounded once when stored, and every sum runs in a fixed order, so a float32
-model is bit-for-bit the same on every run.
+1e-12 in float64. Where the trunk is float32, its products are summed in float64 and
+stored in float32, and Adam's moments and step are computed in float32, as the
+reference computes them; every sum runs in a fixed order, so a float32 model is
+bit-for-bit the same on every run.
 
 numba keys each cached kernel on its own file only: after an edit of `kernels.py`,
 delete the `*.nbi` and `*.nbc` files under `backends/__pycache__`, or these kernels go on
@@ -28,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from stream_mtl.backends.flat import ADAM_BETAS, ADAM_EPS
 from stream_mtl.backends.kernels import (
     all_finite,
     all_finite_matrices,
@@ -38,7 +40,7 @@ from stream_mtl.backends.kernels import (
 # Task kinds as the kernels take them (`NumpyBackend` codes them from `HeadSpec.kind`).
 REGRESSION_CODE, BINARY_CODE, MULTICLASS_CODE = 0, 1, 2
 _TINY = 1e-12
-_BETA1, _BETA2 = 0.9, 0.999
+_BETA1, _BETA2 = ADAM_BETAS
 # Adam's moments below this are stored as 0 (see `_descend`); float32's least normal is 1.2e-38
 _SUBNORMAL = 1e-30
 
@@ -280,7 +282,7 @@ def _descend(param, m, v, grad, adam, lr, root_bias2, step) -> None:
         return
     # in the buffer's dtype, as NumPy's in-place reference computes it
     cast = param.dtype.type
-    rate, eps = cast(lr * step), cast(1e-8 * root_bias2)
+    rate, eps = cast(lr * step), cast(ADAM_EPS * root_bias2)
     keep_m, keep_v = cast(1.0 - _BETA1), cast(1.0 - _BETA2)
     tiny = cast(_SUBNORMAL)
     for i in range(param.shape[0]):
