@@ -328,6 +328,20 @@ def wait_for(condition, seconds: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def assert_learned_exactly_once(checkpoint: Path, messages: list, ends: dict) -> dict:
+    """The final checkpoint holds every message of every partition, learned once; its
+    extra data, for more checks."""
+    model, extra = MultiTaskLearner.load_with_extra(checkpoint)
+    assert extra["position"] == ends
+    assert extra["learned"] == ends  # every message of every partition, once
+    assert model.n_learned == {"a": len(messages), "flag": len(messages)}
+    # The running mean of the regression targets is a fingerprint of which labels were
+    # learned: one lost and one learned twice would move it.
+    targets = np.array([m["y"]["a"] for m in messages])
+    assert model._outputs.scale.mean[0] == pytest.approx(targets.mean(), rel=1e-9)
+    return extra
+
+
 def test_a_consumer_killed_at_a_random_point_resumes_and_learns_each_message_once(kafka, tmp_path):
     topic, group = unique("crash"), unique("group")
     kafka.create_topic(topic, partitions=3)
@@ -349,14 +363,7 @@ def test_a_consumer_killed_at_a_random_point_resumes_and_learns_each_message_onc
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0
 
-    model, extra = MultiTaskLearner.load_with_extra(checkpoint)
-    assert extra["position"] == ends
-    assert extra["learned"] == ends  # every message of every partition, once
-    assert model.n_learned == {"a": 20_000, "flag": 20_000}
-    # The running mean of the regression targets is a fingerprint of which labels were
-    # learned: one lost and one learned twice would move it.
-    targets = np.array([m["y"]["a"] for m in messages])
-    assert model._outputs.scale.mean[0] == pytest.approx(targets.mean(), rel=1e-9)
+    assert_learned_exactly_once(checkpoint, messages, ends)
 
 
 def test_sigterm_leaves_a_checkpoint_and_committed_offsets_that_agree(kafka, tmp_path):
