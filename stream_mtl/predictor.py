@@ -154,5 +154,13 @@ class Snapshot(Predicting):
         self.n_learned: dict[str, int] = model.n_learned
         self.task_weights: dict[str, float] = model.task_weights
         self.mixture: dict[str, dict[str, float]] = model.mixture
-        self.task_affinity: pd.DataFrame = model.task_affinity
+        self._affinity = np.array(model._affinity.matrix)  # a table on demand: see below
         self.drift_events: tuple[DriftEvent, ...] = tuple(model.drift_events)
+
+    @property
+    def task_affinity(self) -> pd.DataFrame:
+        """The learner's `task_affinity` when the snapshot was taken. Kept as an array and
+        made a table when asked for: a live service loads a snapshot tens of times a
+        second, and a DataFrame takes longer to unpickle than the rest of the model."""
+        names = list(self.tasks)
+        return pd.DataFrame(self._affinity, index=names, columns=names)

@@ -43,6 +43,35 @@ def test_predictions_come_from_the_learners_latest_snapshot_and_move_as_it_learn
     assert service.predict(probe) == service.model.predict_one(probe)  # the last snapshot
 
 
+def test_no_prediction_unpickles_a_snapshot_the_loader_thread_swaps_them_in(monkeypatch):
+    import threading
+
+    from stream_mtl import learning_process
+
+    loaded_on: list[str] = []
+    loads = learning_process.pickle.loads
+
+    def recording_loads(data: bytes, *args, **kwargs):
+        loaded_on.append(threading.current_thread().name)
+        return loads(data, *args, **kwargs)
+
+    service = OnlineModel(new_model(), snapshot_every=10)
+    first = service.snapshot
+    monkeypatch.setattr(learning_process.pickle, "loads", recording_loads)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        service.learn(*observation(rng))
+        service.predict(observation(rng)[0])
+    wait_for(lambda: service.snapshot.n_learned.get("a", 0) == 200)  # with no prediction
+    assert service.snapshot is not first
+    loader = service._engine._loader
+    snapshots = [name for name in loaded_on if name == loader.name]
+    assert len(snapshots) >= 2
+    assert threading.main_thread().name not in loaded_on  # the predictions' thread
+    service.close()
+    assert not loader.is_alive()
+
+
 def test_eight_threads_predict_while_the_process_learns_and_each_prediction_is_whole():
     service = OnlineModel(new_model(), snapshot_every=20)
     probe = observation(np.random.default_rng(1))[0]
