@@ -66,13 +66,18 @@ def second_order_row_step(
         if not labelled[o]:
             continue
         P = cov[o]
+        # u = P x1 summed row by row of P (P is exactly symmetric, see below): each u[i]
+        # adds the same products in the same order as a dot product of row i would, and
+        # the loop over i runs over contiguous memory with no chain of additions, which
+        # the compiler vectorises (a dot product's chain it may not reorder).
+        u[:] = 0.0
+        for j in range(size):
+            xj = x1[j]
+            for i in range(size):
+                u[i] += P[j, i] * xj
         s = 0.0
         for i in range(size):
-            total = 0.0
-            for j in range(size):
-                total += P[i, j] * x1[j]
-            u[i] = total
-            s += total * x1[i]
+            s += u[i] * x1[i]
         s = max(s, 0.0)
         denominator = forgetting + curvature[o] * s
         c = curvature[o] / denominator

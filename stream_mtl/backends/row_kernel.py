@@ -78,11 +78,17 @@ def _raw_outputs(
         width_in, width = widths[layer], widths[layer + 1]
         w_at, b_at = trunk_at[layer, 0], trunk_at[layer, 1]
         out = start + width_in
+        # Each unit's sum runs over the inputs in order, as a dot product would; the loop
+        # over units within it runs over a contiguous row of the weights (in x out), which
+        # the compiler vectorises.
+        total = np.zeros(width)
+        for i in range(width_in):
+            a = acts[start + i]
+            row = w_at + i * width
+            for j in range(width):
+                total[j] += a * param[row + j]
         for j in range(width):
-            total = 0.0
-            for i in range(width_in):
-                total += acts[start + i] * param[w_at + i * width + j]
-            a = total + param[b_at + j]
+            a = total[j] + param[b_at + j]
             a = max(a, 0.0) if relu else np.tanh(a)
             acts[out + j] = a  # rounded to the trunk's dtype, as NumPy's layers are
         hw_at, hb_at = heads_at[layer, 0], heads_at[layer, 1]
