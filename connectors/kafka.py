@@ -34,7 +34,12 @@ from urllib.parse import urlsplit
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import RecordTooLargeError
-from kafka.errors import CommitFailedError, KafkaTimeoutError, RebalanceInProgressError
+from kafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from stream_mtl.connectors.messages import (
@@ -261,6 +266,7 @@ class KafkaSource:
         self.rejected = ReasonCounts()  # set-aside messages by reason, bounded
         self.dead_letters: collections.deque = collections.deque(maxlen=keep_dead_letters)
         self.n_consumed = 0
+        self.n_commit_failures = 0
         self.on_revoke: Callable[[set[TopicPartition]], None] | None = None
         self._next: dict[int, int] = {}
         self._start_at: Position = {}
@@ -350,13 +356,16 @@ class KafkaSource:
         self._next.update({int(p): offset for p, offset in self._start_at.items()})
         self._newly_assigned |= self._consumer.assignment()
 
-    def commit(self, position: Position | None = None, wait: bool = True) -> None:
+    def commit(self, position: Position | None = None, wait: bool = True) -> bool:
         """Commit `position` (default: the current one) for the partitions still owned;
-        `wait=False` sends the commit without waiting for the broker's answer.
+        `wait=False` sends the commit without waiting for the broker's answer. Whether
+        it was committed (or sent).
 
-        Partitions revoked in a rebalance still under way are not owned. A commit the
-        group refuses (this member was rejoining or had left it) is logged, not raised:
-        the caller's checkpoint still holds the position."""
+        Partitions revoked in a rebalance still under way are not owned. A commit that
+        fails is logged and counted (`n_commit_failures`), not raised: the group refused
+        it (this member was rejoining or had left it), or the broker did not take it
+        within `request_timeout_ms`. The caller's checkpoint still holds the position,
+        and a later commit carries it."""
         position = self.position if position is None else position
         # kafka-python holds revoked partitions in the assignment until the rejoin ends
         owned = {tp.partition for tp in self._consumer.assignment()} - self._revoked_partitions
@@ -366,10 +375,10 @@ class KafkaSource:
             if int(p) in owned
         }
         if not offsets:
-            return
+            return True
         if not wait:
             self._consumer.commit_async(offsets)
-            return
+            return True
         try:
             self._consumer.commit(offsets)
         except (CommitFailedError, RebalanceInProgressError) as error:
@@ -377,6 +386,12 @@ class KafkaSource:
             # partitions are not its to commit; their next owner starts at the last
             # commit the group accepted.
             logger.warning("the group refused a commit of %s: %s", position, error)
+        except KafkaError as error:
+            logger.warning("a commit of %s failed (%s: %s)", position, type(error).__name__, error)
+        else:
+            return True
+        self.n_commit_failures += 1
+        return False
 
     def _assigned(self, assigned: set[TopicPartition]) -> None:
         # Called on kafka-python's IO thread, where nothing may block: the start offsets

@@ -184,8 +184,10 @@ class KafkaFeed:
     def _commit(self, wait: bool) -> None:
         with self._commit_lock:
             position, self._to_commit = self._to_commit, None
-        if position:
-            self.source.commit(position, wait=wait)  # type: ignore[union-attr]
+        if position and not self.source.commit(position, wait=wait):  # type: ignore[union-attr]
+            with self._commit_lock:  # tried again after the next poll, unless a later one is due
+                if self._to_commit is None:
+                    self._to_commit = position
 
     # -- the learner's thread -------------------------------------------------------------
 
@@ -247,6 +249,7 @@ class KafkaFeed:
             "consumed": 0 if source is None else source.n_consumed,
             "learned": self.n_learned,
             "set_aside": 0 if source is None else sum(source.rejected.values()),
+            "commit_failures": 0 if source is None else source.n_commit_failures,
             "position": dict(self._position),
             "stopped_by": self._stopped_by,
         }

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tarfile
@@ -170,6 +171,17 @@ class Broker:
             finally:
                 consumer.close()
         raise BrokerError(f"kafka did not answer in {seconds:.0f} s")
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The broker stopped (SIGSTOP) and then let go on: connections stay open and
+        nothing answers, as in a long pause or a network partition."""
+        kafka = self._processes[-1]
+        os.killpg(kafka.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(kafka.pid, signal.SIGCONT)
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
         """Create a topic with the distribution's own tool (the admin API needs Kafka 0.10)."""

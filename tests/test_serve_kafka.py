@@ -14,6 +14,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from conftest import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from serve_process import start_server, stop_server
 from test_kafka import committed, drain, end_offsets, produce, synthetic_messages, unique
@@ -176,6 +177,53 @@ def test_a_service_resumed_from_its_checkpoint_learns_only_what_came_after(kafka
     assert service.model.n_learned == {"a": 1_000, "flag": 1_000}
     targets = np.array([m["y"]["a"] for m in first + second])
     assert service.model._outputs.scale.mean[0] == pytest.approx(targets.mean(), rel=1e-9)
+    assert committed(kafka, topic, group, 2) == end_offsets(placed)
+
+
+def test_a_commit_the_broker_does_not_answer_is_retried_and_the_feed_goes_on(kafka, tmp_path):
+    """The broker stops answering just after a checkpoint: the commit times out, is
+    logged and counted, and is sent again after a later poll; the feed keeps learning
+    once the broker is back, and the group ends at the last message (the learner on a
+    thread of this process)."""
+    from stream_mtl import Binary, Regression
+    from stream_mtl.connectors.kafka_feed import KafkaFeed
+    from stream_mtl.service import OnlineModel
+
+    if not hasattr(kafka, "frozen"):
+        pytest.skip("an external broker cannot be paused")
+    topic, group = unique("paused"), unique("group")
+    kafka.create_topic(topic, partitions=2)
+    first, second = synthetic_messages(300, seed=7), synthetic_messages(200, seed=8)
+    placed = produce(kafka, topic, [encode_json(m) for m in first])
+    feed = KafkaFeed(
+        topic,
+        bootstrap_servers=kafka.bootstrap,
+        api_version=kafka.api_version,
+        group_id=group,
+        request_timeout_ms=3000,  # how long a commit waits for the broker
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+    )
+    model = MultiTaskLearner(tasks={"a": Regression(), "flag": Binary()}, hidden=(8,), seed=0)
+    service = OnlineModel(
+        model, process=False, checkpoint=tmp_path / "model.ckpt", checkpoint_every=50, feed=feed
+    )
+
+    def source() -> dict:
+        return service.status()["source"]
+
+    wait_for(lambda: source()["learned"] == 300)
+    with kafka.frozen():
+        # 50 observations over the API: a checkpoint, whose position the feed commits
+        for message in synthetic_messages(50, seed=9):
+            service.learn(message["x"], message["y"])
+        wait_for(lambda: source()["commit_failures"] >= 1)
+        assert source()["stopped_by"] is None
+    placed += produce(kafka, topic, [encode_json(m) for m in second])
+    wait_for(lambda: source()["learned"] == 500)
+    service.close()
+    assert source()["stopped_by"] is None
+    assert service.model.n_learned == {"a": 550, "flag": 550}
     assert committed(kafka, topic, group, 2) == end_offsets(placed)
 
 
