@@ -251,6 +251,8 @@ def test_a_poison_message_is_a_dead_letter_and_never_stops_the_loop(kafka, tmp_p
     )
     again.run()
     assert again.source.n_consumed == 0 and again.model.n_learned == {"a": 60, "flag": 60}
+    assert dict(again.source.rejected) == dict(loop.source.rejected)  # counts go on too
+    assert sum(again.source.rejected.values()) == len(POISONS)
 
 
 def test_predictions_land_on_the_output_topic_with_their_keys(kafka, tmp_path):
