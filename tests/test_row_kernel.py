@@ -4,6 +4,9 @@ batched code (`NumpyBackend(compiled=False)`), their reference: 1e-12 in float64
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -84,6 +87,28 @@ def test_a_float32_row_is_the_same_on_every_run():
     # and close to the float32 reference, which sums in other orders
     theirs = run(backend(False, "float32"), 300)
     np.testing.assert_allclose(ours[-1], theirs[-1], rtol=1e-3, atol=1e-4)
+
+
+def digest(outputs: list, model: NumpyBackend) -> str:
+    """A hash of every output of a run and of the state it leaves."""
+    hashed = hashlib.sha256()
+    for array in [*outputs, *model.state().values()]:
+        hashed.update(np.ascontiguousarray(array).tobytes())
+    return hashed.hexdigest()
+
+
+def test_a_float32_row_is_the_same_in_another_process(fresh_python):
+    """A fresh interpreter (which loads the kernels from numba's cache) computes the same
+    float32 run, bit for bit."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from test_row_kernel import backend, digest, run
+model = backend(True, "float32")
+print(digest(run(model, 300), model))
+"""
+    model = backend(True, "float32")
+    assert fresh_python(code) == digest(run(model, 300), model)
 
 
 def test_batches_and_the_gram_matrix_take_the_reference_path():
