@@ -4,13 +4,17 @@
    synthetic multi-task stream and on SARCOS, at several seeds. The rows are spread over
    4 partitions (row i on partition i mod 4) and worker r reads the partitions p with
    p mod N == r, as `stream-mtl run --workers N` does. The workers go in rounds of one
-   poll (100 rows each): every worker predicts its poll's rows, registers the others'
+   poll each, 100 rows of the stream a round whatever N (100 / N rows a worker), so
+   that every contender predicts a row having learned the same rows before it, up to
+   the last round's: every worker predicts its poll's rows, registers the others'
    new features, learns its rows, and every `sync_every` rows a worker learned they
    merge their models (`stream_mtl.averaging.merge_states`, the same merge the
    distributed loop makes). The workers run in one process, one after another within a
    round: this measures the maths of scale-out, not its timing. One worker goes through
    the same rounds without merges. Errors are normalised MSEs (MSE / Var(y)) of the
    regression tasks, and the error rate of the binary ones, over the whole stream.
+   The workers step with N times the model's learning rate, as the loop's default
+   `--lr-scaling linear` makes them; the runs marked `lr=none` step with the model's own.
 
 2. **Throughput** (`throughput`): messages learned per second by `DistributedLoop` on a
    real Kafka broker (tests/kafka_broker.py, or KAFKA_BOOTSTRAP_SERVERS), the topic
@@ -68,9 +72,15 @@ def _stream(name: str, n: int, seed: int) -> tuple[dict[str, str], list]:
 
 
 def prequential_workers(
-    tasks: dict[str, str], rows: list, n_workers: int, sync_every: int, seed: int
+    tasks: dict[str, str],
+    rows: list,
+    n_workers: int,
+    sync_every: int,
+    seed: int,
+    lr_scaling: str = "linear",
 ) -> dict[str, float]:
     """Each task's prequential error when `n_workers` learn `rows` (see the module)."""
+    factor = n_workers if lr_scaling == "linear" else 1
 
     def new_model() -> MultiTaskLearner:
         return MultiTaskLearner(
@@ -83,11 +93,14 @@ def prequential_workers(
     ]
     workers = [new_model() for _ in range(n_workers)]
     base = workers[0]._state()
+    for worker in workers:
+        worker._scale_lr(factor)
     predicted: dict[str, list] = {name: [] for name in tasks}
     truth: dict[str, list] = {name: [] for name in tasks}
     since_sync = 0
-    for start in range(0, max(len(share) for share in shares), POLL):
-        polls = [share[start : start + POLL] for share in shares]
+    poll_size = max(1, POLL // n_workers)  # a round is POLL rows of the stream
+    for start in range(0, max(len(share) for share in shares), poll_size):
+        polls = [share[start : start + poll_size] for share in shares]
         for worker, poll in zip(workers, polls):
             for obs in poll:
                 prediction = worker.predict_one(obs.x)
@@ -105,6 +118,8 @@ def prequential_workers(
         if n_workers > 1 and since_sync >= sync_every:
             base = merge_states(base, [worker._state() for worker in workers])
             workers = [MultiTaskLearner._from_state(*base, None, None) for _ in workers]
+            for worker in workers:
+                worker._scale_lr(factor)
             since_sync = 0
     whole = {name: _error(tasks[name], truth[name], predicted[name]) for name in tasks}
     half = {
@@ -128,23 +143,27 @@ def _error(kind: str, truth: list, predicted: list) -> float:
 
 
 def _accuracy_job(job: tuple) -> tuple[str, str, dict]:
-    data, n, seed, n_workers, sync_every = job
+    data, n, seed, n_workers, sync_every, lr_scaling = job
     tasks, rows = _stream(data, n, seed)
     started = time.perf_counter()
-    errors = prequential_workers(tasks, rows, n_workers, sync_every, seed)
+    errors = prequential_workers(tasks, rows, n_workers, sync_every, seed, lr_scaling)
     result = {"seed": seed, "seconds": time.perf_counter() - started, "errors": errors}
     for part, values in errors.items():
         regression = [e for name, e in values.items() if tasks[name] == "regression"]
         result[f"mean_nmse_{part}"] = float(np.mean(regression))
-    return f"{data}/{n_workers}/{sync_every}", str(seed), result
+    scaling = "" if n_workers == 1 or lr_scaling == "linear" else f"/lr={lr_scaling}"
+    return f"{data}/{n_workers}/{sync_every}{scaling}", str(seed), result
 
 
 def accuracy(args: argparse.Namespace) -> dict:
+    settings = [(1, 0, "linear")] + [
+        (2, k, scaling) for k in args.sync_every for scaling in ("linear", "none")
+    ]
     jobs = [
-        (data, args.n, seed, n_workers, sync_every)
+        (data, args.n, seed, *setting)
         for data in args.data
         for seed in range(args.seeds)
-        for n_workers, sync_every in [(1, 0)] + [(2, k) for k in args.sync_every]
+        for setting in settings
     ]
     runs = grouped_runs(_accuracy_job, jobs, args.jobs)
     table = {}

@@ -14,7 +14,17 @@ rounds, one poll each, and agree after every poll (one all-reduce of seven numbe
 
 At a synchronisation every worker's state is gathered and merged
 (`stream_mtl.averaging.merge_states`: estimates averaged, counts added, running moments
-merged exactly), and each worker goes on from the merged model. Every
+merged exactly), and each worker goes on from the merged model.
+
+Averaging N workers' models makes a step of the group from N steps, one per worker:
+each round moves the model as far as one worker's share of it would, so that the
+group's gradient-trained parts (the trunk, its heads) learn N times slower per message
+than one worker would. The workers therefore step with N times the model's learning
+rate (`lr_scaling="linear"`: the linear scaling rule of large-batch data-parallel
+training, Goyal et al. 2017, "Accurate, Large Minibatch SGD"); the model, and its
+checkpoints, keep the learning rate it was made with. The second-order heads need no
+scaling: each worker's Newton step is an estimate from its own rows, and their mean is
+one from all of them. Every
 `checkpoint_every` messages (over all workers), when all are idle and on stop, the
 synchronisation also writes one aligned checkpoint: rank 0 writes the merged model with
 every partition's next offset and every worker's held features, atomically, and only
@@ -45,6 +55,9 @@ from stream_mtl.distributed import WorkerGroup
 from stream_mtl.learner import MultiTaskLearner
 
 logger = logging.getLogger(__name__)
+
+
+LR_SCALINGS = ("linear", "none")
 
 
 class Round(typing.NamedTuple):
@@ -81,6 +94,9 @@ class DistributedLoop(LearningLoop):
     idle_timeout
         Stop when every worker has had no message for this many seconds (None: run
         until `stop()`).
+    lr_scaling
+        `"linear"`: every worker steps with N times the model's learning rate (see the
+        module's docstring); `"none"`: with the model's own.
     options
         As `LearningLoop`'s: sink, label_wait, max_pending, label_max_age,
         label_max_bytes, batch_learning, log_every, window, on_learned.
@@ -110,10 +126,13 @@ class DistributedLoop(LearningLoop):
         sync_seconds: float = 5.0,
         checkpoint_every: int = 10_000,
         idle_timeout: float | None = None,
+        lr_scaling: str = "linear",
         **options: typing.Any,
     ) -> None:
         if not isinstance(sync_every, int) or isinstance(sync_every, bool) or sync_every < 1:
             raise ValueError(f"sync_every must be a positive integer, got {sync_every}")
+        if lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}, got {lr_scaling!r}")
         if not (isinstance(sync_seconds, int | float) and sync_seconds > 0):
             raise ValueError(f"sync_seconds must be a positive number, got {sync_seconds}")
         if source.share != (group.rank, group.size):
@@ -126,6 +145,7 @@ class DistributedLoop(LearningLoop):
         self.sync_every = sync_every
         self.sync_seconds = sync_seconds
         self.idle_timeout = idle_timeout
+        self.lr_scaling = lr_scaling
         source.idle_timeout = None  # the group decides when all are idle
         self.n_syncs = 0
         self.sync_time = 0.0  # seconds spent merging and checkpointing
@@ -174,6 +194,14 @@ class DistributedLoop(LearningLoop):
         write an aligned checkpoint, commit, and close."""
         self.model.warm_up()
         self._adopt(self.group.gather(self.model._state() if self.group.rank == 0 else None)[0])
+        logger.info(
+            "worker %d of %d steps with learning rate %g (the model's %g, scaling %s)",
+            self.group.rank,
+            self.group.size,
+            self.model.lr * self._lr_factor,
+            self.model.lr,
+            self.lr_scaling,
+        )
         learned_at = self.source.position  # what a checkpoint may hold: learned, no more
         consumed = self.source.n_consumed  # messages consumed up to learned_at
         synced_at = idle_since = time.monotonic()
@@ -240,11 +268,17 @@ class DistributedLoop(LearningLoop):
 
     # -- synchronising -------------------------------------------------------------------
 
+    @property
+    def _lr_factor(self) -> int:
+        """Each worker's learning rate over the model's (see `lr_scaling`)."""
+        return self.group.size if self.lr_scaling == "linear" else 1
+
     def _adopt(self, state: State) -> None:
         """Go on from `state` (the group's merged model), kept as the next merge's base."""
         meta, arrays = state
         self._base = (copy.deepcopy(meta), {name: array.copy() for name, array in arrays.items()})
         model = MultiTaskLearner._from_state(meta, arrays, self.model.backend, self.model.device)
+        model._scale_lr(self._lr_factor)
         self.model = self.step.model = self.step.reader = model
 
     def _synchronise(self, position: dict, write: bool) -> None:

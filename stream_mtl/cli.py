@@ -363,6 +363,7 @@ def _run(args: argparse.Namespace) -> int:
             sync_every=args.sync_every,
             sync_seconds=args.sync_seconds,
             idle_timeout=args.idle_exit,
+            lr_scaling=args.lr_scaling,
             **loop_options,
         )
     if loop.resumed:
@@ -753,6 +754,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="... as do this many seconds since the last average (default 5)",
+    )
+    workers.add_argument(
+        "--lr-scaling",
+        choices=("linear", "none"),
+        default="linear",
+        help="linear: each worker steps with N times the model's learning rate, so that "
+        "the averaged model learns as much per message as one worker would (default); "
+        "none: with the model's own",
     )
     workers.add_argument(
         "--max-restarts",

@@ -621,6 +621,12 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         labelled_rows = np.flatnonzero(~np.isnan(targets).all(axis=1))
         self._feed_affinity(encoded[labelled_rows[self._affinity.due(len(labelled_rows))]])
 
+    def _scale_lr(self, factor: float) -> None:
+        """Step with `factor` times `lr` until the model is rebuilt. `lr`, the model's
+        setting that its checkpoints keep, stays as it is: the workers of a
+        `DistributedLoop` step with N times it (see `connectors.distributed_loop`)."""
+        self._backend.set_lr(self.lr * factor)
+
     def warm_up(self) -> None:
         """Compile the numba kernels that this model's `predict_one` and `learn_one` call,
         or load them from numba's cache (a first compile takes seconds, once per machine),

@@ -149,3 +149,24 @@ def test_every_kind_of_model_merges(options):
     merged = merge_states(new_model(**options)._state(), [w._state() for w in workers])
     model = MultiTaskLearner._from_state(*merged, None, None)
     assert model.n_learned["price"] == 60
+
+
+@pytest.mark.parametrize("sharing", ["hard", "soft"])
+def test_a_worker_steps_with_a_multiple_of_the_models_learning_rate(sharing):
+    """`_scale_lr` (a distributed loop's workers): every part of the backend steps with
+    the multiple, a task added later too, and the model's state keeps its own lr; the
+    scaled model's step is the one a model made with that lr takes."""
+    model, twice = new_model(sharing=sharing, lr=1e-3), new_model(sharing=sharing, lr=2e-3)
+    model._scale_lr(2)
+    model.add_task("margin", Regression())
+    twice.add_task("margin", Regression())
+    backends = model._backend.members if sharing == "soft" else [model._backend]
+    assert [backend.lr for backend in backends] == [2e-3] * (4 if sharing == "soft" else 1)
+    for x, y in rows(30, seed=1):
+        model.learn_one(x, {**y, "margin": 1.0})
+        twice.learn_one(x, {**y, "margin": 1.0})
+    meta, arrays = model._state()
+    assert meta["params"]["lr"] == 1e-3
+    _, expected = twice._state()
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(array, expected[name], err_msg=name)

@@ -90,6 +90,9 @@ def test_sigterm_stops_every_worker_with_one_aligned_checkpoint(kafka, tmp_path)
     assert model.n_learned == {"a": learned, "flag": learned}
     text = log.read_text()
     assert "[worker 0/2]" in text and "[worker 1/2]" in text
+    # each worker stepped with twice the model's learning rate; the checkpoint keeps it
+    assert text.count("steps with learning rate 0.002 (the model's 0.001, scaling linear)") == 2
+    assert model.lr == model._backend.lr == 0.001
 
 
 def test_held_features_follow_their_keys_partition_when_the_number_of_workers_changes(kafka):

@@ -104,6 +104,9 @@ class Backend(typing.Protocol):
     def restart_task(self, position: int) -> None:
         """Make one task re-adapt fast (its mixture moves toward its fastest heads)."""
 
+    def set_lr(self, lr: float) -> None:
+        """Step with learning rate `lr` from now on."""
+
     def forward_one(self, x: np.ndarray) -> np.ndarray:
         """Predictions (total outputs,) for one encoded input."""
 

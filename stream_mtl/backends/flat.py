@@ -113,6 +113,10 @@ class FlatBackend(RowsAsBatches):
     # What only learning reads, left out of `predicting_copy` (a subclass adds its own).
     _LEARNING_ONLY: tuple[str, ...] = ("_moments",)
 
+    def set_lr(self, lr: float) -> None:
+        """Step with learning rate `lr` from now on (SGD and Adam alike)."""
+        self.lr = float(lr)
+
     def predicting_copy(self) -> FlatBackend:
         """A deep copy that predicts exactly as this backend does now, without what only
         learning reads: the second-order heads' covariances (most of the memory of a

@@ -108,6 +108,10 @@ class SoftSharing(RowsAsBatches):
             return np.zeros((0, self._prototype.n_heads))
         return np.concatenate([member.mixture_weights for member in self.members])
 
+    def set_lr(self, lr: float) -> None:
+        for member in (self._prototype, *self.members):
+            member.set_lr(lr)
+
     def predicting_copy(self) -> SoftSharing:
         clone = copy.copy(self)
         clone.members = [member.predicting_copy() for member in self.members]
@@ -132,6 +136,7 @@ class SoftSharing(RowsAsBatches):
             self.members[tasks.index(task)].set_head(task, kind, size)
         else:
             member = self._make_member()
+            member.set_lr(self._prototype.lr)  # the group's, where it is not the model's
             member.report_task_gradients = True
             member.load_trunk(self._mean_trunk())
             member.set_head(task, kind, size)
