@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     acc.add_argument("--data", nargs="+", default=["synthetic", "sarcos"])
     acc.add_argument("--seeds", type=int, default=3)
     acc.add_argument("--n", type=int, default=20_000, help="synthetic rows")
-    acc.add_argument("--sync-every", type=int, nargs="+", default=[200, 2000])
+    acc.add_argument("--sync-every", type=int, nargs="+", default=[50, 200, 2000])
     acc.add_argument("--jobs", type=int, default=2)
     acc.add_argument("--out", default=str(HERE / "results" / "scaleout_accuracy.json"))
     acc.set_defaults(run=accuracy)
