@@ -163,6 +163,8 @@ class DistributedLoop(LearningLoop):
         self.source.seek(position)
         self.step.pending.load_state(self._held_features(extra))
         self.learned.update({int(p): n for p, n in extra["learned"].items() if int(p) in owned})
+        if self.group.rank == 0:  # the checkpoint's counts are the group's sum: one takes them
+            self.source.rejected.add_counts(extra.get("rejected", {}))
         self._checkpointed = position
 
     def _held_features(self, extra: dict) -> dict:

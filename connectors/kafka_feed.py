@@ -150,8 +150,7 @@ class KafkaFeed:
             )
         self.source.seek(state["position"])  # type: ignore[union-attr]
         self.learned.update({int(p): n for p, n in state["learned"].items()})
-        for reason, n in state.get("rejected", {}).items():
-            self.source.rejected.add(reason, n)  # type: ignore[union-attr]
+        self.source.rejected.add_counts(state.get("rejected", {}))  # type: ignore[union-attr]
         self.n_learned = sum(self.learned.values())
         self._position = dict(state["position"])
         logger.info("the %s topic goes on from %s", self.topic, self._position)

@@ -155,8 +155,7 @@ class LearningLoop:
         self.source.seek(extra["position"])
         self.step.pending.load_state(extra["pending"])
         self.learned.update({int(p): n for p, n in extra["learned"].items()})
-        for reason, n in extra.get("rejected", {}).items():
-            self.source.rejected.add(reason, n)
+        self.source.rejected.add_counts(extra.get("rejected", {}))
         self._checkpointed = extra["position"]
 
     # -- running -------------------------------------------------------------------------

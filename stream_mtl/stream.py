@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import typing
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -73,6 +73,11 @@ class ReasonCounts(collections.Counter):
         if reason not in self and len(self) >= self.max_reasons:
             reason = OTHER_REASONS
         self[reason] += n
+
+    def add_counts(self, counts: Mapping[str, int]) -> None:
+        """Add counts by reason (a checkpoint's, say), within the same bound."""
+        for reason, n in counts.items():
+            self.add(reason, n)
 
 
 def _unexpected(error: Exception) -> UnexpectedError:

@@ -18,6 +18,7 @@ from test_kafka import (
     assert_learned_exactly_once,
     committed,
     end_offsets,
+    new_model,
     produce,
     run_command,
     synthetic_messages,
@@ -121,3 +122,40 @@ def test_held_features_follow_their_keys_partition_when_the_number_of_workers_ch
     assert set().union(*got) == set(keys)  # every held key goes to one worker
     same = SimpleNamespace(group=SimpleNamespace(rank=1, size=2))
     assert DistributedLoop._held_features(same, extra) == held["1"]  # as many: its own
+
+
+def test_set_aside_counts_go_on_from_an_aligned_checkpoint(kafka, tmp_path):
+    """The group's checkpoint sums its workers' set-aside counts; a group resumed from it
+    goes on counting from there (rank 0 takes the checkpoint's counts, the others start
+    at zero), not from nothing. One worker (`SoloGroup`) on a real broker."""
+    from stream_mtl.connectors.distributed_loop import DistributedLoop
+    from stream_mtl.connectors.kafka import KafkaSource
+    from stream_mtl.distributed import SoloGroup
+
+    topic, group = unique("aside"), unique("group")
+    kafka.create_topic(topic, partitions=2)
+    checkpoint = tmp_path / "model.ckpt"
+
+    def run_once(values: list[bytes]) -> DistributedLoop:
+        produce(kafka, topic, values)
+        source = KafkaSource(
+            topic,
+            bootstrap_servers=kafka.bootstrap,
+            group_id=group,
+            api_version=kafka.api_version,
+            share=(0, 1),
+        )
+        loop = DistributedLoop.resume_or_start(
+            checkpoint, new_model, source, group=SoloGroup(), idle_timeout=2.0
+        )
+        loop.run()
+        return loop
+
+    good = [encode_json(m) for m in synthetic_messages(60, seed=12)]
+    first = run_once([*good[:40], b"{not json", b"[1, 2]", b"{not json either"])
+    assert sum(first.source.rejected.values()) == 3
+    second = run_once([*good[40:], b"{still not json"])
+    assert second.resumed
+    _, extra = MultiTaskLearner.load_with_extra(checkpoint)
+    assert sum(second.source.rejected.values()) == sum(extra["rejected"].values()) == 4
+    assert sum(extra["learned"].values()) == 60
