@@ -14,7 +14,11 @@ rounds, one poll each, and agree after every poll (one all-reduce of seven numbe
 
 At a synchronisation every worker's state is gathered and merged
 (`stream_mtl.averaging.merge_states`: estimates averaged, counts added, running moments
-merged exactly), and each worker goes on from the merged model.
+merged exactly), and each worker goes on from the merged model. Every
+`checkpoint_every` messages (over all workers), when all are idle and on stop, the
+synchronisation also writes one aligned checkpoint: rank 0 writes the merged model with
+every partition's next offset and every worker's held features, atomically, and only
+after that file exists does each worker commit its partitions' offsets.
 
 Averaging N workers' models makes a step of the group from N steps, one per worker:
 each round moves the model as far as one worker's share of it would, so that the
@@ -24,11 +28,7 @@ rate (`lr_scaling="linear"`: the linear scaling rule of large-batch data-paralle
 training, Goyal et al. 2017, "Accurate, Large Minibatch SGD"); the model, and its
 checkpoints, keep the learning rate it was made with. The second-order heads need no
 scaling: each worker's Newton step is an estimate from its own rows, and their mean is
-one from all of them. Every
-`checkpoint_every` messages (over all workers), when all are idle and on stop, the
-synchronisation also writes one aligned checkpoint: rank 0 writes the merged model with
-every partition's next offset and every worker's held features, atomically, and only
-after that file exists does each worker commit its partitions' offsets.
+one from all of them.
 
 A worker that dies takes the group down (its collective calls fail); `torchrun
 --max-restarts` starts the group again and every worker resumes from the last aligned
