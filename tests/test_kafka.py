@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -556,3 +557,42 @@ def test_partitions_lost_and_assigned_back_go_on_where_this_member_was(kafka, ca
     assert lost, "the member never lost its partitions: the test misses its case"
     assert len(seen) == len(set(seen)) == 400
     assert set(seen) == set(placed)
+
+
+def test_a_commit_that_failed_is_sent_again_when_nothing_new_comes(kafka, tmp_path):
+    """The broker stops answering as the last message is learned: the checkpoint after
+    it is written but its commit times out. With no new message to checkpoint, the loop
+    sends that commit again at its next checkpoint call, and the group ends at the last
+    message once the broker answers."""
+    if not hasattr(kafka, "frozen"):
+        pytest.skip("an external broker cannot be paused")
+    topic, group = unique("recommit"), unique("group")
+    kafka.create_topic(topic)
+    messages = synthetic_messages(100, seed=13)
+    placed = produce(kafka, topic, [encode_json(m) for m in messages])
+    frozen = kafka.frozen()
+    learned: list = []
+
+    def freeze_at_the_end(batch: list) -> None:
+        learned.extend(batch)
+        if len(learned) == len(messages):
+            frozen.__enter__()  # the broker stops before this batch's checkpoint commits
+
+    loop = LearningLoop(
+        new_model(),
+        source_for(kafka, topic, group, idle_timeout=None, request_timeout_ms=3000),
+        tmp_path / "model.ckpt",
+        checkpoint_every=1,
+        on_learned=freeze_at_the_end,
+    )
+    runner = threading.Thread(target=loop.run)
+    runner.start()
+    try:
+        wait_for(lambda: loop.source.n_commit_failures >= 1, 60, "a commit to fail")
+    finally:
+        frozen.__exit__(None, None, None)
+    wait_for(lambda: committed(kafka, topic, group, 1) == end_offsets(placed), 60, "the commit")
+    loop.stop()
+    runner.join(60)
+    assert not runner.is_alive()
+    assert loop.model.n_learned == {"a": 100, "flag": 100}
