@@ -120,11 +120,13 @@ class FeatureEncoder:
         if not set(map(type, values)) <= _NUMBER_TYPES:
             return None
         try:
-            finite = math.isfinite(math.fsum(values))
             array = np.array(values, dtype=float)
-        except (OverflowError, ValueError):  # huge values, or inf - inf: checked one by one
+        except OverflowError:  # an integer too large for a float: checked one by one
             return None
-        if not finite or max(values) > self.max_magnitude or min(values) < -self.max_magnitude:
+        # Every value is finite and within max_magnitude if the sum of their magnitudes
+        # is (NaN fails both comparisons); else each value is checked.
+        total = sum(map(abs, values))
+        if not total < math.inf or total > self.max_magnitude:
             self._check_values(list(x), array)
         return array
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 
 import numpy as np
@@ -135,6 +136,28 @@ def test_no_magnitude_of_feature_or_label_can_poison_the_model(backend):
             model.learn_one(x, y)
         assert _all_finite(model), magnitude
         assert all(np.isfinite(v) for v in model.predict_one({"a": 0.5, "b": -0.5}).values())
+
+
+def test_the_known_schemas_fast_check_refuses_what_the_full_check_refuses():
+    """Rows of the schema learned last are checked at the cost of one sum: values whose
+    magnitudes add up past max_magnitude, each within it, are still taken; NaN, an
+    infinity and one value beyond the bound are refused, naming the feature."""
+    from stream_mtl import MultiTaskLearner, Regression
+
+    model = MultiTaskLearner(tasks={"y": Regression()}, hidden=(4,), max_magnitude=1e15, seed=0)
+    model.learn_one({"a": 1.0, "b": 2.0, "c": 3.0}, {"y": 1.0})
+    model.learn_one({"a": 9e14, "b": -9e14, "c": 9e14}, {"y": 1.0})  # sum 2.7e15: taken
+    assert model.n_learned == {"y": 2}
+    for value, wording in (
+        (float("nan"), "feature 'b' is NaN"),
+        (float("inf"), "feature 'b' is infinite"),
+        (-2e15, "feature 'b' is -2e+15, beyond max_magnitude"),
+    ):
+        with pytest.raises(InvalidInput, match=re.escape(wording)):
+            model.learn_one({"a": 1.0, "b": value, "c": 3.0}, {"y": 1.0})
+        with pytest.raises(InvalidInput, match=re.escape(wording)):
+            model.predict_one({"a": 1.0, "b": value, "c": 3.0})
+    assert model.n_learned == {"y": 2}
 
 
 def test_max_magnitude_is_bounded_where_squares_would_overflow():
