@@ -585,7 +585,9 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
         for position, count in enumerate(counts):
             n_learned[position] += int(count)
         for position, detector in detections:
-            self._backend.restart_task(position)
+            # Only DriftAware detects; it says how much of the mixture to move.
+            if self._weighting.mixture_shift:
+                self._backend.restart_task(position, self._weighting.mixture_shift)
             event = DriftEvent(self._n_steps, self._task_names[position], detector)
             self.drift_events.append(event)
             for callback in self._drift_callbacks:

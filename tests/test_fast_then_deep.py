@@ -56,7 +56,7 @@ def test_a_drift_moves_the_drifting_tasks_mixture_to_its_fast_linear_head_only()
         model.learn_one(x, y)
     before = model._backend.state()
     other = model.mixture["bumpy"]
-    model._backend.restart_task(0)
+    model._backend.restart_task(0, 0.5)
     assert model.mixture["linear"]["linear(0.99)"] >= 0.5  # the faster-forgetting one
     assert model.mixture["bumpy"] == other
     after = model._backend.state()

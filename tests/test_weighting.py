@@ -121,10 +121,24 @@ def test_a_drift_is_detected_in_the_drifting_task_soon_and_only_there():
     assert 5000 < event.step < 5000 + 300
     assert event.detector == "ADWIN"
     assert events == model.drift_events  # the callback saw it
-    assert mixture_at_event["linear(0.99)"] >= 0.5  # restarted: half on its fast linear head
-    assert weights_after.trunk[3] < 1.0 and list(weights_after.trunk[:3]) == [1.0, 1.0, 1.0]
+    assert mixture_at_event["linear(0.99)"] < 0.1  # the mixture is left to Hedge
+    assert weights_after.trunk[3] == 0.25 and list(weights_after.trunk[:3]) == [1.0, 1.0, 1.0]
     final = model._weighting.step_weights()
     assert final.trunk[3] == 1.0  # relaxed back
+
+
+def test_a_mixture_shift_moves_the_drifted_tasks_mixture_onto_its_fast_linear_head():
+    model = _learner(weighting=DriftAware(mixture_shift=0.5))
+    before = after = None
+    for obs in _drifting_stream(7000, at=5000):
+        mixture = model.mixture["d"]
+        model.learn_one(obs.x, obs.y)
+        if model.drift_events:
+            before, after = mixture, model.mixture["d"]
+            break
+    assert before is not None, "no drift detected: the test misses its case"
+    assert before["linear(0.99)"] < 0.1
+    assert after["linear(0.99)"] >= 0.5  # half of it, on top of what it had
 
 
 def test_no_drift_is_reported_on_a_stationary_stream():
@@ -170,6 +184,8 @@ def test_drift_aware_checkpoints_restore_detectors_exactly(tmp_path):
         (lambda: DriftAware(DriftAware()), "cannot wrap another DriftAware"),
         (lambda: DriftAware(base=Regression()), "base must be a weighting strategy"),
         (lambda: DriftAware(head_lr_boost=0.5), "head_lr_boost"),
+        (lambda: DriftAware(trunk_damping=1.5), "0 <= trunk_damping <= 1"),
+        (lambda: DriftAware(mixture_shift=-0.1), "0 <= mixture_shift <= 1"),
         (lambda: DWA(temperature=0), "temperature"),
         (lambda: DWA(fast=0.001, slow=0.01), "slow < fast"),
         (lambda: Uncertainty(lr=-1), "lr must be positive"),

@@ -101,8 +101,9 @@ class Backend(typing.Protocol):
     def set_head(self, task: str, kind: str, size: int) -> None:
         """Add a head, or grow an existing head to `size` outputs (new outputs start at 0)."""
 
-    def restart_task(self, position: int) -> None:
-        """Make one task re-adapt fast (its mixture moves toward its fastest heads)."""
+    def restart_task(self, position: int, share: float) -> None:
+        """Make one task re-adapt fast (`share` of its mixture moves onto its fastest
+        head)."""
 
     def set_lr(self, lr: float) -> None:
         """Step with learning rate `lr` from now on."""

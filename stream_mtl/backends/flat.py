@@ -61,8 +61,6 @@ from stream_mtl.tasks import BINARY, REGRESSION
 OPTIMIZERS = ("sgd", "adam")
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-# Share of a task's mixture moved onto its depth-0 head when it restarts after a drift.
-RESTART_SHARE = 0.5
 # The rows of the shared linear head: one per kind that shares, and one that never learns.
 SHARED_ROWS = {REGRESSION: 0, BINARY: 1}
 _NOT_SHARED = len(SHARED_ROWS)
@@ -257,14 +255,14 @@ class FlatBackend(RowsAsBatches):
             self.hedge.add_task()
         self._relayout()
 
-    def restart_task(self, position: int) -> None:
-        """Make task `position` re-adapt fast (after a drift in it): its mixture moves
-        toward its fastest-forgetting linear head, which re-fits within about
+    def restart_task(self, position: int, share: float) -> None:
+        """Make task `position` re-adapt fast (after a drift in it): `share` of its
+        mixture moves onto its fastest-forgetting linear head, which re-fits within about
         1 / (1 - forgetting) labels. (Restarting the heads' curvature as well was measured
         in `benchmarks/drift.py`: no faster recovery, and three times the cost of a false
         alarm on a target with rare bursts.)"""
         fastest = min(range(len(self.linear)), key=lambda i: self.linear[i].forgetting)
-        self.hedge.favour(position, fastest, RESTART_SHARE)
+        self.hedge.favour(position, fastest, share)
 
     # -- forward -------------------------------------------------------------------------
 

@@ -159,8 +159,8 @@ class SoftSharing(RowsAsBatches):
         mean = np.mean([member._to_numpy(member._param[span]) for member in members], axis=0)
         return Layout(trunk_shapes(self.n_inputs, self.hidden)).views(mean)
 
-    def restart_task(self, position: int) -> None:
-        self.members[position].restart_task(0)
+    def restart_task(self, position: int, share: float) -> None:
+        self.members[position].restart_task(0, share)
 
     # -- forward and steps ---------------------------------------------------------------
 
