@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 from test_kafka import (
     assert_learned_exactly_once,
+    check_a_failed_commit_is_sent_again,
     committed,
     end_offsets,
     new_model,
     produce,
     run_command,
+    source_for,
     synthetic_messages,
     unique,
     wait_for,
@@ -159,3 +161,19 @@ def test_set_aside_counts_go_on_from_an_aligned_checkpoint(kafka, tmp_path):
     _, extra = MultiTaskLearner.load_with_extra(checkpoint)
     assert sum(second.source.rejected.values()) == sum(extra["rejected"].values()) == 4
     assert sum(extra["learned"].values()) == 60
+
+
+def test_an_aligned_checkpoints_commit_that_failed_is_sent_again_when_nothing_new_comes(
+    kafka, tmp_path
+):
+    """As `check_a_failed_commit_is_sent_again` says, for one worker of a group
+    (`SoloGroup`): it sends the commit again on its next empty poll."""
+    from stream_mtl.connectors.distributed_loop import DistributedLoop
+    from stream_mtl.distributed import SoloGroup
+
+    def make_loop(topic: str, group: str, on_learned) -> DistributedLoop:
+        source = source_for(kafka, topic, group, share=(0, 1), request_timeout_ms=3000)
+        checkpoint = tmp_path / "model.ckpt"
+        return DistributedLoop(new_model(), source, checkpoint, SoloGroup(), on_learned=on_learned)
+
+    check_a_failed_commit_is_sent_again(kafka, make_loop)

@@ -559,11 +559,11 @@ def test_partitions_lost_and_assigned_back_go_on_where_this_member_was(kafka, ca
     assert set(seen) == set(placed)
 
 
-def test_a_commit_that_failed_is_sent_again_when_nothing_new_comes(kafka, tmp_path):
-    """The broker stops answering as the last message is learned: the checkpoint after
-    it is written but its commit times out. With no new message to checkpoint, the loop
-    sends that commit again at its next checkpoint call, and the group ends at the last
-    message once the broker answers."""
+def check_a_failed_commit_is_sent_again(kafka, make_loop) -> None:
+    """Run `make_loop(topic, group, on_learned)` on a thread over 100 messages; the broker
+    stops answering as the last of them is learned, so the checkpoint after it is
+    written but its commit times out. Nothing new comes: the loop must send that commit
+    again, and the group end at the last message once the broker answers."""
     if not hasattr(kafka, "frozen"):
         pytest.skip("an external broker cannot be paused")
     topic, group = unique("recommit"), unique("group")
@@ -578,17 +578,12 @@ def test_a_commit_that_failed_is_sent_again_when_nothing_new_comes(kafka, tmp_pa
         if len(learned) == len(messages):
             frozen.__enter__()  # the broker stops before this batch's checkpoint commits
 
-    loop = LearningLoop(
-        new_model(),
-        source_for(kafka, topic, group, idle_timeout=None, request_timeout_ms=3000),
-        tmp_path / "model.ckpt",
-        checkpoint_every=1,
-        on_learned=freeze_at_the_end,
-    )
+    loop = make_loop(topic, group, freeze_at_the_end)
     runner = threading.Thread(target=loop.run)
     runner.start()
     try:
         wait_for(lambda: loop.source.n_commit_failures >= 1, 60, "a commit to fail")
+        assert loop.n_checkpoints >= 1  # the checkpoint was written before its commit failed
     finally:
         frozen.__exit__(None, None, None)
     wait_for(lambda: committed(kafka, topic, group, 1) == end_offsets(placed), 60, "the commit")
@@ -596,3 +591,13 @@ def test_a_commit_that_failed_is_sent_again_when_nothing_new_comes(kafka, tmp_pa
     runner.join(60)
     assert not runner.is_alive()
     assert loop.model.n_learned == {"a": 100, "flag": 100}
+
+
+def test_a_commit_that_failed_is_sent_again_when_nothing_new_comes(kafka, tmp_path):
+    def make_loop(topic: str, group: str, on_learned) -> LearningLoop:
+        source = source_for(kafka, topic, group, idle_timeout=None, request_timeout_ms=3000)
+        return LearningLoop(
+            new_model(), source, tmp_path / "model.ckpt", checkpoint_every=1, on_learned=on_learned
+        )
+
+    check_a_failed_commit_is_sent_again(kafka, make_loop)
