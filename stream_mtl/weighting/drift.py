@@ -73,7 +73,8 @@ class DriftAware(WeightingStrategy):
         Share of a drifted task's mixture moved onto its fastest-forgetting linear head
         (0: none). `benchmarks/drift.py` measured the shift at 0.5 as no faster to
         recover, and 1.2% worse error than the base alone on a target with rare bursts,
-        where it fires on every burst; it pays where the task's new concept is linear.
+        where it fires on every burst. It is meant for streams whose new concepts a
+        linear model fits (not measured here).
     cooldown
         Labels of a task during which a new detection in it is ignored.
     min_rise
