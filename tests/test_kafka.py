@@ -579,16 +579,18 @@ def check_a_failed_commit_is_sent_again(kafka, make_loop) -> None:
             frozen.__enter__()  # the broker stops before this batch's checkpoint commits
 
     loop = make_loop(topic, group, freeze_at_the_end)
-    runner = threading.Thread(target=loop.run)
+    runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()
     try:
-        wait_for(lambda: loop.source.n_commit_failures >= 1, 60, "a commit to fail")
-        assert loop.n_checkpoints >= 1  # the checkpoint was written before its commit failed
+        try:
+            wait_for(lambda: loop.source.n_commit_failures >= 1, 60, "a commit to fail")
+            assert loop.n_checkpoints >= 1  # written before its commit failed
+        finally:
+            frozen.__exit__(None, None, None)
+        wait_for(lambda: committed(kafka, topic, group, 1) == end_offsets(placed), 60, "the commit")
     finally:
-        frozen.__exit__(None, None, None)
-    wait_for(lambda: committed(kafka, topic, group, 1) == end_offsets(placed), 60, "the commit")
-    loop.stop()
-    runner.join(60)
+        loop.stop()
+        runner.join(60)
     assert not runner.is_alive()
     assert loop.model.n_learned == {"a": 100, "flag": 100}
 
