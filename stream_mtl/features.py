@@ -211,7 +211,8 @@ class FeatureEncoder:
         """Raise naming the first value (of a row, or of a column's rows) that is NaN,
         infinite or beyond `max_magnitude`."""
         with np.errstate(invalid="ignore"):
-            bad = ~(np.abs(values) <= self.max_magnitude)
+            magnitude = np.abs(values)
+            bad = ~(magnitude <= self.max_magnitude) | (magnitude == math.inf)
         if not bad.any():
             return
         at = int(np.flatnonzero(bad)[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import warnings
 
@@ -158,6 +159,19 @@ def test_the_known_schemas_fast_check_refuses_what_the_full_check_refuses():
         with pytest.raises(InvalidInput, match=re.escape(wording)):
             model.predict_one({"a": 1.0, "b": value, "c": 3.0})
     assert model.n_learned == {"y": 2}
+
+
+def test_an_encoder_without_a_bound_still_refuses_infinite_features():
+    from stream_mtl.features import FeatureEncoder
+
+    encoder = FeatureEncoder()  # max_magnitude=inf
+    encoder.learn_one({"a": 1.0, "b": 2.0})
+    for x in ({"a": math.inf, "b": 2.0}, {"a": 1.0, "b": -math.inf}, {"a": "text", "b": math.inf}):
+        with pytest.raises(InvalidInput, match="is infinite; features must be finite"):
+            encoder.check_one(x)
+        with pytest.raises(InvalidInput, match="is infinite; features must be finite"):
+            encoder.learn_one(x)
+    assert encoder.moments.count.tolist() == [1.0, 1.0]
 
 
 def test_max_magnitude_is_bounded_where_squares_would_overflow():
