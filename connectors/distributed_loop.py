@@ -245,10 +245,6 @@ class DistributedLoop(LearningLoop):
                     synced_at, since_sync = time.monotonic(), 0
                     if write:
                         consumed_at_checkpoint = int(round_.consumed)
-                elif self._uncommitted is not None and not batch:
-                    # The broker did not take this worker's last commit, and nothing new
-                    # has come to carry it: send it again (the checkpoint holds it).
-                    self._commit(self._uncommitted, wait=True)
                 if stop:
                     break
                 if round_.new_schema > 0:
@@ -309,7 +305,7 @@ class DistributedLoop(LearningLoop):
             if self.group.rank == 0:
                 self._write(merged, workers)
             self.group.barrier()  # the file is in place: now the offsets may move
-            self._commit(position, wait=True)
+            self.source.commit(position)
             self._checkpointed = position
             self.n_checkpoints += 1
         self.sync_time += time.monotonic() - started

@@ -267,6 +267,7 @@ class KafkaSource:
         self.dead_letters: collections.deque = collections.deque(maxlen=keep_dead_letters)
         self.n_consumed = 0
         self.n_commit_failures = 0
+        self._unsent: Position | None = None  # a commit the broker did not take
         self.on_revoke: Callable[[set[TopicPartition]], None] | None = None
         self._next: dict[int, int] = {}
         self._start_at: Position = {}
@@ -364,8 +365,10 @@ class KafkaSource:
         Partitions revoked in a rebalance still under way are not owned. A commit that
         fails is logged and counted (`n_commit_failures`), not raised: the group refused
         it (this member was rejoining or had left it), or the broker did not take it
-        within `request_timeout_ms`. The caller's checkpoint still holds the position,
-        and a later commit carries it."""
+        within `request_timeout_ms`. The caller's checkpoint still holds the position. A
+        commit the broker did not take is sent again before each poll until one is taken,
+        or the partitions are revoked (then the owner commits afresh); one the group
+        refused is not."""
         position = self.position if position is None else position
         # kafka-python holds revoked partitions in the assignment until the rejoin ends
         owned = {tp.partition for tp in self._consumer.assignment()} - self._revoked_partitions
@@ -374,6 +377,7 @@ class KafkaSource:
             for p, offset in position.items()
             if int(p) in owned
         }
+        self._unsent = None
         if not offsets:
             return True
         if not wait:
@@ -388,6 +392,7 @@ class KafkaSource:
             logger.warning("the group refused a commit of %s: %s", position, error)
         except KafkaError as error:
             logger.warning("a commit of %s failed (%s: %s)", position, type(error).__name__, error)
+            self._unsent = position
         else:
             return True
         self.n_commit_failures += 1
@@ -411,6 +416,7 @@ class KafkaSource:
         if not lost and self.on_revoke is not None:
             self.on_revoke(revoked)
         self._revoked_partitions |= {tp.partition for tp in revoked}
+        self._unsent = None  # another member may commit these partitions from now on
         for tp in revoked:
             # Assigned back, it goes on from here unless the group committed a later offset
             # meanwhile (`_settle_assignment`): its committed offset may be older (lost
@@ -460,6 +466,8 @@ class KafkaSource:
         """
         idle_since = time.monotonic()
         while not self._stopping:
+            if self._unsent is not None:
+                self.commit(self._unsent)
             try:
                 records = self._consumer.poll(
                     timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_poll_records

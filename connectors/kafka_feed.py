@@ -185,10 +185,8 @@ class KafkaFeed:
     def _commit(self, wait: bool) -> None:
         with self._commit_lock:
             position, self._to_commit = self._to_commit, None
-        if position and not self.source.commit(position, wait=wait):  # type: ignore[union-attr]
-            with self._commit_lock:  # tried again after the next poll, unless a later one is due
-                if self._to_commit is None:
-                    self._to_commit = position
+        if position:  # one the broker does not take, the source sends again before its polls
+            self.source.commit(position, wait=wait)  # type: ignore[union-attr]
 
     # -- the learner's thread -------------------------------------------------------------
 

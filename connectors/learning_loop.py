@@ -117,7 +117,6 @@ class LearningLoop:
         self.n_checkpoints = 0
         self._consumed_at_checkpoint = 0
         self._checkpointed: dict | None = None
-        self._uncommitted: dict | None = None  # checkpointed, but the broker refused it
         self._in_batch = False
         self._last_log = (time.monotonic(), 0)
         source.on_revoke = self._on_revoke
@@ -199,15 +198,12 @@ class LearningLoop:
         self.checkpoint(wait=False)
 
     def checkpoint(self, wait: bool = True) -> None:
-        """Write the model and position, then commit the position; if nothing moved,
-        only send again a commit that failed.
+        """Write the model and position, then commit the position; no-op if nothing moved.
 
         `wait=False` sends the commit without waiting for the broker (in a rebalance).
         """
         position = self.source.position
         if position == self._checkpointed:
-            if self._uncommitted is not None:
-                self._commit(position, wait)
             return
         if self.sink is not None:
             self.sink.flush()
@@ -221,15 +217,11 @@ class LearningLoop:
             "rejected": dict(self.source.rejected),
         }
         self.model.save(self.checkpoint_path, extra=extra)
-        self._commit(position, wait)
+        self.source.commit(position, wait=wait)
         self._checkpointed = position
         self._consumed_at_checkpoint = self.source.n_consumed
         self.n_checkpoints += 1
         logger.debug("checkpoint %d at %s", self.n_checkpoints, position)
-
-    def _commit(self, position: dict, wait: bool) -> None:
-        committed = self.source.commit(position, wait=wait)
-        self._uncommitted = None if committed else position
 
     # -- one poll ------------------------------------------------------------------------
 

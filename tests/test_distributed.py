@@ -167,7 +167,7 @@ def test_an_aligned_checkpoints_commit_that_failed_is_sent_again_when_nothing_ne
     kafka, tmp_path
 ):
     """As `check_a_failed_commit_is_sent_again` says, for one worker of a group
-    (`SoloGroup`): it sends the commit again on its next empty poll."""
+    (`SoloGroup`)."""
     from stream_mtl.connectors.distributed_loop import DistributedLoop
     from stream_mtl.distributed import SoloGroup
 
