@@ -494,6 +494,7 @@ def _serve(args: argparse.Namespace) -> int:
             model,
             feed,
             process=args.learner == "process",
+            nice=args.learner_nice,
             checkpoint_seconds=args.checkpoint_seconds,
             checkpoint_every=args.checkpoint_every,
             block_timeout=0,
@@ -826,6 +827,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="process",
         help="learn in a child process, so that predictions never wait for the GIL "
         "(default), or on a thread of the server's process",
+    )
+    serve.add_argument(
+        "--learner-nice",
+        type=int,
+        choices=range(20),
+        default=19,
+        metavar="0-19",
+        help="added to the learner process's nice value (default 19, the lowest priority: "
+        "where learning and serving compete for a core, predictions go first)",
     )
     serve.add_argument(
         "--source",

@@ -78,7 +78,6 @@ SWITCH_INTERVAL = 2e-4  # seconds, in the learner process
 # Seconds between a serving process's looks at the board for a newer snapshot: what a
 # prediction may lag behind a publication, beside the time to load it.
 LOAD_POLL = 1e-3
-NICENESS = 10  # added to the learner process's nice value
 MAX_RESTART_DELAY = 30.0
 
 
@@ -308,7 +307,9 @@ class LearningProcess(_LearnerLink):
     again), `restart_delay` (seconds before the first try; doubled after each failed
     one, up to 30 s), `start_timeout` (seconds to wait for a child's first snapshot),
     `listen` (a Unix socket path where the child also takes other serving processes'
-    calls: `LearnerClient`). Used through `OnlineModel(..., process=True)`.
+    calls: `LearnerClient`), `nice` (added to the child's nice value, 0 to 19: where
+    the learner and the serving processes compete for a core, predictions go first).
+    Used through `OnlineModel(..., process=True)`.
     """
 
     def __init__(
@@ -319,8 +320,11 @@ class LearningProcess(_LearnerLink):
         restart_delay: float = 0.5,
         start_timeout: float = 120.0,
         listen: str | os.PathLike | None = None,
+        nice: int = 19,
         **options: typing.Any,
     ) -> None:
+        if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+            raise InvalidInput(f"nice must be an integer from 0 to 19, got {nice!r}")
         for name in ("on_snapshot", "on_idle"):
             if options.get(name) is not None:
                 raise InvalidInput(f"{name} is not available with the learner in a process")
@@ -331,6 +335,7 @@ class LearningProcess(_LearnerLink):
         self.restart_delay = restart_delay
         self.start_timeout = start_timeout
         self.listen = None if listen is None else str(listen)
+        self.nice = nice
         self.n_restarts = 0
         self._board = SnapshotBoard.create()
         super().__init__(
@@ -353,7 +358,7 @@ class LearningProcess(_LearnerLink):
     def _start(self, source: tuple[str, typing.Any]) -> None:
         """Start a child learning from `source` and wait for its first snapshot."""
         level = logging.getLogger("stream_mtl").getEffectiveLevel()
-        setup = (self.board, source, self._options, level, self.listen, self.n_restarts)
+        setup = (self.board, source, self._options, level, self.listen, self.nice, self.n_restarts)
         try:
             message = pickle.dumps(setup, PROTOCOL)
         except Exception as error:
@@ -579,15 +584,15 @@ def _child_main(conn: Connection) -> None:
     """The learner process: a `LearningThread` publishing to the board it is told,
     answering `conn` (its owner) and, with `listen`, other serving processes."""
     try:
-        board, source, options, level, listen, restarts = pickle.loads(conn.recv_bytes())
+        board, source, options, level, listen, nice, restarts = pickle.loads(conn.recv_bytes())
     except Exception as error:
         conn.send((False, InvalidInputType(f"{CANNOT_SEND}: {type(error).__name__}: {error}")))
         return
     # The learner thread holds the GIL in bursts; a call waiting for it would wait the
     # default 5 ms switch interval.
     sys.setswitchinterval(SWITCH_INTERVAL)
-    # Below the serving process: where they compete for a core, predictions go first.
-    os.nice(NICENESS)
+    # Below the serving processes: where they compete for a core, predictions go first.
+    os.nice(nice)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the parent decides
     logging.basicConfig(level=level, format=LOG_FORMAT)
     writer = SnapshotWriter(board)

@@ -49,6 +49,11 @@ class OnlineModel:
     listen
         With `process`: a Unix socket path where the learner process also takes the
         calls of other serving processes (`OnlineModel.attach`).
+    nice
+        With `process`: added to the learner process's nice value, 0 to 19 (default 19,
+        the lowest priority): where learning and serving compete for a core, predictions
+        go first. Learning then gets what serving leaves; on a saturated machine the
+        learn queue fills, and `learn` raises `QueueFull`. 0 shares the cores evenly.
     checkpoint, checkpoint_seconds, checkpoint_every
         Where and how often (seconds, observations learned: whichever comes first) to
         write an atomic checkpoint, which includes the features held under keys; also
@@ -98,7 +103,7 @@ class OnlineModel:
                 model, **options
             )
         else:
-            for name in ("restart", "restart_delay", "listen"):
+            for name in ("restart", "restart_delay", "listen", "nice"):
                 options.pop(name, None)
             self._engine = LearningThread(model, **options)
 

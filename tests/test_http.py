@@ -398,7 +398,8 @@ def test_a_learner_process_killed_mid_stream_loses_no_acknowledged_label(tmp_pat
 
 def test_several_workers_serve_one_learner_and_sigterm_keeps_all_they_accepted(tmp_path, start):
     path = tmp_path / "model.ckpt"
-    process, url = start(path, "a:regression", "flag:binary", options=[*SMALL, "--workers", "2"])
+    options = [*SMALL, "--workers", "2", "--learner-nice", "7"]
+    process, url = start(path, "a:regression", "flag:binary", options=options)
     rng = np.random.default_rng(0)
     servers: set[int] = set()
     learners: set[int] = set()
@@ -414,6 +415,9 @@ def test_several_workers_serve_one_learner_and_sigterm_keeps_all_they_accepted(t
             assert client.post("/learn", json={"key": key, "y": {"a": 1.0}}).status_code == 202
     assert len(servers) == 2 and process.pid not in servers  # two workers answered
     assert len(learners) == 1  # and one learner learned for both
+    assert os.getpriority(os.PRIO_PROCESS, learners.pop()) == min(
+        os.getpriority(os.PRIO_PROCESS, 0) + 7, 19
+    )
     with httpx.Client(base_url=url, timeout=10) as client:
         wait_until_learned(client, 330)
         text = "".join(client.get("/metrics").text for _ in range(4))

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 from conftest import predict_while_learning, wait_for
 
-from stream_mtl import Binary, InvalidInputType, Multiclass, MultiTaskLearner, Regression
+from stream_mtl import (
+    Binary,
+    InvalidInput,
+    InvalidInputType,
+    Multiclass,
+    MultiTaskLearner,
+    Regression,
+)
 from stream_mtl.service import OnlineModel, Unavailable
 
 
@@ -106,6 +113,23 @@ def test_new_features_and_classes_reach_the_predicting_process():
     assert service.predict({"size": 1.0, "colour": "red"})["kind"] in (0, 1, 2)
     assert "colour=red" in service.snapshot._encoder.names
     service.close()
+
+
+def test_the_learner_process_runs_below_the_server_at_the_niceness_asked_also_once_restarted():
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    service = OnlineModel(new_model(), restart_delay=0.1)
+    assert os.getpriority(os.PRIO_PROCESS, service.learner_pid) == min(ours + 19, 19)
+    service.close()
+    service = OnlineModel(new_model(), nice=3, restart_delay=0.1)
+    first = service.learner_pid
+    assert os.getpriority(os.PRIO_PROCESS, first) == min(ours + 3, 19)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: service.alive and service.learner_pid != first, 10)
+    assert os.getpriority(os.PRIO_PROCESS, service.learner_pid) == min(ours + 3, 19)
+    service.close()
+    for bad in (-1, 20, 2.5, True):
+        with pytest.raises(InvalidInput, match=r"nice must be an integer from 0 to 19, got"):
+            OnlineModel(new_model(), nice=bad)
 
 
 def test_a_killed_learner_process_is_restarted_from_its_checkpoint_and_predictions_go_on(
