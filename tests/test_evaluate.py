@@ -249,3 +249,41 @@ def test_the_plots_leave_the_process_matplotlib_backend_alone(tmp_path, fresh_py
     from stream_mtl.evaluate.plots import save_plots
 
     assert {p.name for p in save_plots(data, tmp_path / "again")} >= {"rolling_metrics.png"}
+
+
+def test_regression_errors_folded_in_blocks_equal_rivers_label_by_label(monkeypatch):
+    from stream_mtl.evaluate import regression_errors
+    from stream_mtl.evaluate.prequential import _Score
+
+    monkeypatch.setattr(regression_errors, "BLOCK", 16)  # several blocks, merged
+    rng = np.random.default_rng(0)
+    chosen = {"a": [metrics.MAE(), metrics.MSE(), metrics.Accuracy(), metrics.RMSE(), metrics.R2()]}
+    score = _Score(chosen, window=50, regression={"a"})
+    assert [type(m) for m in score.per_label["a"]] == [metrics.Accuracy]  # the rest folded
+    overall, window = ([m.clone() for m in chosen["a"]] for _ in range(2))
+    for i in range(100):
+        label = float(rng.normal(loc=5.0))
+        prediction = None if i % 7 == 0 else label + float(rng.normal())  # some unpredicted
+        score.update({"a": label}, {"a": prediction}, {})
+        for metric in overall + (window if i >= 50 else []):
+            if prediction is not None:
+                metric.update(label, prediction)
+    for got, river in ((score.summary(), overall), (score.summary(rolling=True), window)):
+        assert list(got["a"]) == ["MAE", "MSE", "Accuracy", "RMSE", "R2"]  # in the given order
+        assert got["a"] == pytest.approx({type(m).__name__: m.get() for m in river}, rel=1e-12)
+    assert score.summary()["a"]["R2"] != score.summary(rolling=True)["a"]["R2"]
+
+
+def test_folded_regression_errors_keep_rivers_edge_cases():
+    from stream_mtl.evaluate.regression_errors import RegressionErrors
+
+    def values(pairs) -> list[float]:
+        errors = RegressionErrors(pairs)
+        return [errors.value(kind) for kind in (metrics.MAE, metrics.R2)]
+
+    assert values([]) == [0.0, 0.0]  # nothing yet
+    assert values([(2.0, 1.0)]) == [1.0, 0.0]  # R2 needs two labels
+    assert values([(2.0, 1.0), (3.0, 3.0)]) == [0.5, -1.0]  # 1 - 1 / 0.5
+    assert values([(0.1, 0.0)] * 1000) == pytest.approx([0.1, 0.0])  # labels do not vary
+    with pytest.raises(TypeError, match="Accuracy is not one of"):
+        RegressionErrors().value(metrics.Accuracy)

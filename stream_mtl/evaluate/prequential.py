@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 from river import base
 from river import metrics as river_metrics
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from stream_mtl.checkpoint import describe
 from stream_mtl.evaluate.baselines import RiverLinear, SecondOrderLinear, SingleTaskModels
+from stream_mtl.evaluate.regression_errors import FOLDED, RegressionErrors
 from stream_mtl.evaluate.report import Report
 from stream_mtl.exceptions import InvalidInput
 from stream_mtl.stream import EXPIRED, StreamStep, features_frame
@@ -42,35 +43,66 @@ def default_metrics(model: typing.Any) -> Metrics:
 
 class _Score:
     """One contender's metrics per task, over the whole run and over the last `window`
-    labels. The window's metrics are computed when read (every `every` observations, by
-    a checkpoint): each task's last `window` labels and predictions are kept (bounded)
-    and replayed into fresh copies. That costs one update per label, where River's
-    `utils.Rolling` costs an update and a revert per label and metric, whether or not
-    anything reads it."""
+    labels. River's regression errors of regression tasks are folded in a block at a
+    time (`RegressionErrors`); other metrics are River's, updated label by label. The
+    window's metrics are computed when read (every `every` observations, by a
+    checkpoint) from each task's last `window` labels and predictions, kept (bounded).
+    River's `utils.Rolling` would cost an update and a revert per label and metric,
+    whether or not anything reads it."""
 
-    def __init__(self, metrics: Metrics, window: int) -> None:
-        self.overall = {name: [m.clone() for m in task] for name, task in metrics.items()}
+    def __init__(self, metrics: Metrics, window: int, regression: Collection[str] = ()) -> None:
+        self.metrics = {name: [type(m) for m in task] for name, task in metrics.items()}
+        self.folded = {
+            name: RegressionErrors()
+            for name, task in metrics.items()
+            if name in regression and any(type(m) in FOLDED for m in task)
+        }
+        self.per_label = {
+            name: [m.clone() for m in task if name not in self.folded or type(m) not in FOLDED]
+            for name, task in metrics.items()
+        }
         self.recent: dict[str, collections.deque] = {
             name: collections.deque(maxlen=window) for name in metrics
         }
 
     def update(self, y: dict, prediction: dict, proba: dict) -> None:
         for name, label in y.items():
-            if name not in self.overall:
+            if name not in self.per_label:
                 continue
             pair = (label, prediction.get(name), proba.get(name))
-            _score(self.overall[name], pair)
+            _score(self.per_label[name], pair)
+            if pair[1] is not None and name in self.folded:
+                self.folded[name].add(label, pair[1])
             self.recent[name].append(pair)
 
     def summary(self, rolling: bool = False) -> dict[str, dict[str, float]]:
         if not rolling:
-            scores = self.overall
-        else:
-            scores = {name: [m.clone() for m in task] for name, task in self.overall.items()}
-            for name, task in scores.items():
-                for pair in self.recent[name]:
-                    _score(task, pair)
-        return {name: {type(m).__name__: _value(m) for m in task} for name, task in scores.items()}
+            return {
+                name: self._values(name, self.per_label[name], self.folded) for name in self.metrics
+            }
+        per_label = {name: [m.clone() for m in task] for name, task in self.per_label.items()}
+        for name, task in per_label.items():
+            for pair in self.recent[name] if task else ():
+                _score(task, pair)
+        folded = {
+            name: RegressionErrors(
+                (label, prediction)
+                for label, prediction, _ in self.recent[name]
+                if prediction is not None
+            )
+            for name in self.folded
+        }
+        return {name: self._values(name, per_label[name], folded) for name in self.metrics}
+
+    def _values(self, name: str, per_label: list, folded: dict) -> dict[str, float]:
+        """Task `name`'s values, in the order its metrics were given."""
+        by_kind = {type(m): m for m in per_label}
+        return {
+            kind.__name__: _value(by_kind[kind])
+            if kind in by_kind
+            else _finite(folded[name].value(kind))
+            for kind in self.metrics[name]
+        }
 
 
 def _score(metrics: list, pair: tuple) -> None:
@@ -86,7 +118,10 @@ def _score(metrics: list, pair: tuple) -> None:
 
 
 def _value(metric: river_metrics.base.Metric) -> float:
-    value = float(metric.get())
+    return _finite(float(metric.get()))
+
+
+def _finite(value: float) -> float:
     return value if math.isfinite(value) else float("nan")
 
 
@@ -202,8 +237,14 @@ class _Contenders:
 class _Scores:
     """Every member's `_Score` of the prediction served to it: the step's scorer."""
 
-    def __init__(self, members: typing.Iterable[str], metrics: Metrics, window: int) -> None:
-        self.by_member = {name: _Score(metrics, window) for name in members}
+    def __init__(
+        self,
+        members: typing.Iterable[str],
+        metrics: Metrics,
+        window: int,
+        regression: Collection[str],
+    ) -> None:
+        self.by_member = {name: _Score(metrics, window, regression) for name in members}
 
     def update(self, y: dict, served: dict) -> None:
         for name, score in self.by_member.items():
@@ -230,7 +271,8 @@ class _Run:
         self.batch_size = batch_size
         metrics = metrics or default_metrics(model)
         self.contenders = _Contenders(model, baselines)
-        self.scores = _Scores(self.contenders.members, metrics, every)
+        regression = {name for name, task in model.tasks.items() if task.kind == REGRESSION}
+        self.scores = _Scores(self.contenders.members, metrics, every, regression)
         self.step = StreamStep(
             self.contenders,
             delay=delay,
