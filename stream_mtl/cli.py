@@ -486,6 +486,8 @@ def _serve(args: argparse.Namespace) -> int:
     feed = _kafka_feed(args) if args.source else None
     if args.workers > 1 and args.learner != "process":
         raise ValueError("--workers needs --learner process: the workers share its snapshots")
+    if args.learner_nice is not None and args.learner != "process":
+        raise ValueError("--learner-nice needs --learner process: a thread shares the server's")
     listener = _listen(args.host, args.port)  # before anything starts or writes
     folder = Path(tempfile.mkdtemp(prefix="stream-mtl-serve-"))  # the workers' rendezvous
     # block_timeout=0: a full learn queue answers 503 at once; the event loop never waits.
@@ -494,7 +496,7 @@ def _serve(args: argparse.Namespace) -> int:
             model,
             feed,
             process=args.learner == "process",
-            nice=args.learner_nice,
+            **({} if args.learner_nice is None else {"nice": args.learner_nice}),
             checkpoint_seconds=args.checkpoint_seconds,
             checkpoint_every=args.checkpoint_every,
             block_timeout=0,
@@ -832,7 +834,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--learner-nice",
         type=int,
         choices=range(20),
-        default=19,
         metavar="0-19",
         help="added to the learner process's nice value (default 19, the lowest priority: "
         "where learning and serving compete for a core, predictions go first)",

@@ -202,6 +202,24 @@ def test_serve_refuses_an_option_that_contradicts_the_checkpoint(tmp_path, optio
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--learner", "thread", "--learner-nice", "5"], "--learner-nice needs --learner process"),
+        (["--learner-nice", "20"], "argument --learner-nice: invalid choice: 20"),
+    ],
+)
+def test_serve_refuses_a_learner_niceness_it_cannot_give(tmp_path, options, message):
+    path = tmp_path / "live.ckpt"
+    result = _cli(
+        "serve", "--checkpoint", str(path), "--task", "a:regression", *options, "--port", "1",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not path.exists()
+
+
 def test_serve_on_a_busy_port_fails_before_it_starts_or_writes_anything(tmp_path):
     import socket
 
