@@ -8,10 +8,10 @@ Errors are normalised MSEs, MSE / Var(y), per task.
    on the same latent factors with mixes of their own), unrelated (built on latent
    factors of their own) or conflicting (the main task's shared part, negated). The
    contenders: hard sharing (one trunk, the default model), soft sharing (a trunk per
-   task pulled toward their mean, at each `--strengths`), and one single-task model
-   per task. Reported: the mean over the three tasks and the main task alone, over the
-   whole stream and over its last half, and the cost per observation (learn and
-   predict, microseconds).
+   task pulled toward their consensus, at each `--strengths`; 1,000 is 1 / lr, the
+   full pull), and one single-task model per task. Reported: the mean over the three
+   tasks and the main task alone, over the whole stream and over its last half, and
+   the cost per observation (learn and predict, microseconds).
 2. **Relatedness.** A main task beside one related auxiliary (helpful) and two
    unrelated ones (harmful to it: they spend the trunk on other structure), hard
    sharing, weighted by `Equal`, by `Relatedness(main=["main"])`, and the main task's
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--n", type=int, default=4000, help="observations per stream")
-    parser.add_argument("--strengths", type=float, nargs="+", default=[1.0, 10.0, 100.0])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "results" / "sharing.json"))
     args = parser.parse_args(argv)

@@ -59,6 +59,40 @@ def test_the_pull_draws_the_trunks_together_and_a_full_pull_makes_them_one():
     assert full._backend.trunk_spread() < 1e-12
 
 
+def test_at_full_strength_the_one_trunk_moves_by_every_tasks_step_as_under_hard_sharing():
+    """With SGD, the trunk hard sharing would step by the tasks' summed gradient."""
+    import copy
+
+    from stream_mtl.backends.init import initial_trunk
+    from stream_mtl.backends.numpy import NumpyBackend
+    from stream_mtl.backends.soft import SoftSharing
+
+    def member() -> NumpyBackend:
+        return NumpyBackend(hidden=(4,), optimizer="sgd", lr=0.05, dtype="float64")
+
+    backend = SoftSharing(member, strength=1 / 0.05)  # the consensus after every step
+    backend.load_trunk(initial_trunk(np.random.default_rng(0), (4,), "relu"))
+    backend.grow_inputs(np.random.default_rng(1).normal(size=(2, 4)))
+    for task in ("a", "b", "c"):
+        backend.set_head(task, "regression", 1)
+    rng = np.random.default_rng(0)
+    ones = np.ones(3)
+    for _ in range(20):
+        x = rng.normal(size=2)
+        backend.step_one(x, [x[0], x[0] * x[1], np.nan], ones, ones)  # "c" unlabelled
+    x, targets = rng.normal(size=2), np.array([0.5, -1.0, np.nan])
+    trunk = backend._trunks()[0].copy()
+    steps = []
+    for k in (0, 1):  # each labelled task's step alone, from the same state
+        alone = copy.deepcopy(backend.members[k])
+        alone.step_many(x[None, :], targets[None, k : k + 1], ones[:1], ones[:1])
+        steps.append(alone._param[alone.trunk_span] - trunk)
+    backend.step_one(x, targets, ones, ones)
+    for moved in backend._trunks():
+        np.testing.assert_allclose(moved, trunk + steps[0] + steps[1], rtol=0, atol=1e-14)
+    assert np.abs(steps[0]).max() > 1e-4 and np.abs(steps[1]).max() > 1e-4
+
+
 def test_a_task_added_later_starts_from_the_tasks_mean_trunk():
     model = _learn(_soft(10.0), _stream(300))
     backend = model._backend

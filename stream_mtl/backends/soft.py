@@ -3,9 +3,10 @@
 Hard sharing (every other backend) gives all tasks one trunk. Soft sharing gives each
 task a whole model of its own - a trunk of the same widths and the task's heads at
 every depth, a member backend (NumPy or torch) holding one task - and after every step
-pulls each member's trunk toward the mean of the members' trunks:
+pulls each member's trunk toward a consensus of the members' trunks:
 
-    W_k <- W_k - c (W_k - mean_j W_j),    c = min(1, lr * strength)
+    W_k <- W_k - c (W_k - C),    c = min(1, lr * strength),
+    C = mean_j W_j (before the step) + sum_j (the step of W_j)
 
 the step of an L2 penalty (strength / 2) sum_k |W_k - mean W|^2 taken apart from the
 optimiser's own step, as AdamW decouples weight decay (Loshchilov & Hutter, "Decoupled
@@ -13,9 +14,16 @@ Weight Decay Regularization", ICLR 2019): the pull is the same whatever Adam's s
 of the task's gradients. The penalty is the one of Duong, Cohn, Bird & Cook, "Low
 Resource Dependency Parsing: Cross-lingual Parameter Sharing in a Neural Network
 Parser" (ACL 2015) and Yang & Hospedales, "Trace Norm Regularised Deep Multi-Task
-Learning" (ICLR 2017 workshop), toward the mean rather than between pairs. Strength 0
-leaves the tasks' models independent; from 1 / lr on, the trunks are replaced by their
-mean after every step, which is hard sharing of the averaged step.
+Learning" (ICLR 2017 workshop), toward the mean rather than between pairs.
+
+The consensus C moves by every member's step, not by their mean: the trunks' mean then
+moves by (1 + c (n - 1)) times the members' mean step, so by the sum of their steps at
+c = 1, as one trunk under hard sharing moves by the step of the tasks' summed gradient
+(with SGD, the same step). Pulled toward the plain mean, the trunks would move by the
+members' mean step at full strength: with SGD, n times slower than one shared trunk.
+Strength 0 leaves the tasks' models independent; from 1 / lr on, the trunks are
+replaced by the consensus after every step: one trunk, moved by every task's step, each
+scaled by its own member's optimiser state (Adam's, per task).
 
 A new task's member starts from the tasks' mean trunk (before any task, the initial
 trunk). Members share nothing else: each has its own depth-0 heads (the shared linear
@@ -185,7 +193,11 @@ class SoftSharing(RowsAsBatches):
         losses = np.full(len(self.members), np.nan)
         mixed = np.full((len(X), self.columns.n_outputs), np.nan)
         vectors = np.zeros((len(X), len(self.members), width)) if gram else None
-        for k in np.flatnonzero(~np.isnan(targets).all(axis=0)).tolist():
+        labelled = np.flatnonzero(~np.isnan(targets).all(axis=0)).tolist()
+        trunks = self._trunks()
+        pulling = self._share() > 0.0 and len(self.members) > 1
+        before = {k: trunks[k] * 1.0 for k in labelled} if pulling else {}
+        for k in labelled:
             _, start, stop = self.columns.slices[k]
             result = self.members[k].step_many(
                 X, targets[:, k : k + 1], loss_weight[k : k + 1], trunk_scale[k : k + 1], gram
@@ -195,20 +207,27 @@ class SoftSharing(RowsAsBatches):
             mixed[:, start:stop] = result.predictions
             if vectors is not None:
                 vectors[:, k] = result.task_gradients[:, 0]
-        self._pull()
+        if pulling:
+            self._pull(sum(trunks[k] - before[k] for k in labelled))
         task_gram = np.einsum("rkw,rlw->kl", vectors, vectors) if vectors is not None else None
         return StepResult(losses, task_gram, mixed, vectors)
 
-    def _pull(self) -> None:
-        """Move every member's trunk the share c = min(1, lr * strength) of the way to
-        the members' mean trunk."""
-        share = min(1.0, self._prototype.lr * self.strength)
-        if share == 0.0 or len(self.members) < 2:
-            return
+    def _share(self) -> float:
+        """The share c = min(1, lr * strength) of the way to the consensus that every
+        trunk moves after a step."""
+        return min(1.0, self._prototype.lr * self.strength)
+
+    def _pull(self, steps: typing.Any) -> None:
+        """Move every member's trunk the share c of the way to the consensus: the mean
+        trunk before the step, moved on by the sum of the members' `steps` (as one trunk
+        under hard sharing moves by the step of the tasks' summed gradient)."""
         trunks = self._trunks()
-        mean = sum(trunks[1:], trunks[0] * 1.0) / len(trunks)
+        n = len(trunks)
+        # The mean before the step plus the steps' sum, from the mean after the step.
+        consensus = sum(trunks[1:], trunks[0] * 1.0) / n + steps * ((n - 1) / n)
+        share = self._share()
         for trunk in trunks:
-            trunk -= (trunk - mean) * share
+            trunk -= (trunk - consensus) * share
 
     def trunk_spread(self) -> float:
         """The root-mean-square distance of the members' trunk parameters from their mean."""
