@@ -270,7 +270,24 @@ def main(argv: list[str] | None = None) -> dict:
             f"{row['observations_per_second']:>10.0f}"
             f"{row['stream_mtl_speedup']:>12.2f} ({low:.2f}-{high:.2f})"
         )
-    return write_result({"config": vars(args), "rows": rows}, args.out)
+    met = targets(rows)
+    for target, ok in met.items():
+        print(f"{'met' if ok else 'NOT MET':>8}  {target}")
+    return write_result({"config": vars(args), "rows": rows, "targets": met}, args.out)
+
+
+def targets(rows: list[dict]) -> dict[str, bool]:
+    """Issue 14's: the learner at least 2x River's pipelines and 20x deep-river; driven
+    by `prequential`, at most 1.3x the bare loop's time."""
+    speedup = {row["system"]: row["stream_mtl_speedup"] for row in rows}
+    wanted = [
+        (RiverRunner.name, "stream-mtl >= 2x", lambda x: x >= 2.0),
+        (DeepRiverRunner.name, "stream-mtl >= 20x", lambda x: x >= 20.0),
+        (PrequentialRunner.name, "its time <= 1.3x the bare loop's", lambda x: x <= 1.3),
+    ]
+    return {
+        f"{name}: {what}": test(speedup[name]) for name, what, test in wanted if name in speedup
+    }
 
 
 if __name__ == "__main__":
