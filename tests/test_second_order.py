@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from stream_mtl.backends.heads import HeadColumns, evaluate
 from stream_mtl.backends.second_order import SecondOrderHeads
@@ -48,6 +49,29 @@ def test_a_batch_step_equals_row_by_row_rls_without_forgetting():
     for row in range(40):
         _step(one, columns, X[row : row + 1], y[row : row + 1])
     _step(many, columns, X, y)
+    np.testing.assert_allclose(many.weight, one.weight, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(many.cov, one.cov, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("labels", ["every row", "some rows"])
+def test_a_batch_step_of_several_outputs_equals_their_rls_row_by_row(labels):
+    """Outputs labelled on the same rows share one product (the shortcut), on different
+    rows each has its own: either way, RLS row by row."""
+    rng = np.random.default_rng(2)
+    X, Y = rng.normal(size=(40, 3)), rng.normal(size=(40, 3))
+    labelled = np.ones((40, 3), bool) if labels == "every row" else rng.random((40, 3)) < 0.6
+    columns = HeadColumns([("regression", k, k + 1) for k in range(3)])
+    one, many = (SecondOrderHeads(forgetting=1.0) for _ in range(2))
+    for heads in (one, many):
+        heads.resize(3, old=[], new=[(0, 3)])
+
+    def step(heads, rows) -> None:
+        values = evaluate(columns, heads.outputs(X[rows]), Y[rows], labelled[rows])
+        heads.step(X[rows], values.gradient, values.curvature, labelled[rows])
+
+    for row in range(40):
+        step(one, slice(row, row + 1))
+    step(many, slice(0, 40))
     np.testing.assert_allclose(many.weight, one.weight, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(many.cov, one.cov, rtol=1e-9, atol=1e-12)
 

@@ -160,14 +160,29 @@ class SecondOrderHeads:
         labelled: np.ndarray,
         counts: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
+        weights = np.where(labelled, H, 0.0)  # rows x outputs
+        gradient = np.where(labelled, G, 0.0).T @ X1  # outputs x size
+        alike = bool((weights[:, :1] == weights).all())
+        if alike and (counts[0] == counts).all() and (P[:1] == P).all():
+            # Regression outputs labelled on the same rows keep the same covariance: one
+            # update serves them all (the same numbers as one each).
+            P = np.repeat(self._updated(P[:1], X1, weights[:, :1], counts[:1]), len(P), axis=0)
+        else:
+            P = self._updated(P, X1, weights[:, :1] if alike else weights, counts)
+        return P, np.einsum("ode,oe->od", P, gradient)
+
+    def _updated(
+        self, P: np.ndarray, X1: np.ndarray, weights: np.ndarray, counts: np.ndarray
+    ) -> np.ndarray:
+        """Each covariance after the batch, (forgetting^count P^-1 + sum_i w_i x_i x_i')^-1,
+        with one column of row weights per covariance, or one for them all."""
         A = np.linalg.inv(P)
         A *= (self.forgetting ** counts.astype(float))[:, None, None]
-        # sum_i h_io x_i x_i' for every output o, as one batched matrix product (BLAS)
-        weighted = np.where(labelled, H, 0.0).T[:, None, :] * X1.T  # outputs x size x rows
-        A += weighted @ X1
-        P = np.linalg.inv(A)
-        gradient = np.where(labelled, G, 0.0).T @ X1  # outputs x size
-        return P, np.einsum("ode,oe->od", P, gradient)
+        if weights.shape[1] == 1:
+            A += (X1.T * weights[:, 0]) @ X1
+        else:  # (outputs x size x rows) @ (rows x size): one batched product (BLAS)
+            A += (weights.T[:, None, :] * X1.T) @ X1
+        return np.linalg.inv(A)
 
     def state(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "cov": self.cov}
