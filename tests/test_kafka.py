@@ -490,23 +490,27 @@ def test_a_commit_while_the_group_rebalances_is_no_error(kafka):
             consumer.poll(200)
         joined.set()
 
-    def member() -> tuple[KafkaConsumer, threading.Event]:
+    def member(**options) -> tuple[KafkaConsumer, threading.Event]:
         other = KafkaConsumer(
             topic,
             bootstrap_servers=kafka.bootstrap,
             api_version=kafka.api_version,
             group_id=group,
-            **timing,
+            **{**timing, **options},
         )
         joined = threading.Event()
         threading.Thread(target=join, args=(other, joined), daemon=True).start()
         return other, joined
 
-    idle, joined = member()  # joins, then stops polling
+    # Joins, then stops polling: the next rebalance waits for it until it leaves the
+    # group, its session timeout after its last poll (the 0.9 protocol has no separate
+    # poll interval). Long: at 6 s, a busy machine let it leave before the next
+    # rebalance began, which then ended at once.
+    idle, joined = member(session_timeout_ms=25_000)
     poll_until(joined.is_set, "first rebalance")
     assert len(revoked) == 1, "the group never rebalanced"
     held = source.position  # what a checkpoint taken now would hold
-    last, _ = member()  # its rebalance waits for the idle member (a session timeout)
+    last, _ = member()  # its rebalance waits for the idle member
     poll_until(lambda: len(revoked) == 2, "second rebalance")
     assert source._consumer._coordinator.rebalance_in_progress(), "the rejoin ended too soon"
 
