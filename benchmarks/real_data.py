@@ -21,6 +21,12 @@ of every task cost about 40 ms), one single-task model per task, one pooled mode
 (ignoring which task a row belongs to), the model's second-order linear heads alone
 (per-task RLS / online Newton: "linear") and River's linear model per task.
 
+Relatedness against Equal (issue 19), on SARCOS and Landmine: the multi-task model
+weighted by `DriftAware(Equal())` ("equal"), and by `DriftAware(Relatedness(main=[t]))`
+once for every task t ("relatedness": the mean over tasks of each task's score
+in the run where it was the main task, the others its auxiliaries). Not on School, whose
+schools have a few dozen test rows each.
+
 Targets (issue 12): SARCOS mean nMSE <= 0.070 whole and <= 0.055 over the last half,
 and in no tenth more than 5% behind the better linear contender; Landmine: mean AUC
 above single-task and pooled by more than the seeds' spread, and macro F1 above them;
@@ -44,6 +50,7 @@ from benchmarks.throughput import grouped_runs, write_result
 from stream_mtl import MultiTaskLearner, datasets
 from stream_mtl.evaluate import RiverLinear, SecondOrderLinear, SingleTaskModels
 from stream_mtl.tasks import task_from_kind
+from stream_mtl.weighting import DriftAware, Equal, Relatedness
 
 HERE = Path(__file__).resolve().parent
 HIDDEN = (64, 64)
@@ -113,8 +120,8 @@ def sarcos(seed: int) -> dict:
     tasks, observations = dataset.tasks, list(dataset)
     names = list(tasks)
     Y = np.array([[obs.y[t] for t in names] for obs in observations])
-    out = {}
-    for name, contender in contenders(tasks, seed, pooled=False).items():
+
+    def run(contender) -> dict:
         errors = np.zeros(Y.shape)
         for i, obs in enumerate(observations):
             prediction = contender.predict_one(obs.x)
@@ -122,15 +129,25 @@ def sarcos(seed: int) -> dict:
             contender.learn_one(obs.x, obs.y)
         nmse = (errors - Y) ** 2 / Y.var(axis=0)
         half = len(Y) // 2
-        out[name] = {
+        return {
             "whole": float(nmse.mean()),
             "last_half": float(nmse[half:].mean()),
             "per_joint": nmse.mean(axis=0).tolist(),
+            "per_joint_last_half": nmse[half:].mean(axis=0).tolist(),
             "windows": [float(w.mean()) for w in np.array_split(nmse, WINDOWS)],
         }
+
+    out = {
+        name: run(contender) for name, contender in contenders(tasks, seed, pooled=False).items()
+    }
     best_linear = np.minimum(out["linear"]["windows"], out["river_linear"]["windows"])
     out["multi_task"]["worst_window_vs_linear"] = float(
         np.max(np.array(out["multi_task"]["windows"]) / best_linear - 1.0)
+    )
+    out.update(
+        _each_task_as_main(
+            tasks, seed, run, {"whole": "per_joint", "last_half": "per_joint_last_half"}
+        )
     )
     return out
 
@@ -138,8 +155,8 @@ def sarcos(seed: int) -> dict:
 def landmine(seed: int) -> dict:
     dataset = datasets.Landmine(seed=seed)
     tasks, observations = dataset.tasks, list(dataset)
-    out = {}
-    for name, contender in contenders(tasks, seed).items():
+
+    def run(contender) -> dict:
         auc = {t: metrics.ROCAUC() for t in tasks}
         f1 = {t: metrics.F1() for t in tasks}
         accuracy = metrics.Accuracy()
@@ -150,12 +167,43 @@ def landmine(seed: int) -> dict:
             f1[task].update(label, decision)
             accuracy.update(label, decision)
             contender.learn_one(obs.x, obs.y)
-        out[name] = {
+        return {
             "auc": float(np.mean([m.get() for m in auc.values()])),
             "macro_f1": float(np.mean([m.get() for m in f1.values()])),
             "accuracy": accuracy.get(),
+            "per_field_auc": [m.get() for m in auc.values()],
+            "per_field_f1": [m.get() for m in f1.values()],
         }
+
+    out = {name: run(contender) for name, contender in contenders(tasks, seed).items()}
+    out.update(
+        _each_task_as_main(tasks, seed, run, {"auc": "per_field_auc", "macro_f1": "per_field_f1"})
+    )
     return out
+
+
+def _each_task_as_main(
+    tasks: dict[str, str], seed: int, run: typing.Callable, per_task: dict[str, str]
+) -> dict[str, dict]:
+    """`Relatedness` against `Equal` (both drift-aware, hard sharing): every task in turn
+    is the main task, the others its auxiliaries, and each measure is the mean over tasks
+    of the task's own score in the run where it was the main one (`per_task` maps each
+    measure to the run's per-task list). Equal needs one run: it weighs every task alike,
+    whichever is called main."""
+
+    def model(weighting) -> MultiTaskLearner:
+        specs = {name: task_from_kind(kind) for name, kind in tasks.items()}
+        return MultiTaskLearner(tasks=specs, hidden=HIDDEN, seed=seed, weighting=weighting)
+
+    equal = run(model(DriftAware(Equal())))
+    as_main = [run(model(DriftAware(Relatedness(main=[name])))) for name in tasks]
+    return {
+        "equal": {m: float(np.mean(equal[key])) for m, key in per_task.items()},
+        "relatedness": {
+            m: float(np.mean([scores[key][i] for i, scores in enumerate(as_main)]))
+            for m, key in per_task.items()
+        },
+    }
 
 
 def school(split: int) -> dict:
@@ -267,12 +315,13 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {data_set: summarise(results) for data_set, results in runs.items()}
     for data_set, table in summary.items():
         print(f"{data_set}: median [min, max] over {len(runs[data_set])} runs")
+        width = max(map(len, table)) + 2
         for name, measures in table.items():
             cells = "  ".join(
                 f"{m} {v['median']:.4f} [{v['min']:.4f}, {v['max']:.4f}]"
                 for m, v in measures.items()
             )
-            print(f"  {name:<13}{cells}")
+            print(f"  {name:<{width}}{cells}")
     met = targets(summary)
     for target, ok in met.items():
         print(f"{'met' if ok else 'NOT MET':>8}  {target}")
