@@ -9,7 +9,9 @@ a fresh consumer group, in turn:
   (the baseline: what draining the topic costs at all);
 - `bare_orjson`: the same with orjson, the decoder stream-mtl uses;
 - `torch_batches`: `LearningLoop` on the torch backend, `learn_many` per poll;
-- `numpy_learn_one`: `LearningLoop` on the NumPy backend, `learn_one` per message.
+- `numpy_learn_one`: `LearningLoop` on the NumPy backend, `learn_one` per message;
+- `torch_batches_unfrozen`: `torch_batches` with `freeze_heap=False` (the garbage
+  collector scans every object at each full collection, as before `frozen_heap`).
 
 Each run is timed from the first poll that returns messages to the last message learned
 (group joins and the final checkpoint are left out; checkpoints on the way are in).
@@ -87,7 +89,9 @@ def bare(broker, topic: str, n: int, decode) -> float:
     return seconds
 
 
-def learning(broker, topic: str, n: int, backend: str, profile: bool) -> tuple[float, str]:
+def learning(
+    broker, topic: str, n: int, backend: str, profile: bool, freeze_heap: bool = True
+) -> tuple[float, str]:
     model = MultiTaskLearner(
         tasks={t: Regression() for t in TASKS}, hidden=(64, 64), backend=backend, seed=0
     )
@@ -121,6 +125,7 @@ def learning(broker, topic: str, n: int, backend: str, profile: bool) -> tuple[f
             checkpoint_every=10_000,
             on_learned=on_learned,
             log_every=3600,
+            freeze_heap=freeze_heap,
         )
         profiler = cProfile.Profile() if profile else None
         if profiler:
@@ -151,6 +156,9 @@ def main(argv: list[str] | None = None) -> dict:
         "bare_orjson": lambda: bare(broker, topic, args.n, orjson.loads),
         "torch_batches": lambda: learning(broker, topic, args.n, "torch", False)[0],
         "numpy_learn_one": lambda: learning(broker, topic, args.n, "numpy", False)[0],
+        "torch_batches_unfrozen": lambda: learning(
+            broker, topic, args.n, "torch", False, freeze_heap=False
+        )[0],
     }
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     ratios: dict[str, list[float]] = {name: [] for name in contenders}
@@ -173,11 +181,11 @@ def main(argv: list[str] | None = None) -> dict:
                 profiles[backend] = learning(broker, topic, args.n, backend, True)[1]
 
     print(f"\n{args.n:,} messages, 3 partitions, medians of {args.rounds} rounds")
-    print(f"{'contender':<18}{'msg/s':>10}{'vs bare json':>14}   per-round ratios")
+    print(f"{'contender':<24}{'msg/s':>10}{'vs bare json':>14}   per-round ratios")
     for name in contenders:
         each = " ".join(f"{r:.2f}" for r in ratios[name])
         print(
-            f"{name:<18}{statistics.median(rates[name]):>10,.0f}"
+            f"{name:<24}{statistics.median(rates[name]):>10,.0f}"
             f"{statistics.median(ratios[name]):>13.2f}x   {each}"
         )
     medians = {name: statistics.median(ratios[name]) for name in contenders}

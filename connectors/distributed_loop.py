@@ -39,6 +39,7 @@ letters sent since that checkpoint are sent again (at least once), as in `Learni
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import logging
 import os
@@ -52,6 +53,7 @@ from stream_mtl.checkpoint import save_checkpoint
 from stream_mtl.connectors.kafka import KafkaSource
 from stream_mtl.connectors.learning_loop import LearningLoop
 from stream_mtl.distributed import WorkerGroup
+from stream_mtl.heap import frozen_heap
 from stream_mtl.learner import MultiTaskLearner
 
 logger = logging.getLogger(__name__)
@@ -211,50 +213,53 @@ class DistributedLoop(LearningLoop):
         consumed_at_checkpoint = 0  # by the whole group
         polls = self.source.batches()
         try:
-            while True:
-                batch = next(polls)
-                now = time.monotonic()
-                if batch:
-                    idle_since = now
-                schema = self.model.unseen(
-                    [m.observation.x for m in batch], [m.observation.y for m in batch]
-                )
-                round_ = Round(
-                    *self.group.sum(
-                        [
-                            self._stopping,
-                            self.idle_timeout is not None and now - idle_since >= self.idle_timeout,
-                            not batch,
-                            since_sync >= self.sync_every or now - synced_at >= self.sync_seconds,
-                            since_sync,
-                            bool(schema),
-                            consumed,
-                        ]
+            with frozen_heap() if self.freeze_heap else contextlib.nullcontext():
+                while True:
+                    batch = next(polls)
+                    now = time.monotonic()
+                    if batch:
+                        idle_since = now
+                    schema = self.model.unseen(
+                        [m.observation.x for m in batch], [m.observation.y for m in batch]
                     )
-                )
-                size = self.group.size
-                stop = round_.stop > 0 or round_.idle == size
-                unwritten = round_.consumed > consumed_at_checkpoint
-                write = unwritten and (
-                    stop
-                    or round_.empty == size
-                    or round_.consumed - consumed_at_checkpoint >= self.checkpoint_every
-                )
-                if write or (round_.due > 0 and round_.learned > 0):
-                    self._synchronise(learned_at, write)
-                    synced_at, since_sync = time.monotonic(), 0
-                    if write:
-                        consumed_at_checkpoint = int(round_.consumed)
-                if stop:
-                    break
-                if round_.new_schema > 0:
-                    for found in self.group.gather(schema):
-                        self.model.register(found)
-                if batch:
-                    self._process(batch)
-                    since_sync += len(batch)
-                learned_at, consumed = self.source.position, self.source.n_consumed
-                self._log()
+                    round_ = Round(
+                        *self.group.sum(
+                            [
+                                self._stopping,
+                                self.idle_timeout is not None
+                                and now - idle_since >= self.idle_timeout,
+                                not batch,
+                                since_sync >= self.sync_every
+                                or now - synced_at >= self.sync_seconds,
+                                since_sync,
+                                bool(schema),
+                                consumed,
+                            ]
+                        )
+                    )
+                    size = self.group.size
+                    stop = round_.stop > 0 or round_.idle == size
+                    unwritten = round_.consumed > consumed_at_checkpoint
+                    write = unwritten and (
+                        stop
+                        or round_.empty == size
+                        or round_.consumed - consumed_at_checkpoint >= self.checkpoint_every
+                    )
+                    if write or (round_.due > 0 and round_.learned > 0):
+                        self._synchronise(learned_at, write)
+                        synced_at, since_sync = time.monotonic(), 0
+                        if write:
+                            consumed_at_checkpoint = int(round_.consumed)
+                    if stop:
+                        break
+                    if round_.new_schema > 0:
+                        for found in self.group.gather(schema):
+                            self.model.register(found)
+                    if batch:
+                        self._process(batch)
+                        since_sync += len(batch)
+                    learned_at, consumed = self.source.position, self.source.n_consumed
+                    self._log()
         finally:
             self.source.close()
             if self.sink is not None:

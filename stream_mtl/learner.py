@@ -632,11 +632,16 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
     def warm_up(self) -> None:
         """Compile the numba kernels that this model's `predict_one` and `learn_one` call,
         or load them from numba's cache (a first compile takes seconds, once per machine),
-        so that no prediction or observation waits for one. A live service and
-        `stream-mtl run` call it as they start."""
+        and on the torch backend take a first step on the device (torch loads parts of
+        itself on a first backward pass), so that no prediction or observation waits for
+        either. A live service and `stream-mtl run` call it as they start."""
         from stream_mtl.backends.numpy import warm_up
 
         warm_up(self._backend)
+        if self.backend == "torch":
+            from stream_mtl.backends.torch import warm_up as warm_up_torch
+
+            warm_up_torch(self.device)
 
     # -- checkpoints -------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ KAFKA_BOOTSTRAP_SERVERS. Each test uses its own topics and consumer group.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -116,16 +117,23 @@ def test_every_message_is_learned_exactly_once_in_batches(kafka, tmp_path):
     messages = synthetic_messages(20_000)
     placed = produce(kafka, topic, [encode_json(m) for m in messages])
     seen: list[tuple[int, int]] = []
+    frozen: list[int] = []  # objects the collector skipped while each batch was learned
+
+    def learned(batch) -> None:
+        seen.extend((m.partition, m.offset) for m in batch)
+        frozen.append(gc.get_freeze_count())
+
     loop = LearningLoop(
         new_model("torch"),
         source_for(kafka, topic, group),
         tmp_path / "model.ckpt",
         checkpoint_every=3000,
-        on_learned=lambda batch: seen.extend((m.partition, m.offset) for m in batch),
+        on_learned=learned,
     )
     assert loop.batch_learning
     loop.run()
 
+    assert min(frozen) > 0 and gc.get_freeze_count() == 0  # frozen_heap: for the run only
     assert len(seen) == len(set(seen)) == 20_000
     assert set(seen) == set(placed)
     assert loop.model.n_learned == {"a": 20_000, "flag": 20_000}

@@ -143,6 +143,21 @@ def test_a_model_can_switch_backend_mid_stream_through_a_checkpoint(tmp_path):
     assert_same_parameters(reference, switching)
 
 
+def test_warm_up_takes_torchs_first_step_aside_and_leaves_the_model_as_it_was():
+    model, twin = _model("torch"), _model("torch")
+    observations = _stream(64)
+    for X, Y in _batches(observations[:32], 16):
+        model.learn_many(X, Y)
+        twin.learn_many(X, Y)
+    model.warm_up()
+    assert_same_parameters(model, twin, rtol=0.0)
+    for X, Y in _batches(observations[32:], 16):  # and it goes on learning alike
+        model.learn_many(X, Y)
+        twin.learn_many(X, Y)
+    assert_same_parameters(model, twin, rtol=0.0)
+    assert_same_predictions(model, twin, observations[:8])
+
+
 def test_cuda_without_cuda_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

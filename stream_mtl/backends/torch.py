@@ -178,3 +178,14 @@ class TorchBackend(FlatBackend):
         root_bias2, step = self._adam_scalars()
         update = m / (v.sqrt() + ADAM_EPS * root_bias2)
         self._param.sub_(update * (self.lr * step))
+
+
+def warm_up(device: str = "cpu") -> None:
+    """One tiny batch step and prediction on `device`: torch loads parts of itself on a
+    first backward pass (about 0.3 s here, more on a GPU's first kernels), which would
+    otherwise fall on the first mini-batch learned."""
+    tiny = TorchBackend(hidden=(2,), device=device)
+    tiny.grow_inputs(np.zeros((1, 2)))
+    tiny.set_head("task", "regression", 1)
+    tiny.step_many(np.zeros((2, 1)), np.zeros((2, 1)), np.ones(1), np.ones(1))
+    tiny.forward_many(np.zeros((2, 1)))
