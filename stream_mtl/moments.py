@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from stream_mtl.backends.kernels import kernel_array, welford_step
+from stream_mtl.backends.kernels import kernel_array, welford_rows, welford_step
 
 _EVERY = slice(None)
 
@@ -103,35 +103,23 @@ class RunningMoments:
     ) -> np.ndarray:
         """Add the rows of `values` (n_rows x len(columns)) in order; return them standardised.
 
-        Row i is standardised with the statistics of every earlier row and itself, as a
-        loop of `update_and_scale` would. Entries where `present` is False are skipped
-        (they neither count nor get a meaningful scaled value; 0 is returned there).
+        Row i is standardised with the statistics of every earlier row and itself: the
+        same operations in the same order as a loop of `update_and_scale`, so the same
+        numbers (one compiled call, `kernels.welford_rows`). Entries where `present` is
+        False are skipped (they neither count nor get a meaningful scaled value; 0 is
+        returned there).
         """
-        values = np.asarray(values, dtype=float)
-        if present is None:
-            present = np.ones(values.shape, dtype=bool)
-        n0 = self.count[columns]
-        mean0 = self.mean[columns]
-        # Shift by a value close to the data so the running sums do not cancel.
-        first = np.where(
-            present.any(axis=0), values[present.argmax(axis=0), range(len(columns))], 0
+        values = kernel_array(values)
+        present = (
+            np.ones(values.shape, dtype=bool) if present is None else kernel_array(present, bool)
         )
-        shift = np.where(n0 > 0, mean0, first)
-        u = np.where(present, values - shift, 0.0)
-        n = n0 + np.cumsum(present, axis=0)
-        prior = n0 * (mean0 - shift)
-        s1 = prior + np.cumsum(u, axis=0)
-        s2 = self.m2[columns] + n0 * (mean0 - shift) ** 2 + np.cumsum(u * u, axis=0)
-        safe_n = np.where(n > 0, n, 1.0)
-        mean = shift + s1 / safe_n
-        m2 = np.maximum(s2 - s1 * s1 / safe_n, 0.0)
-        std = np.sqrt(m2 / safe_n)
-        std[std == 0.0] = 1.0
-        scaled = np.where(present, (values - mean) / std, 0.0)
-        self.count[columns] = n[-1]
-        self.mean[columns] = np.where(n[-1] > 0, mean[-1], mean0)
-        self.m2[columns] = np.where(n[-1] > 0, m2[-1], self.m2[columns])
-        self._refresh_stdev()
+        count, mean, m2, stdev = (
+            self.count[columns], self.mean[columns], self.m2[columns], self.stdev[columns]
+        )  # fmt: skip
+        scaled = welford_rows(count, mean, m2, stdev, values, present)
+        self.count[columns], self.mean[columns], self.m2[columns], self.stdev[columns] = (
+            count, mean, m2, stdev
+        )  # fmt: skip
         return scaled
 
     def _refresh_stdev(self) -> None:

@@ -76,3 +76,28 @@ def test_the_compiled_welford_step_is_numpys_bit_for_bit():
     for name in ("count", "mean", "m2", "stdev"):
         assert np.array_equal(getattr(compiled, name), getattr(reference, name)), name
     assert compiled.stdev[5] == 1.0  # a constant column: its deviation is undefined, 1
+
+
+def test_a_batch_update_of_the_moments_is_the_row_by_row_reference_bit_for_bit():
+    """`learn_many` scales features and targets with `welford_rows`: row i of a batch
+    must get exactly what the i-th of a loop of single updates gets, absent entries
+    skipped, whatever columns the batch names."""
+    from stream_mtl.moments import RunningMoments
+
+    rng = np.random.default_rng(9)
+    batched, reference = RunningMoments(), RunningMoments()
+    for moments in (batched, reference):
+        moments.grow(7)
+    columns = np.array([5, 0, 2, 3, 6])  # not in order, and not all of them
+    for start in range(0, 2_000, 250):
+        values = rng.normal(size=(250, 5)) * np.array([1e-3, 1.0, 1e3, 1.0, 0.0]) + 50.0
+        present = rng.random((250, 5)) < 0.8
+        ours = batched.update_and_scale_batch(columns, values, present)
+        for i in range(250):
+            kept = columns[present[i]]
+            theirs = reference._update_and_scale(kept, values[i, present[i]])
+            assert np.array_equal(ours[i, present[i]], theirs), (start, i)
+            assert not ours[i, ~present[i]].any()
+    for name in ("count", "mean", "m2", "stdev"):
+        assert np.array_equal(getattr(batched, name), getattr(reference, name)), name
+    assert batched.count[[1, 4]].tolist() == [0.0, 0.0]  # columns the batches never named

@@ -203,6 +203,39 @@ def welford_step(
     return out
 
 
+@njit(cache=True, fastmath=False)
+def welford_rows(
+    count: np.ndarray,
+    mean: np.ndarray,
+    m2: np.ndarray,
+    stdev: np.ndarray,
+    values: np.ndarray,
+    present: np.ndarray,
+) -> np.ndarray:
+    """`welford_step` for each row of `values` (rows x columns) in order, in place; an
+    entry where `present` is False is skipped (neither counted nor scaled: 0 out)."""
+    rows, columns = values.shape
+    out = np.zeros((rows, columns))
+    for i in range(rows):
+        for j in range(columns):
+            if not present[i, j]:
+                continue
+            c = count[j] + 1.0
+            count[j] = c
+            delta = values[i, j] - mean[j]
+            mu = mean[j] + delta / c
+            mean[j] = mu
+            deviation = values[i, j] - mu
+            q = m2[j] + delta * deviation
+            m2[j] = q
+            s = np.sqrt(q / c)
+            if s == 0.0:
+                s = 1.0
+            stdev[j] = s
+            out[i, j] = deviation / s
+    return out
+
+
 def warm_up() -> None:
     """Compile every kernel now (or load it from the cache), with the argument types of
     the per-observation path, so that nothing compiles when the first observation or
@@ -217,3 +250,6 @@ def warm_up() -> None:
     for dtype in (np.float32, np.float64):  # the trunk's buffer, in the model's dtype
         all_finite(np.zeros(1, dtype))
     welford_step(np.zeros(1), np.zeros(1), np.zeros(1), np.ones(1), np.zeros(1))
+    welford_rows(
+        np.zeros(1), np.zeros(1), np.zeros(1), np.ones(1), np.zeros((1, 1)), np.ones((1, 1), bool)
+    )
