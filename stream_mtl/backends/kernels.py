@@ -180,6 +180,26 @@ def all_finite_matrices(matrices: tuple) -> bool:
 
 
 @njit(cache=True, fastmath=False)
+def _welford(
+    count: np.ndarray, mean: np.ndarray, m2: np.ndarray, stdev: np.ndarray, j: int, value: float
+) -> float:
+    """Column j's statistics updated with `value`, in place; `value` standardised."""
+    c = count[j] + 1.0
+    count[j] = c
+    delta = value - mean[j]
+    mu = mean[j] + delta / c
+    mean[j] = mu
+    deviation = value - mu
+    q = m2[j] + delta * deviation
+    m2[j] = q
+    s = np.sqrt(q / c)
+    if s == 0.0:
+        s = 1.0
+    stdev[j] = s
+    return deviation / s
+
+
+@njit(cache=True, fastmath=False)
 def welford_step(
     count: np.ndarray, mean: np.ndarray, m2: np.ndarray, stdev: np.ndarray, values: np.ndarray
 ) -> np.ndarray:
@@ -187,19 +207,7 @@ def welford_step(
     each added, returned standardised, with the same operations in the same order."""
     out = np.empty(values.shape[0])
     for j in range(values.shape[0]):
-        c = count[j] + 1.0
-        count[j] = c
-        delta = values[j] - mean[j]
-        mu = mean[j] + delta / c
-        mean[j] = mu
-        deviation = values[j] - mu
-        q = m2[j] + delta * deviation
-        m2[j] = q
-        s = np.sqrt(q / c)
-        if s == 0.0:
-            s = 1.0
-        stdev[j] = s
-        out[j] = deviation / s
+        out[j] = _welford(count, mean, m2, stdev, j, values[j])
     return out
 
 
@@ -218,21 +226,8 @@ def welford_rows(
     out = np.zeros((rows, columns))
     for i in range(rows):
         for j in range(columns):
-            if not present[i, j]:
-                continue
-            c = count[j] + 1.0
-            count[j] = c
-            delta = values[i, j] - mean[j]
-            mu = mean[j] + delta / c
-            mean[j] = mu
-            deviation = values[i, j] - mu
-            q = m2[j] + delta * deviation
-            m2[j] = q
-            s = np.sqrt(q / c)
-            if s == 0.0:
-                s = 1.0
-            stdev[j] = s
-            out[i, j] = deviation / s
+            if present[i, j]:
+                out[i, j] = _welford(count, mean, m2, stdev, j, values[i, j])
     return out
 
 
