@@ -39,7 +39,6 @@ letters sent since that checkpoint are sent again (at least once), as in `Learni
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
 import logging
 import os
@@ -213,7 +212,7 @@ class DistributedLoop(LearningLoop):
         consumed_at_checkpoint = 0  # by the whole group
         polls = self.source.batches()
         try:
-            with frozen_heap() if self.freeze_heap else contextlib.nullcontext():
+            with frozen_heap(self.freeze_heap):
                 while True:
                     batch = next(polls)
                     now = time.monotonic()

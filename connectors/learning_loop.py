@@ -21,7 +21,6 @@ after the last checkpoint are sent again after such a crash (at least once).
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import time
@@ -179,7 +178,7 @@ class LearningLoop:
         """Consume until the source ends or `stop()`; then checkpoint, commit and close."""
         self.model.warm_up()  # before joining the group: a compile would outlast the poll interval
         try:
-            with frozen_heap() if self.freeze_heap else contextlib.nullcontext():
+            with frozen_heap(self.freeze_heap):
                 for batch in self.source.batches():
                     if batch:
                         self._in_batch = True

@@ -23,11 +23,11 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def frozen_heap() -> Iterator[None]:
+def frozen_heap(enabled: bool = True) -> Iterator[None]:
     """Freeze the objects tracked now for the duration of the block, then unfreeze them.
 
     If something else has frozen objects already (the application, or an enclosing
-    block), the block leaves the collector as it finds it.
+    block), or `enabled` is False, the block leaves the collector as it finds it.
 
     >>> import gc
     >>> with frozen_heap():
@@ -35,8 +35,11 @@ def frozen_heap() -> Iterator[None]:
     True
     >>> gc.get_freeze_count()
     0
+    >>> with frozen_heap(enabled=False):
+    ...     gc.get_freeze_count()
+    0
     """
-    if gc.get_freeze_count():
+    if not enabled or gc.get_freeze_count():
         yield
         return
     gc.collect()  # what is garbage already is not kept until the end
