@@ -485,20 +485,32 @@ def test_a_commit_while_the_group_rebalances_is_no_error(kafka):
 
     def poll_until(condition, what: str) -> None:
         deadline = time.monotonic() + 60
+        coordinator = source._consumer._coordinator
         while not condition():
-            assert time.monotonic() < deadline, f"no {what} in 60 s"
+            assert time.monotonic() < deadline, (
+                f"no {what} in 60 s: state {coordinator.state}, generation "
+                f"{coordinator.group_metadata()}, rejoin needed {coordinator.need_rejoin()}"
+            )
             next(batches)
 
     poll_until(lambda: source.n_consumed == 40, "messages")
     source.commit()  # where a partition assigned again starts
 
-    def join(consumer: KafkaConsumer, joined: threading.Event) -> None:
+    done = threading.Event()
+
+    def join(consumer: KafkaConsumer, joined: threading.Event, idle: bool) -> None:
+        """Poll until assigned; then stop (`idle`) or go on until the test is done, so
+        that the member never leaves the group for want of polls (kafka-python's
+        heartbeat thread makes one that stops polling leave after its poll interval,
+        which began another rebalance under a slow test)."""
         deadline = time.monotonic() + 60
         while not consumer.assignment() and time.monotonic() < deadline:
             consumer.poll(200)
         joined.set()
+        while not idle and not done.is_set():
+            consumer.poll(200)
 
-    def member(**options) -> tuple[KafkaConsumer, threading.Event]:
+    def member(idle: bool = False, **options) -> tuple:
         other = KafkaConsumer(
             topic,
             bootstrap_servers=kafka.bootstrap,
@@ -507,18 +519,19 @@ def test_a_commit_while_the_group_rebalances_is_no_error(kafka):
             **{**timing, **options},
         )
         joined = threading.Event()
-        threading.Thread(target=join, args=(other, joined), daemon=True).start()
-        return other, joined
+        thread = threading.Thread(target=join, args=(other, joined, idle), daemon=True)
+        thread.start()
+        return other, joined, thread
 
     # Joins, then stops polling: the next rebalance waits for it until it leaves the
     # group, its session timeout after its last poll (the 0.9 protocol has no separate
     # poll interval). Long: at 6 s, a busy machine let it leave before the next
     # rebalance began, which then ended at once.
-    idle, joined = member(session_timeout_ms=25_000)
+    idle, joined, _ = member(idle=True, session_timeout_ms=25_000)
     poll_until(joined.is_set, "first rebalance")
     assert len(revoked) == 1, "the group never rebalanced"
     held = source.position  # what a checkpoint taken now would hold
-    last, _ = member()  # its rebalance waits for the idle member
+    last, _, polling = member()  # its rebalance waits for the idle member
     poll_until(lambda: len(revoked) == 2, "second rebalance")
     assert source._consumer._coordinator.rebalance_in_progress(), "the rejoin ended too soon"
 
@@ -532,6 +545,8 @@ def test_a_commit_while_the_group_rebalances_is_no_error(kafka):
     source.commit({p: 1 for p in owned})
     assert committed(kafka, topic, group, 2).items() >= {p: 1 for p in owned}.items()
     source.close()
+    done.set()
+    polling.join()
     last.close()
 
 
