@@ -8,7 +8,9 @@ scheduled time, and its latency counts from then), and are answered:
   `learn` as fast as the queue takes it ("learning on"), or with no learning; with the
   learner in a process, also while the four threads run in another process, attached
   to the same learner ("fed elsewhere": this process then only predicts, as a serving
-  process does when the labels come from elsewhere or from `serve --source`);
+  process does when the labels come from another serving process), and while the
+  learner consumes a feed of its own flat out, polls of 16 rows as `KafkaFeed` delivers
+  them ("from its feed": `serve --source kafka://...`, no other process feeding it);
 - two floors, paced the same way: a call that does nothing (what this machine's
   scheduler and timer alone add) and a bare `predict_one` on a snapshot, no service;
 - over HTTP: `stream-mtl serve` on a loopback port; `/predict` from an open-loop
@@ -47,6 +49,7 @@ import numpy as np
 import orjson
 
 from benchmarks import http_load
+from benchmarks.replay_feed import ReplayFeed
 from benchmarks.throughput import TASKS, make_stream, write_result
 from stream_mtl import MultiTaskLearner, Regression
 from stream_mtl.predictor import Snapshot
@@ -60,10 +63,16 @@ IN_PROCESS = [
     ("process", "no"),
     ("process", "here"),
     ("process", "elsewhere"),
+    ("process", "feed"),
     ("thread", "no"),
     ("thread", "here"),
 ]
-MODES = {"no": "no_learning", "here": "learning", "elsewhere": "learning_fed_elsewhere"}
+MODES = {
+    "no": "no_learning",
+    "here": "learning",
+    "elsewhere": "learning_fed_elsewhere",
+    "feed": "learning_from_its_feed",
+}
 SATURATE_SECONDS = 3.0  # HTTP: how long 8 clients send /predict back to back
 sys.path.insert(0, str(HERE.parent / "tests"))
 from serve_process import start_server, stop_server  # noqa: E402  (shared with the tests)
@@ -153,16 +162,22 @@ def floor_turn(bare: bool, n: int, rate: float, data: list) -> np.ndarray:
 def in_process_turn(
     learner: str, learning: str, n: int, rate: float, data: list
 ) -> tuple[np.ndarray, float]:
-    """`learning`: "no", "here" (feeder threads in this process) or "elsewhere"."""
+    """`learning`: "no", "here" (feeder threads in this process), "elsewhere" (in
+    another process) or "feed" (the learner's own feed)."""
     folder = tempfile.TemporaryDirectory()
     address = str(Path(folder.name) / "learner.sock")
+    options: dict = {}
+    if learning == "elsewhere":
+        options["listen"] = address
+    elif learning == "feed":  # a feed's position is kept in the service's checkpoints
+        options.update(feed=ReplayFeed(data), checkpoint=Path(folder.name) / "model.ckpt")
     # block_timeout=0: the feeder is refused at once when the queue is full, and retries
     service = OnlineModel(
         reference_model(),
         process=learner == "process",
         queue_size=1000,
         block_timeout=0,
-        **({"listen": address} if learning == "elsewhere" else {}),
+        **options,
     )
     offer_learning(service, data[:2000], None)  # warm-up
     while service.queue_depth:
@@ -180,6 +195,8 @@ def in_process_turn(
         ]
         feeding[0].start()
         time.sleep(1.5)  # its interpreter starts, and the learner gets busy
+    elif learning == "feed":
+        time.sleep(1.0)  # the learner gets busy
     learned_before, started = learned(service), time.perf_counter()
     latencies = paced(n, rate, lambda i: service.predict(data[i % len(data)][0]))
     learn_rate = (learned(service) - learned_before) / (time.perf_counter() - started)
@@ -325,6 +342,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"{http_on['p99_us'] / 1000:.2f} ms (target <= 5), throughput with learning "
             f"{kept:.0%} of without (target >= 90%)"
         )
+    own = results["in_process_process_learning_from_its_feed"]["p99_us"]
+    ratios["process_from_its_feed"] = own / results["in_process_process_no_learning"]["p99_us"]
+    print(
+        f"learner in a process learning from its own feed: p99 {own:.0f} µs (target <= 200), "
+        f"{ratios['process_from_its_feed']:.2f}x the p99 without (target <= 1.5)"
+    )
     return write_result(
         {
             "rates": {"in_process": args.rate, "http": args.http_rate},

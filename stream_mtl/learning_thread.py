@@ -144,7 +144,7 @@ class LearningThread:
         checkpoint: str | os.PathLike | None = None,
         checkpoint_seconds: float | None = None,
         checkpoint_every: int | None = None,
-        snapshot_every: int = 100,
+        snapshot_every: int = 1000,
         snapshot_ms: float = 50.0,
         queue_size: int = 10_000,
         block_timeout: float = 1.0,
