@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.coordinator.base import MemberState
 from kafka.structs import TopicPartition
 
 from stream_mtl import Binary, MultiTaskLearner, Regression
@@ -548,6 +549,32 @@ def test_a_commit_while_the_group_rebalances_is_no_error(kafka):
     done.set()
     polling.join()
     last.close()
+
+
+def test_a_member_whose_rejoin_stalled_rejoins(kafka):
+    """kafka-python 3.0.12 once left a poll with this member "rebalancing" while asking
+    for no rejoin (the failure of the test above, on a busy machine): no later poll
+    would rejoin, and the member would hold nothing. Put a real member in that state:
+    the next polls rejoin, and it consumes again."""
+    topic, group = unique("stalled"), unique("group")
+    kafka.create_topic(topic, partitions=2)
+    produce(kafka, topic, [encode_json(m) for m in synthetic_messages(40, seed=1)])
+    source = source_for(kafka, topic, group, poll_timeout=0.2, idle_timeout=None)
+    batches = source.batches()
+    deadline = time.monotonic() + 60
+    while source.n_consumed < 20:
+        assert time.monotonic() < deadline, "nothing consumed in 60 s"
+        next(batches)
+    coordinator = source._consumer._coordinator
+    with coordinator._lock:  # the state the poll was left in
+        coordinator.state = MemberState.REBALANCING
+        coordinator.rejoin_needed = False
+    while not coordinator.generation_if_stable() or source.n_consumed < 40:
+        assert time.monotonic() < deadline, f"stuck: state {coordinator.state}"
+        next(batches)
+    assert source.n_rejoins_asked == 1
+    assert source._consumer.assignment()
+    source.close()
 
 
 def test_partitions_lost_and_assigned_back_go_on_where_this_member_was(kafka, caplog):
