@@ -62,9 +62,10 @@ class OnlineModel:
     snapshot_every, snapshot_ms
         A new snapshot after this many updates or milliseconds, whichever comes first
         (1,000 and 50: at the rates a learner reaches, one every 50 ms). Each costs the
-        learner about 0.3 ms to make and each serving process about 0.1 ms to load,
-        during which a prediction there waits for the GIL: one after every 100 updates,
-        at 10,000 updates a second, raised predict p99 from 0.11-0.13 to 0.20-0.38 ms.
+        learner about 0.3 ms to make and each serving process 0.1 to 0.5 ms to load
+        (the more, the colder its caches), during which a prediction there waits for
+        the GIL: one after every 100 updates, at 10,000 updates a second, raised
+        predict p99 from 0.11-0.13 to 0.20-0.38 ms.
     queue_size, block_timeout
         Observations waiting to be learned, at most; how long `learn` waits for room
         before it raises `QueueFull` (0: at once).
