@@ -501,9 +501,10 @@ def test_a_commit_while_the_group_rebalances_is_no_error(kafka):
 
     def join(consumer: KafkaConsumer, joined: threading.Event, idle: bool) -> None:
         """Poll until assigned; then stop (`idle`) or go on until the test is done, so
-        that the member never leaves the group for want of polls (kafka-python's
+        that the member never leaves the group for want of polls: kafka-python's
         heartbeat thread makes one that stops polling leave after its poll interval,
-        which began another rebalance under a slow test)."""
+        which begins another rebalance (a failed run logged that warning; its cause
+        was the stalled rejoin of the test below)."""
         deadline = time.monotonic() + 60
         while not consumer.assignment() and time.monotonic() < deadline:
             consumer.poll(200)
