@@ -91,6 +91,12 @@ class OnlineThreshold:
             self._threshold = self._best()
         return self._threshold
 
+    def settle(self) -> None:
+        """Work the threshold out now, so that reading it changes nothing: a snapshot's
+        objects never change once made (see `stream_mtl.snapshot_wire`)."""
+        if self._threshold is None:
+            self._threshold = self._best()
+
     def _best(self) -> float:
         if (self.seen + self.prior.sum(axis=1)).min() < self.min_each:
             return 0.5

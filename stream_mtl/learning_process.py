@@ -10,8 +10,9 @@ New features, classes and tasks reach readers with the next snapshot, since a sn
 is the whole predicting model. `snapshot_age` says how old it may be: the child
 publishes within `snapshot_ms` of learning something, and says "nothing new" as often
 when idle. A loader thread of the serving process looks for a new snapshot every
-`LOAD_POLL` seconds and swaps it in whole, so that no prediction waits for a snapshot
-to be unpickled (the swap adds that poll and the load, about a millisecond, to the age).
+`LOAD_POLL` seconds, loads it (`stream_mtl.snapshot_wire`: mostly a copy of new arrays
+into a snapshot no prediction holds any more) and swaps it in whole, so that no
+prediction loads one (the swap adds that poll and the load to the age).
 
 `learn` and `learn_label` are sent to the child and answered: a refusal raises in the
 caller (the same `InvalidInput` or `Unavailable`), and a return means what the learner
@@ -55,6 +56,7 @@ from stream_mtl.learning_thread import LearningThread, Unavailable, resumed_from
 from stream_mtl.pending import writable_key
 from stream_mtl.predictor import Snapshot
 from stream_mtl.shared_snapshot import SnapshotBoard, SnapshotReader, SnapshotWriter
+from stream_mtl.snapshot_wire import SnapshotLoader, encode
 
 if typing.TYPE_CHECKING:
     from stream_mtl.learner import MultiTaskLearner
@@ -116,7 +118,8 @@ class _LearnerLink:
         self._reader = SnapshotReader(board)
         self._snapshot: Snapshot | None = None
         self._version = 0
-        self._loading = threading.Lock()  # one thread of this process unpickles at a time
+        self._loading = threading.Lock()  # one thread of this process loads at a time
+        self._snapshot_loader = SnapshotLoader()
         self._send_lock = threading.Lock()
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._ids = itertools.count(1)
@@ -214,7 +217,7 @@ class _LearnerLink:
         """Load the latest snapshot from the board (holding `_loading`)."""
         read = self._reader.read()
         if read is not None and read[0] != self._version:
-            self._snapshot, self._version = pickle.loads(read[1]), read[0]
+            self._snapshot, self._version = self._snapshot_loader.load(read[1]), read[0]
 
     def _follow_board(self) -> None:
         """The loader thread: load each new snapshot the learner publishes, until closed.
@@ -698,7 +701,7 @@ class _Calls:
 
 def _publisher(writer: SnapshotWriter) -> typing.Callable[[Snapshot], None]:
     def publish(snapshot: Snapshot) -> None:
-        writer.publish(pickle.dumps(snapshot, PROTOCOL))
+        writer.publish(encode(snapshot))
 
     return publish
 

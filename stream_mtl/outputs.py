@@ -78,12 +78,17 @@ class Outputs:
             self.tuners[len(self.names) - 1] = OnlineThreshold(task.threshold)
 
     def frozen_copy(self) -> Outputs:
-        """A deep copy that no longer calls back (a snapshot's: it never learns a class)."""
+        """A deep copy that no longer calls back and never changes (a snapshot's: it never
+        learns a class, its thresholds are worked out, and what only learning reads, the
+        thresholds' pooled prior, is left out)."""
         callback, self.on_new_class = self.on_new_class, None
         try:
-            return copy.deepcopy(self)
+            frozen = copy.deepcopy(self, {id(self.pooled): None})
         finally:
             self.on_new_class = callback
+        for tuner in frozen.tuners.values():
+            tuner.settle()
+        return frozen
 
     def n_outputs(self, position: int) -> int:
         """How many head outputs the task at `position` has now."""

@@ -146,6 +146,10 @@ class Snapshot(Predicting):
     False
     """
 
+    # What predicts; the rest is what it reports (`stream_mtl.snapshot_wire` sends the
+    # two apart).
+    PARTS = ("_encoder", "_backend", "_outputs")
+
     def __init__(self, model: MultiTaskLearner) -> None:
         self._encoder = copy.deepcopy(model._encoder)
         self._backend = model._backend.predicting_copy()

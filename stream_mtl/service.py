@@ -62,10 +62,11 @@ class OnlineModel:
     snapshot_every, snapshot_ms
         A new snapshot after this many updates or milliseconds, whichever comes first
         (1,000 and 50: at the rates a learner reaches, one every 50 ms). Each costs the
-        learner about 0.3 ms to make and each serving process 0.1 to 0.5 ms to load
-        (the more, the colder its caches), during which a prediction there waits for
-        the GIL: one after every 100 updates, at 10,000 updates a second, raised
-        predict p99 from 0.11-0.13 to 0.20-0.38 ms.
+        learner about 0.3 ms to make and each serving process 0.01 to 0.08 ms to load
+        (a copy of the new arrays; 0.1 to 0.5 ms where the model grew, a full load:
+        see `stream_mtl.snapshot_wire`), during which a prediction there waits for
+        the GIL. With full loads every time, one snapshot after every 100 updates at
+        10,000 updates a second raised predict p99 from 0.11-0.13 to 0.20-0.38 ms.
     queue_size, block_timeout
         Observations waiting to be learned, at most; how long `learn` waits for room
         before it raises `QueueFull` (0: at once).

@@ -169,6 +169,10 @@ def test_a_post_that_is_not_declared_json_gets_415(server, content_type):
 
 
 def test_metrics_are_prometheus_text_with_requests_latency_queue_and_tasks(server):
+    rng, before = np.random.default_rng(3), learned(server)["a"]
+    for _ in range(5):  # scored, whichever tests ran before on this server
+        assert server.post("/learn", json=observation(rng)).status_code == 202
+    wait_until_learned(server, before + 5)
     server.post("/predict", json={"x": {"x0": 1.0}})
     for i in range(20):  # unknown paths do not grow the metrics: they are all "other"
         assert server.get(f"/no/such/path/{i}").status_code == 404

@@ -50,21 +50,21 @@ def test_predictions_come_from_the_learners_latest_snapshot_and_move_as_it_learn
     assert service.predict(probe) == service.model.predict_one(probe)  # the last snapshot
 
 
-def test_no_prediction_unpickles_a_snapshot_the_loader_thread_swaps_them_in(monkeypatch):
+def test_no_prediction_loads_a_snapshot_the_loader_thread_swaps_them_in(monkeypatch):
     import threading
 
-    from stream_mtl import learning_process
+    from stream_mtl.snapshot_wire import SnapshotLoader
 
     loaded_on: list[str] = []
-    loads = learning_process.pickle.loads
+    load = SnapshotLoader.load
 
-    def recording_loads(data: bytes, *args, **kwargs):
+    def recording_load(self, payload: bytes):
         loaded_on.append(threading.current_thread().name)
-        return loads(data, *args, **kwargs)
+        return load(self, payload)
 
     service = OnlineModel(new_model(), snapshot_every=10)
     first = service.snapshot
-    monkeypatch.setattr(learning_process.pickle, "loads", recording_loads)
+    monkeypatch.setattr(SnapshotLoader, "load", recording_load)
     rng = np.random.default_rng(0)
     for _ in range(200):
         service.learn(*observation(rng))
@@ -75,6 +75,8 @@ def test_no_prediction_unpickles_a_snapshot_the_loader_thread_swaps_them_in(monk
     snapshots = [name for name in loaded_on if name == loader.name]
     assert len(snapshots) >= 2
     assert threading.main_thread().name not in loaded_on  # the predictions' thread
+    # Loads copy new arrays into the snapshot before last where no prediction holds it.
+    assert service._engine._snapshot_loader.n_refreshed >= 1
     service.close()
     assert not loader.is_alive()
 

@@ -124,7 +124,9 @@ class FlatBackend(RowsAsBatches):
         memo: dict[int, typing.Any] = {id(head.cov): None for head in heads}
         for name in self._LEARNING_ONLY:
             memo[id(getattr(self, name))] = None
-        return copy.deepcopy(self, memo)
+        clone = copy.deepcopy(self, memo)
+        clone._adam_step = 0  # the optimiser's: kept out, so that snapshots differ in arrays alone
+        return clone
 
     # -- what a subclass supplies --------------------------------------------------------
 
