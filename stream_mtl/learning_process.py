@@ -151,6 +151,10 @@ class _LearnerLink:
                 call_id, ok, value = conn.recv()
             except (EOFError, OSError):
                 break
+            except Exception:  # closed under the read (a TypeError), or an unreadable answer
+                if not self._closing:
+                    logger.exception("an answer of the learner process could not be read")
+                break
             future = self._calls.pop(call_id, None)
             if future is None:
                 continue

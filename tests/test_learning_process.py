@@ -271,3 +271,34 @@ def test_an_attached_service_shares_the_learner_and_finds_it_again_after_a_resta
     # No log and no checkpoint before the kill: the restart began from the first model,
     # and what was learned before is lost, as documented; both learned after it.
     assert owner.model.n_learned["a"] == 2
+
+
+def test_an_answer_that_cannot_be_read_fails_its_call_and_the_link_connects_again(tmp_path):
+    import threading
+    from multiprocessing.connection import Listener
+
+    from stream_mtl.learning_process import LearnerClient
+    from stream_mtl.shared_snapshot import SnapshotBoard
+
+    board, address = SnapshotBoard.create(), str(tmp_path / "learner.sock")
+    accepted = []
+
+    def answer_garbage_then_hold(listener: Listener) -> None:
+        first = listener.accept()
+        accepted.append(first)
+        first.recv_bytes()  # the call
+        first.send_bytes(b"not a pickle")
+        accepted.append(listener.accept())  # the link comes back
+
+    with Listener(address, family="AF_UNIX") as listener:
+        server = threading.Thread(target=answer_garbage_then_hold, args=(listener,))
+        server.start()
+        client = LearnerClient(board.name, address, connect_timeout=10)
+        with pytest.raises(Unavailable, match="went away"):
+            client.status()  # at once, not after the 31 s an answer may take
+        server.join(10)
+        assert len(accepted) == 2
+        client.close()
+    for conn in accepted:
+        conn.close()
+    board.unlink()
