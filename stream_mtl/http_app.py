@@ -49,7 +49,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.concurrency import run_in_threadpool
 
@@ -78,7 +78,7 @@ class _ServiceCollector:
     def __init__(self, service: OnlineModel) -> None:
         self.service = service
 
-    def collect(self) -> typing.Iterator[GaugeMetricFamily]:
+    def collect(self) -> typing.Iterator[Metric]:
         service, model = self.service, self.service.snapshot
         age = GaugeMetricFamily(
             "stream_mtl_snapshot_age_seconds",
@@ -86,6 +86,16 @@ class _ServiceCollector:
         )
         age.add_metric([], service.snapshot_age)
         yield age
+        loads = service.snapshot_loads
+        if loads:
+            loaded = CounterMetricFamily(
+                "stream_mtl_snapshot_loads",
+                "Snapshots this process loaded: arrays copied into a spare, or unpickled whole",
+                labels=["how"],
+            )
+            for how, count in loads.items():
+                loaded.add_metric([how], count)
+            yield loaded
         not_held = GaugeMetricFamily(
             "stream_mtl_predictions_not_held",
             "Predictions under a key served while the learner was down, so not held for labels",

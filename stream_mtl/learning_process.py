@@ -253,6 +253,13 @@ class _LearnerLink:
         once closed: there is no learner to be behind)."""
         return float("inf") if self._closed else self._reader.age()
 
+    @property
+    def snapshot_loads(self) -> dict[str, int]:
+        """Snapshots this process loaded, by how: arrays copied into a spare, or
+        unpickled whole (`stream_mtl.snapshot_wire`)."""
+        loader = self._snapshot_loader
+        return {"copied": loader.n_copied, "unpickled": loader.n_unpickled}
+
     def predict(self, x: dict, key: Hashable | None = None) -> dict:
         snapshot = self.snapshot
         if key is not None:

@@ -154,6 +154,15 @@ class OnlineModel:
         learner publishes itself)."""
         return self._engine.snapshot_age
 
+    @property
+    def snapshot_loads(self) -> dict[str, int]:
+        """Snapshots this process loaded from the learner process, by how: "copied"
+        (the new arrays into a snapshot no prediction held any more: the cheap way) or
+        "unpickled" (whole: the first, and those after the model grew or while a
+        caller held the spare). Empty with the learner on a thread, whose snapshots
+        need no loading."""
+        return {} if isinstance(self._engine, LearningThread) else self._engine.snapshot_loads
+
     def predict(self, x: dict, key: Hashable | None = None) -> dict:
         """Predictions for `x` from the current snapshot; with a `key`, `x` and the
         prediction are held for `learn_label(key, y)`."""

@@ -35,7 +35,7 @@ holds is never changed.
 {'price': 2} True
 {'price': 3} True
 {'price': 4} True
->>> loader.n_loaded, loader.n_refreshed
+>>> loader.n_unpickled, loader.n_copied
 (2, 2)
 """
 
@@ -135,14 +135,14 @@ class SnapshotLoader:
     """Snapshots from `encode`'s payloads; refreshes a spare one in place where it can.
 
     Not thread-safe: one thread loads at a time (a serving process's loader thread).
-    `n_loaded` counts full loads, `n_refreshed` loads that copied arrays into the spare.
+    `n_unpickled` counts full loads, `n_copied` loads that copied arrays into the spare.
     """
 
     def __init__(self) -> None:
         self._current: _Held | None = None
         self._spare: _Held | None = None
-        self.n_loaded = 0
-        self.n_refreshed = 0
+        self.n_unpickled = 0
+        self.n_copied = 0
 
     def load(self, payload: bytes) -> Snapshot:
         """The snapshot `payload` holds (a refreshed spare, or a new one)."""
@@ -161,10 +161,10 @@ class SnapshotLoader:
             spare.arena[:] = arrays
             vars(spare.snapshot).update(report)
             held = spare
-            self.n_refreshed += 1
+            self.n_copied += 1
         else:
             arena = arrays.copy()
             held = _Held(_unpickle(frame, arena, sizes, report), bytes(frame), arena)
-            self.n_loaded += 1
+            self.n_unpickled += 1
         self._spare, self._current = self._current, held
         return held.snapshot

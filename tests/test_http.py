@@ -200,6 +200,8 @@ def test_metrics_are_prometheus_text_with_requests_latency_queue_and_tasks(serve
     errors = {s.labels["task"]: s.value for s in families["stream_mtl_rolling_error"].samples}
     assert set(errors) == {"a", "flag"} and all(math.isfinite(v) for v in errors.values())
     assert "stream_mtl_drift_events" in families
+    loads = {s.labels["how"]: s.value for s in families["stream_mtl_snapshot_loads"].samples}
+    assert set(loads) == {"copied", "unpickled"} and loads["unpickled"] >= 1
     expired = {s.labels["cause"]: s.value for s in families["stream_mtl_labels_expired"].samples}
     assert expired == {"count": 0, "age": 0, "bytes": 0}
 

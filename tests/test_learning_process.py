@@ -76,7 +76,7 @@ def test_no_prediction_loads_a_snapshot_the_loader_thread_swaps_them_in(monkeypa
     assert len(snapshots) >= 2
     assert threading.main_thread().name not in loaded_on  # the predictions' thread
     # Loads copy new arrays into the snapshot before last where no prediction holds it.
-    assert service._engine._snapshot_loader.n_refreshed >= 1
+    assert service.snapshot_loads["copied"] >= 1
     service.close()
     assert not loader.is_alive()
 

@@ -72,7 +72,7 @@ def test_each_load_predicts_and_reports_as_the_snapshot_sent(kind):
         assert report(loaded) == report(sent)
         del loaded  # as a prediction lets go of it: the next but one load may reuse it
     if kind != "torch":  # torch tensors travel in the frame: every load is a full one
-        assert loader.n_refreshed >= 8, (loader.n_loaded, loader.n_refreshed)
+        assert loader.n_copied >= 8, (loader.n_unpickled, loader.n_copied)
 
 
 def test_a_snapshot_someone_holds_never_changes():
@@ -83,7 +83,7 @@ def test_a_snapshot_someone_holds_never_changes():
         learn(model, data[start : start + 40])
         snapshot = loader.load(encode(Snapshot(model)))
         held.append((snapshot, answers(snapshot, probes), report(snapshot)))
-    assert loader.n_refreshed == 0  # each was still held when its turn to be reused came
+    assert loader.n_copied == 0  # each was still held when its turn to be reused came
     for snapshot, then, reported in held:
         assert answers(snapshot, probes) == then and report(snapshot) == reported
     assert len({id(snapshot) for snapshot, _, _ in held}) == len(held)
@@ -98,7 +98,7 @@ def test_a_part_someone_holds_is_not_reused_either():
     for row in data[100:]:
         learn(model, [row])
         loader.load(encode(Snapshot(model)))
-    assert loader.n_refreshed > 100  # the other snapshot was reused, not this one
+    assert loader.n_copied > 100  # the other snapshot was reused, not this one
     assert backend.forward_one(np.zeros(backend.n_inputs)).tolist() == before
     assert loader.load(encode(Snapshot(model))).predict_one(probe) == model.predict_one(probe)
 
@@ -108,11 +108,11 @@ def test_a_new_feature_class_or_task_makes_a_full_load():
     learn(model, rows(100, 0))
     for _ in range(3):
         loader.load(encode(Snapshot(model)))
-    refreshed = loader.n_refreshed
+    refreshed = loader.n_copied
     model.add_task("margin", Regression())
     model.learn_one({"x0": 1.0, "colour": "red"}, {"kind": 7, "margin": 2.0})
     loaded = loader.load(encode(Snapshot(model)))
-    assert loader.n_refreshed == refreshed
+    assert loader.n_copied == refreshed
     assert "colour=red" in loaded._encoder.names and "margin" in loaded.tasks
     assert 7 in loaded.classes["kind"]
     probe = {"x0": 1.0, "colour": "red"}
