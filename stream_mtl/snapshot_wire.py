@@ -19,7 +19,8 @@ The result is what a full load would give, since the frame is the same and an
 object's state is its frame and its arrays. That holds because a snapshot's objects
 never change once made: nothing in them caches what it works out from their arrays
 later (`Outputs.frozen_copy` works the thresholds out at once). A snapshot a caller
-holds is never changed.
+holds is never changed. The price is memory: a serving process holds two snapshots,
+the one it predicts from and the spare.
 
 >>> from stream_mtl import MultiTaskLearner, Regression
 >>> from stream_mtl.predictor import Snapshot
@@ -68,24 +69,25 @@ def encode(snapshot: Snapshot) -> bytes:
     report = pickle.dumps(_report(snapshot), PROTOCOL)
     raws = [buffer.raw() for buffer in buffers]
     sizes = [raw.nbytes for raw in raws]
-    pieces = [HEAD.pack(len(report), len(frame), len(raws)), _lengths(sizes).pack(*sizes)]
+    pieces = [HEAD.pack(len(report), len(frame), len(raws)), _lengths(len(raws)).pack(*sizes)]
     pieces += [report, frame]
     for raw in raws:
         pieces += [raw, bytes(-raw.nbytes % ALIGN)]
     return b"".join(pieces)
 
 
-def _lengths(n: int | list) -> struct.Struct:
-    return struct.Struct(f"<{n if isinstance(n, int) else len(n)}Q")
+def _lengths(n_arrays: int) -> struct.Struct:
+    """The arrays' lengths in bytes, after the head."""
+    return struct.Struct(f"<{n_arrays}Q")
 
 
-def _offsets(sizes: tuple[int, ...]) -> tuple[list[int], int]:
-    """Where each array starts in the arrays' region, and the region's length."""
+def _offsets(sizes: tuple[int, ...]) -> list[int]:
+    """Where each array starts in the arrays' region."""
     offsets, at = [], 0
     for size in sizes:
         offsets.append(at)
         at += size + (-size % ALIGN)
-    return offsets, at
+    return offsets
 
 
 def _report(snapshot: Snapshot) -> dict:
@@ -97,7 +99,7 @@ def _unpickle(
     frame: memoryview, arena: np.ndarray, sizes: tuple[int, ...], report: dict
 ) -> Snapshot:
     """A new snapshot of `frame`'s objects, their arrays living in `arena`."""
-    offsets, _ = _offsets(sizes)
+    offsets = _offsets(sizes)
     buffers = [memoryview(arena[at : at + size]) for at, size in zip(offsets, sizes)]
     parts = pickle.loads(frame, buffers=buffers)
     snapshot = Snapshot.__new__(Snapshot)
@@ -132,7 +134,7 @@ class _Held:
 
 
 class SnapshotLoader:
-    """Snapshots from `encode`'s payloads; refreshes a spare one in place where it can.
+    """Snapshots from `encode`'s payloads; copies new arrays into a spare where it can.
 
     Not thread-safe: one thread loads at a time (a serving process's loader thread).
     `n_unpickled` counts full loads, `n_copied` loads that copied arrays into the spare.
@@ -145,7 +147,7 @@ class SnapshotLoader:
         self.n_copied = 0
 
     def load(self, payload: bytes) -> Snapshot:
-        """The snapshot `payload` holds (a refreshed spare, or a new one)."""
+        """The snapshot `payload` holds (the spare with new arrays, or a new one)."""
         view = memoryview(payload)
         report_size, frame_size, n_arrays = HEAD.unpack_from(view)
         lengths = _lengths(n_arrays)

@@ -1,4 +1,4 @@
-"""A snapshot sent as frame and arrays loads as it was; a refresh in place is a full load."""
+"""A snapshot sent as frame and arrays loads as it was, whether unpickled or copied into a spare."""
 
 import pickle
 
