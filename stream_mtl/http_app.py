@@ -374,6 +374,13 @@ def create_app(
         # predict checks x (and raises naming the fault) before it holds anything
         return _json(service.predict(_features(x, limits), key=_key(body, limits)))
 
+    async def _learning(call_async: typing.Callable, call: typing.Callable, *args) -> int:
+        """A learner process answers the event loop (no thread waits); a learner thread
+        is called in the thread pool, where waiting for room in its queue blocks no one."""
+        if service.process:
+            return await call_async(*args)
+        return await run_in_threadpool(call, *args)
+
     @app.post("/learn", status_code=202)
     async def learn(request: Request) -> dict:
         if learn_token is not None and not _bearer_matches(request, learn_token):
@@ -383,9 +390,10 @@ def create_app(
         if body.get("x") is None:
             if key is None:
                 raise BadRequest('labels without "x" need the "key" their features were sent with')
-            depth = await run_in_threadpool(service.learn_label, key, y)
-        else:  # in a thread: with a write-ahead log it returns once the log is on disk
-            depth = await run_in_threadpool(service.learn, _features(body["x"], limits), y)
+            depth = await _learning(service.learn_label_async, service.learn_label, key, y)
+        else:  # with a write-ahead log, answered once the log is on disk
+            x = _features(body["x"], limits)
+            depth = await _learning(service.learn_async, service.learn, x, y)
         return {"queued": True, "queue_depth": depth}
 
     @app.get("/tasks")

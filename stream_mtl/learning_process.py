@@ -34,6 +34,7 @@ calls there, and connects again when the child is restarted (`serve --workers N`
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import itertools
@@ -81,6 +82,7 @@ SWITCH_INTERVAL = 2e-4  # seconds, in the learner process
 # prediction may lag behind a publication, beside the time to load it.
 LOAD_POLL = 1e-3
 MAX_RESTART_DELAY = 30.0
+NO_ANSWER = "the learner process did not answer in time"
 
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -156,8 +158,8 @@ class _LearnerLink:
                     logger.exception("an answer of the learner process could not be read")
                 break
             future = self._calls.pop(call_id, None)
-            if future is None:
-                continue
+            if future is None or not future.set_running_or_notify_cancel():
+                continue  # no one waits for it (timed out, or its coroutine was cancelled)
             if ok:
                 future.set_result(value)
             else:
@@ -168,14 +170,14 @@ class _LearnerLink:
     def _fail_waiting_calls(self, reason: str) -> None:
         for call_id in list(self._calls):
             future = self._calls.pop(call_id, None)
-            if future is not None and not future.done():
+            if future is not None and future.set_running_or_notify_cancel():
                 future.set_exception(Unavailable(reason))
 
-    def _send(
-        self, op: str, *args: typing.Any, answer: bool = True, wait: float | None = -1.0
-    ) -> typing.Any:
-        """Send a call; its answer (or its error, raised), waiting `wait` seconds at most
-        (None: as long as it takes; the default: `block_timeout` and a grace)."""
+    def _post(
+        self, op: str, *args: typing.Any, answer: bool = True
+    ) -> tuple[int, concurrent.futures.Future]:
+        """Send a call; its id and the future of its answer (unused when `answer` is
+        False). Raises at once where it cannot be sent."""
         if self._closed:
             raise RuntimeError("this OnlineModel is closed")
         down = self._down()
@@ -196,6 +198,14 @@ class _LearnerLink:
         except (OSError, AttributeError):
             self._calls.pop(call_id, None)
             raise Unavailable(self._down() or "the learner process is gone") from None
+        return call_id, future
+
+    def _send(
+        self, op: str, *args: typing.Any, answer: bool = True, wait: float | None = -1.0
+    ) -> typing.Any:
+        """Send a call; its answer (or its error, raised), waiting `wait` seconds at most
+        (None: as long as it takes; the default: `block_timeout` and a grace)."""
+        call_id, future = self._post(op, *args, answer=answer)
         if not answer:
             return None
         if wait is not None and wait < 0:
@@ -204,7 +214,19 @@ class _LearnerLink:
             return future.result(wait)
         except concurrent.futures.TimeoutError:
             self._calls.pop(call_id, None)
-            raise Unavailable("the learner process did not answer in time") from None
+            raise Unavailable(NO_ANSWER) from None
+
+    async def _send_async(self, op: str, *args: typing.Any) -> typing.Any:
+        """`_send` for a coroutine: the answer wakes the event loop; no thread waits."""
+        call_id, future = self._post(op, *args)
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(future), self.block_timeout + ANSWER_GRACE
+            )
+        except asyncio.TimeoutError:
+            raise Unavailable(NO_ANSWER) from None
+        finally:
+            self._calls.pop(call_id, None)
 
     # -- predicting -------------------------------------------------------------------------
 
@@ -291,6 +313,12 @@ class _LearnerLink:
 
     def learn_label(self, key: Hashable, y: dict) -> int:
         return self._send("learn_label", key, y)
+
+    async def learn_async(self, x: dict, y: dict) -> int:
+        return await self._send_async("learn", x, y)
+
+    async def learn_label_async(self, key: Hashable, y: dict) -> int:
+        return await self._send_async("learn_label", key, y)
 
     def status(self) -> dict:
         """The learner's counts (`LearningThread.status`, with its pid and restarts)."""

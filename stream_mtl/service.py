@@ -19,6 +19,7 @@ observation is on disk.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import typing
 from collections.abc import Hashable
@@ -190,6 +191,21 @@ class OnlineModel:
         `UnknownKey` if none are held. Refused for a full queue (or while learning is
         unavailable), the features stay held, so that the labels may be sent again."""
         return self._engine.learn_label(key, y)
+
+    async def learn_async(self, x: dict, y: dict) -> int:
+        """`learn` for a coroutine (an asyncio service's request handler). With the
+        learner in a process no thread waits for its answer: the answer wakes the event
+        loop. On a thread, `learn` runs in the loop's default executor, since it may
+        wait for room in the queue."""
+        if isinstance(self._engine, LearningThread):
+            return await asyncio.get_running_loop().run_in_executor(None, self.learn, x, y)
+        return await self._engine.learn_async(x, y)
+
+    async def learn_label_async(self, key: Hashable, y: dict) -> int:
+        """`learn_label` for a coroutine, as `learn_async` is `learn`'s."""
+        if isinstance(self._engine, LearningThread):
+            return await asyncio.get_running_loop().run_in_executor(None, self.learn_label, key, y)
+        return await self._engine.learn_label_async(key, y)
 
     @property
     def unavailable(self) -> str | None:

@@ -302,3 +302,27 @@ def test_an_answer_that_cannot_be_read_fails_its_call_and_the_link_connects_agai
     for conn in accepted:
         conn.close()
     board.unlink()
+
+
+@pytest.mark.parametrize("process", [True, False])
+def test_learn_async_and_learn_label_async_learn_as_their_blocking_forms_do(process):
+    import asyncio
+
+    service = OnlineModel(new_model(), process=process)
+    rng = np.random.default_rng(0)
+
+    async def learn_some() -> None:
+        for _ in range(50):
+            assert await service.learn_async(*observation(rng)) >= 0
+        x, y = observation(rng)
+        service.predict(x, key="order-1")
+        await service.learn_label_async("order-1", y)
+        with pytest.raises(InvalidInput, match="NaN"):
+            await service.learn_async({"x0": float("nan")}, {"a": 1.0})
+        with pytest.raises(InvalidInput):  # UnknownKey: nothing held under it
+            await service.learn_label_async("order-2", y)
+
+    asyncio.run(learn_some())
+    wait_for(lambda: service.snapshot.n_learned.get("a", 0) == 51)
+    service.close()
+    assert service.model.n_learned == {"a": 51, "flag": 51}
