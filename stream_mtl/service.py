@@ -162,7 +162,7 @@ class OnlineModel:
         "unpickled" (whole: the first, and those after the model grew or while a
         caller held the spare). Empty with the learner on a thread, whose snapshots
         need no loading."""
-        return {} if isinstance(self._engine, LearningThread) else self._engine.snapshot_loads
+        return self._engine.snapshot_loads if self.process else {}
 
     def predict(self, x: dict, key: Hashable | None = None) -> dict:
         """Predictions for `x` from the current snapshot; with a `key`, `x` and the
@@ -197,13 +197,13 @@ class OnlineModel:
         learner in a process no thread waits for its answer: the answer wakes the event
         loop. On a thread, `learn` runs in the loop's default executor, since it may
         wait for room in the queue."""
-        if isinstance(self._engine, LearningThread):
+        if not self.process:
             return await asyncio.get_running_loop().run_in_executor(None, self.learn, x, y)
         return await self._engine.learn_async(x, y)
 
     async def learn_label_async(self, key: Hashable, y: dict) -> int:
         """`learn_label` for a coroutine, as `learn_async` is `learn`'s."""
-        if isinstance(self._engine, LearningThread):
+        if not self.process:
             return await asyncio.get_running_loop().run_in_executor(None, self.learn_label, key, y)
         return await self._engine.learn_label_async(key, y)
 
