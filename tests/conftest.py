@@ -24,10 +24,17 @@ def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None:
 
 
 def predict_while_learning(
-    service, record: Callable[[], object], learn: Callable[[], None], readers: int = 8
+    service,
+    record: Callable[[], object],
+    learn: Callable[[Callable[[Callable[[object], bool]], None]], None],
+    readers: int = 8,
 ) -> list:
     """Eight threads `record()` predictions every 0.5 ms while this one runs `learn()`
-    (which should close the service); what they recorded. Any error in a reader fails."""
+    (which should close the service); what they recorded. Any error in a reader fails.
+
+    `learn` is given `until_recorded(matches)`, which waits until a reader has recorded
+    something that `matches`: a learner that pauses on it is sure to be seen at that
+    point however busy the machine is."""
     seen: list[list] = [[] for _ in range(readers)]
     errors: list[BaseException] = []
     done = threading.Event()
@@ -40,11 +47,25 @@ def predict_while_learning(
         except BaseException as error:  # fails the assertion below
             errors.append(error)
 
+    scanned = [0] * readers
+
+    def recorded(matches: Callable[[object], bool]) -> bool:
+        for i, out in enumerate(seen):
+            end = len(out)
+            if any(matches(r) for r in out[scanned[i] : end]):
+                return True
+            scanned[i] = end
+        return False
+
+    def until_recorded(matches: Callable[[object], bool]) -> None:
+        scanned[:] = [0] * readers
+        wait_for(lambda: bool(errors) or recorded(matches))
+
     threads = [threading.Thread(target=read, args=(out,)) for out in seen]
     for thread in threads:
         thread.start()
     try:
-        learn()
+        learn(until_recorded)
     finally:
         done.set()
         for thread in threads:

@@ -88,10 +88,12 @@ def test_eight_threads_predict_while_the_process_learns_and_each_prediction_is_w
     def record() -> tuple:
         return service.snapshot.n_learned.get("a", 0), service.predict(probe)
 
-    def learn() -> None:
+    def learn(until_recorded) -> None:
         rng = np.random.default_rng(0)
-        for _ in range(1_000):
+        for n in range(1, 1_001):
             service.learn(*observation(rng))
+            if n % 100 == 0:  # pause until a reader has predicted from this point
+                until_recorded(lambda record, n=n: record[0] == n)
         service.close()
 
     records = predict_while_learning(service, record, learn)
@@ -99,7 +101,9 @@ def test_eight_threads_predict_while_the_process_learns_and_each_prediction_is_w
     by_count: dict[int, set] = {}
     for count, prediction in records:
         by_count.setdefault(count, set()).add((prediction["a"], prediction["flag"]))
-    assert len(by_count) > 10, "predictions never moved while learning"
+    assert len(by_count) > 10, "the snapshot never moved while learning"
+    answers = {answer for answers in by_count.values() for answer in answers}
+    assert len(answers) > 10, "predictions never moved while learning"
     # A model that has learned n labels gives one answer: no prediction mixes two.
     assert all(len(answers) <= 2 for answers in by_count.values())
 

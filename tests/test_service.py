@@ -42,10 +42,14 @@ def test_eight_threads_predict_while_one_learns_and_every_prediction_is_from_one
         snapshot = service.snapshot
         return id(snapshot), snapshot.predict_one(probe), service.predict(probe)
 
-    def learn() -> None:
+    def learn(until_recorded) -> None:
         rng = np.random.default_rng(0)
-        for _ in range(2_000):
+        for n in range(1, 2_001):
             service.learn(*observation(rng))
+            if n % 200 == 0:  # pause until a reader has predicted from this point
+                wait_for(lambda n=n: service.snapshot.n_learned.get("a", 0) == n)
+                latest = id(service.snapshot)
+                until_recorded(lambda record, latest=latest: record[0] == latest)
         service.close()
 
     records = predict_while_learning(service, record, learn)
