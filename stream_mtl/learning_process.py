@@ -56,6 +56,7 @@ from stream_mtl.exceptions import InvalidInput, InvalidInputType
 from stream_mtl.learning_thread import LearningThread, Unavailable, resumed_from
 from stream_mtl.pending import writable_key
 from stream_mtl.predictor import Snapshot
+from stream_mtl.queued_connection import QueuedConnection, SendQueueFull
 from stream_mtl.shared_snapshot import SnapshotBoard, SnapshotReader, SnapshotWriter
 from stream_mtl.snapshot_wire import SnapshotLoader, encode
 
@@ -83,6 +84,9 @@ SWITCH_INTERVAL = 2e-4  # seconds, in the learner process
 LOAD_POLL = 1e-3
 MAX_RESTART_DELAY = 30.0
 NO_ANSWER = "the learner process did not answer in time"
+# Bytes of calls a serving process queues for a learner process that is not reading them
+# (stopped, starved, busy), at most: beyond it calls are refused rather than wait.
+SEND_MAX_BYTES = 4 * 2**20
 
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -114,18 +118,24 @@ class _LearnerLink:
     """What a serving process holds of a learner process: the snapshots it publishes,
     and a connection that carries learn, hold and status calls and their answers."""
 
-    def __init__(self, board: str, block_timeout: float, checkpointed: bool) -> None:
+    def __init__(
+        self, board: str, block_timeout: float, checkpointed: bool, send_max_bytes: int
+    ) -> None:
+        if isinstance(send_max_bytes, bool) or not isinstance(send_max_bytes, int):
+            raise InvalidInput(f"send_max_bytes must be an integer, got {send_max_bytes!r}")
+        if send_max_bytes < 1:
+            raise InvalidInput(f"send_max_bytes must be positive, got {send_max_bytes}")
         self.block_timeout = block_timeout
+        self.send_max_bytes = send_max_bytes
         self._checkpointed = checkpointed  # keys must be writable to a checkpoint
         self._reader = SnapshotReader(board)
         self._snapshot: Snapshot | None = None
         self._version = 0
         self._loading = threading.Lock()  # one thread of this process loads at a time
         self._snapshot_loader = SnapshotLoader()
-        self._send_lock = threading.Lock()
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._ids = itertools.count(1)
-        self._conn: Connection | None = None
+        self._conn: QueuedConnection | None = None
         self._stopped_by: str | None = "the learner process is starting"
         self.n_not_held = 0  # predictions served under a key while the learner was down
         self._not_held_since: str | None = None
@@ -145,7 +155,12 @@ class _LearnerLink:
         """Why the learner process cannot take calls now (None: it can)."""
         return self._stopped_by
 
-    def _receive(self, conn: Connection) -> str:
+    def _open(self, conn: Connection) -> QueuedConnection:
+        """`conn` as this link sends on it: a learner that stops reading refuses calls
+        (`Unavailable`) once `send_max_bytes` of them wait, and never stalls a sender."""
+        return QueuedConnection(conn, self.send_max_bytes, name="stream-mtl-calls")
+
+    def _receive(self, conn: QueuedConnection) -> str:
         """Answers from the learner until its connection closes; then fail the calls
         still waiting, and say why (for the caller to log)."""
         while True:
@@ -193,8 +208,10 @@ class _LearnerLink:
             self._calls.pop(call_id, None)
             raise InvalidInputType(f"cannot be sent to the learner process: {error}") from None
         try:
-            with self._send_lock:
-                self._conn.send_bytes(message)  # type: ignore[union-attr]
+            self._conn.send_bytes(message)  # type: ignore[union-attr]
+        except SendQueueFull as error:
+            self._calls.pop(call_id, None)
+            raise Unavailable(f"the learner process is not taking calls: {error}") from None
         except (OSError, AttributeError):
             self._calls.pop(call_id, None)
             raise Unavailable(self._down() or "the learner process is gone") from None
@@ -363,6 +380,7 @@ class LearningProcess(_LearnerLink):
         start_timeout: float = 120.0,
         listen: str | os.PathLike | None = None,
         nice: int = 19,
+        send_max_bytes: int = SEND_MAX_BYTES,
         **options: typing.Any,
     ) -> None:
         if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
@@ -381,7 +399,10 @@ class LearningProcess(_LearnerLink):
         self.n_restarts = 0
         self._board = SnapshotBoard.create()
         super().__init__(
-            self._board.name, options.get("block_timeout", 1.0), self._checkpoint is not None
+            self._board.name,
+            options.get("block_timeout", 1.0),
+            self._checkpoint is not None,
+            send_max_bytes,
         )
         self._final: dict | None = None
         self._final_model: MultiTaskLearner | None = None
@@ -430,13 +451,16 @@ class LearningProcess(_LearnerLink):
             process.wait()
             conn.close()
             return
-        self._process, self._conn = process, conn
+        self._process, self._conn = process, self._open(conn)
         self._stopped_by = None
         threading.Thread(
-            target=self._supervise, args=(conn, process), name="stream-mtl-answers", daemon=True
+            target=self._supervise,
+            args=(self._conn, process),
+            name="stream-mtl-answers",
+            daemon=True,
         ).start()
 
-    def _supervise(self, conn: Connection, process: subprocess.Popen) -> None:
+    def _supervise(self, conn: QueuedConnection, process: subprocess.Popen) -> None:
         """Answers from the child, until it exits; then start another."""
         self._receive(conn)
         try:
@@ -550,8 +574,9 @@ class LearnerClient(_LearnerLink):
         block_timeout: float = 1.0,
         checkpointed: bool = True,
         connect_timeout: float = 60.0,
+        send_max_bytes: int = SEND_MAX_BYTES,
     ) -> None:
-        super().__init__(board, block_timeout, checkpointed)
+        super().__init__(board, block_timeout, checkpointed, send_max_bytes)
         self.address = str(address)
         deadline = time.monotonic() + connect_timeout
         while not self._connect():
@@ -567,11 +592,11 @@ class LearnerClient(_LearnerLink):
             conn = Client(self.address, family="AF_UNIX")
         except OSError:
             return False
-        self._conn, self._stopped_by = conn, None
-        threading.Thread(target=self._follow, args=(conn,), daemon=True).start()
+        self._conn, self._stopped_by = self._open(conn), None
+        threading.Thread(target=self._follow, args=(self._conn,), daemon=True).start()
         return True
 
-    def _follow(self, conn: Connection) -> None:
+    def _follow(self, conn: QueuedConnection) -> None:
         reason = self._receive(conn)
         if self._closing:
             return

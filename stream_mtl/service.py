@@ -55,6 +55,12 @@ class OnlineModel:
         the lowest priority): where learning and serving compete for a core, predictions
         go first. Learning then gets what serving leaves; on a saturated machine the
         learn queue fills, and `learn` raises `QueueFull`. 0 shares the cores evenly.
+    send_max_bytes
+        With `process`: bytes of calls (learning, features to hold) waiting to be sent
+        to a learner process that is not reading them, at most (default 4 MiB). Calls
+        are sent by a thread of their own, so that a learner that stops, starves or
+        stalls never makes a caller wait, a prediction under a key included: beyond
+        this bound `learn` raises `Unavailable`, and features are not held.
     checkpoint, checkpoint_seconds, checkpoint_every
         Where and how often (seconds, observations learned: whichever comes first) to
         write an atomic checkpoint, which includes the features held under keys; also
@@ -110,7 +116,7 @@ class OnlineModel:
                 model, **options
             )
         else:
-            for name in ("restart", "restart_delay", "listen", "nice"):
+            for name in ("restart", "restart_delay", "listen", "nice", "send_max_bytes"):
                 options.pop(name, None)
             self._engine = LearningThread(model, **options)
 
@@ -120,7 +126,8 @@ class OnlineModel:
         `OnlineModel(..., listen=address)` (its `board` names its snapshots): it predicts
         from the same snapshots and sends learning to the same learner. Closing it leaves
         the learner to its owner (`stream-mtl serve --workers N` gives each worker one).
-        Options: `block_timeout`, `checkpointed` (keys must be writable), `connect_timeout`.
+        Options: `block_timeout`, `checkpointed` (keys must be writable), `connect_timeout`,
+        `send_max_bytes`.
         """
         warm_up()
         service = cls.__new__(cls)

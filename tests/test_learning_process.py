@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -32,6 +33,13 @@ def observation(rng: np.random.Generator) -> tuple[dict, dict]:
     return x, {"a": 3.0 * x["x0"] - x["x1"], "flag": x["x2"] > 0}
 
 
+def learn_and_wait(service: OnlineModel, rng: np.random.Generator, n: int) -> None:
+    """Learn `n` observations, and wait until the snapshot predictions use has them all."""
+    for _ in range(n):
+        service.learn(*observation(rng))
+    wait_for(lambda: service.snapshot.n_learned.get("a", 0) == n)
+
+
 def test_predictions_come_from_the_learners_latest_snapshot_and_move_as_it_learns():
     service = OnlineModel(new_model(), snapshot_ms=20)
     probe = observation(np.random.default_rng(1))[0]
@@ -51,7 +59,6 @@ def test_predictions_come_from_the_learners_latest_snapshot_and_move_as_it_learn
 
 
 def test_no_prediction_loads_a_snapshot_the_loader_thread_swaps_them_in(monkeypatch):
-    import threading
 
     from stream_mtl.snapshot_wire import SnapshotLoader
 
@@ -150,9 +157,7 @@ def test_a_killed_learner_process_is_restarted_from_its_checkpoint_and_predictio
         restart_delay=2.0,  # time to look at it while it is down
     )
     rng = np.random.default_rng(0)
-    for _ in range(300):
-        service.learn(*observation(rng))
-    wait_for(lambda: service.snapshot.n_learned.get("a", 0) == 300)
+    learn_and_wait(service, rng, 300)
     probe = observation(rng)[0]
     served = service.predict(probe)
     first = service.learner_pid
@@ -171,6 +176,50 @@ def test_a_killed_learner_process_is_restarted_from_its_checkpoint_and_predictio
     service.close()
     assert service.model.n_learned["a"] == 301
     assert MultiTaskLearner.load(path).n_learned["a"] == 301
+
+
+def test_a_stopped_learner_process_never_makes_a_prediction_wait_and_learning_resumes():
+    """SIGSTOP: a learner that reads nothing (as one starved of CPU or stalled would).
+    Predictions under a key send features to be held; once the socket and the bounded
+    send queue are full they are served unheld, and `learn` is refused, never waits."""
+    service = OnlineModel(new_model(), send_max_bytes=100_000)
+    rng = np.random.default_rng(0)
+    learn_and_wait(service, rng, 100)
+    probe = observation(rng)[0]
+    expected = service.predict(probe)
+    pid = service.learner_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        answers: list = []
+
+        def predict_under_keys() -> None:
+            for i in range(5_000):  # ~1.5 MB of features to hold: more than both buffers
+                answers.append(service.predict(probe, key=f"order-{i}"))
+
+        predicting = threading.Thread(target=predict_under_keys, daemon=True)
+        predicting.start()
+        predicting.join(60)
+        assert not predicting.is_alive(), "a prediction waited for the stopped learner"
+        assert answers == [expected] * 5_000
+        assert service.n_not_held > 0
+        with pytest.raises(Unavailable, match=r"not taking calls.*at most 100,000"):
+            service.learn(*observation(rng))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # What was queued reaches it in order; learning goes on from there.
+    late = observation(rng)
+
+    def learned_late() -> bool:
+        try:
+            service.learn(*late)
+        except Unavailable:  # until half the send queue is written
+            return False
+        return True
+
+    wait_for(learned_late)
+    service.learn_label("order-0", {"a": 1.0, "flag": True})
+    service.close()
+    assert service.model.n_learned["a"] == 100 + 1 + 1
 
 
 def test_without_restart_a_dead_learner_stays_down_with_the_reason():
@@ -278,7 +327,6 @@ def test_an_attached_service_shares_the_learner_and_finds_it_again_after_a_resta
 
 
 def test_an_answer_that_cannot_be_read_fails_its_call_and_the_link_connects_again(tmp_path):
-    import threading
     from multiprocessing.connection import Listener
 
     from stream_mtl.learning_process import LearnerClient
