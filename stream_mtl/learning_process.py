@@ -121,10 +121,6 @@ class _LearnerLink:
     def __init__(
         self, board: str, block_timeout: float, checkpointed: bool, send_max_bytes: int
     ) -> None:
-        if isinstance(send_max_bytes, bool) or not isinstance(send_max_bytes, int):
-            raise InvalidInput(f"send_max_bytes must be an integer, got {send_max_bytes!r}")
-        if send_max_bytes < 1:
-            raise InvalidInput(f"send_max_bytes must be positive, got {send_max_bytes}")
         self.block_timeout = block_timeout
         self.send_max_bytes = send_max_bytes
         self._checkpointed = checkpointed  # keys must be writable to a checkpoint
@@ -385,6 +381,7 @@ class LearningProcess(_LearnerLink):
     ) -> None:
         if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
             raise InvalidInput(f"nice must be an integer from 0 to 19, got {nice!r}")
+        _check_send_max_bytes(send_max_bytes)
         for name in ("on_snapshot", "on_idle"):
             if options.get(name) is not None:
                 raise InvalidInput(f"{name} is not available with the learner in a process")
@@ -576,6 +573,7 @@ class LearnerClient(_LearnerLink):
         connect_timeout: float = 60.0,
         send_max_bytes: int = SEND_MAX_BYTES,
     ) -> None:
+        _check_send_max_bytes(send_max_bytes)
         super().__init__(board, block_timeout, checkpointed, send_max_bytes)
         self.address = str(address)
         deadline = time.monotonic() + connect_timeout
@@ -634,6 +632,11 @@ class LearnerClient(_LearnerLink):
             self._conn.close()
         self._stop_loader()
         self._reader.close()
+
+
+def _check_send_max_bytes(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"send_max_bytes must be a positive integer, got {value!r}")
 
 
 def _hashable(key: Hashable) -> Hashable:

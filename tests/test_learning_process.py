@@ -204,6 +204,7 @@ def test_a_stopped_learner_process_never_makes_a_prediction_wait_and_learning_re
         assert service.n_not_held > 0
         with pytest.raises(Unavailable, match=r"not taking calls.*at most 100,000"):
             service.learn(*observation(rng))
+        assert service.alive  # stalled, not dead: no restart
     finally:
         os.kill(pid, signal.SIGCONT)
     # What was queued reaches it in order; learning goes on from there.
@@ -220,6 +221,9 @@ def test_a_stopped_learner_process_never_makes_a_prediction_wait_and_learning_re
     service.learn_label("order-0", {"a": 1.0, "flag": True})
     service.close()
     assert service.model.n_learned["a"] == 100 + 1 + 1
+    for bad in (0, 1.5, True, "4 MiB"):
+        with pytest.raises(InvalidInput, match="send_max_bytes must be a positive integer"):
+            OnlineModel(new_model(), send_max_bytes=bad)
 
 
 def test_without_restart_a_dead_learner_stays_down_with_the_reason():
