@@ -84,6 +84,9 @@ SWITCH_INTERVAL = 2e-4  # seconds, in the learner process
 LOAD_POLL = 1e-3
 MAX_RESTART_DELAY = 30.0
 NO_ANSWER = "the learner process did not answer in time"
+# Seconds a status call waits for its answer, which needs nothing but the learner's CPU:
+# a learner that is stalled (stopped, starved) makes /healthz answer 503 after this long.
+STATUS_WAIT = 5.0
 # Bytes of calls a serving process queues for a learner process that is not reading them
 # (stopped, starved, busy), at most: beyond it calls are refused rather than wait.
 SEND_MAX_BYTES = 4 * 2**20
@@ -334,8 +337,9 @@ class _LearnerLink:
         return await self._send_async("learn_label", key, y)
 
     def status(self) -> dict:
-        """The learner's counts (`LearningThread.status`, with its pid and restarts)."""
-        return self._send("status")
+        """The learner's counts (`LearningThread.status`, with its pid and restarts);
+        `Unavailable` if it does not answer within `STATUS_WAIT` seconds."""
+        return self._send("status", wait=STATUS_WAIT)
 
     @property
     def unavailable(self) -> str | None:

@@ -20,6 +20,7 @@ from stream_mtl import (
     Multiclass,
     MultiTaskLearner,
     Regression,
+    learning_process,
 )
 from stream_mtl.service import OnlineModel, Unavailable
 
@@ -178,7 +179,9 @@ def test_a_killed_learner_process_is_restarted_from_its_checkpoint_and_predictio
     assert MultiTaskLearner.load(path).n_learned["a"] == 301
 
 
-def test_a_stopped_learner_process_never_makes_a_prediction_wait_and_learning_resumes():
+def test_a_stopped_learner_process_never_makes_a_prediction_wait_and_learning_resumes(
+    monkeypatch,
+):
     """SIGSTOP: a learner that reads nothing (as one starved of CPU or stalled would).
     Predictions under a key send features to be held; once the socket and the bounded
     send queue are full they are served unheld, and `learn` is refused, never waits."""
@@ -190,6 +193,9 @@ def test_a_stopped_learner_process_never_makes_a_prediction_wait_and_learning_re
     pid = service.learner_pid
     os.kill(pid, signal.SIGSTOP)
     try:
+        monkeypatch.setattr(learning_process, "STATUS_WAIT", 0.5)
+        with pytest.raises(Unavailable, match="did not answer in time"):
+            service.status()  # what /healthz asks: 503 after STATUS_WAIT, not 30 s
         answers: list = []
 
         def predict_under_keys() -> None:
