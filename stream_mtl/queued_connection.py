@@ -130,6 +130,7 @@ class QueuedConnection:
         return self._conn.recv()
 
     def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether something can be received, waiting `timeout` seconds (None: forever)."""
         return self._conn.poll(timeout)
 
     def close(self) -> None:
@@ -141,7 +142,9 @@ class QueuedConnection:
         with self._changed:
             if self._broken is None:
                 self._broken = reason
-                self._socket.close()  # a write under way fails, and the writer ends
+                # The writer ends: at once if idle, else when its write under way fails
+                # (closing does not wake a blocked write; the reader going away does).
+                self._socket.close()
             self._waiting.clear()
             self._bytes = 0
             self._changed.notify()

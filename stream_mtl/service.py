@@ -57,10 +57,11 @@ class OnlineModel:
         learn queue fills, and `learn` raises `QueueFull`. 0 shares the cores evenly.
     send_max_bytes
         With `process`: bytes of calls (learning, features to hold) waiting to be sent
-        to a learner process that is not reading them, at most (default 4 MiB). Calls
-        are sent by a thread of their own, so that a learner that stops, starves or
-        stalls never makes a caller wait, a prediction under a key included: beyond
-        this bound `learn` raises `Unavailable`, and features are not held.
+        to a learner process that is not reading them, at most (default 4 MiB). What
+        the socket does not take at once waits for a thread of its own to write it, so
+        that a learner that stops, starves or stalls never makes a caller wait, a
+        prediction under a key included: beyond this bound `learn` raises
+        `Unavailable`, and features are not held.
     checkpoint, checkpoint_seconds, checkpoint_every
         Where and how often (seconds, observations learned: whichever comes first) to
         write an atomic checkpoint, which includes the features held under keys; also
