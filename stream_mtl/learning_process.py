@@ -216,6 +216,11 @@ class _LearnerLink:
             raise Unavailable(self._down() or "the learner process is gone") from None
         return call_id, future
 
+    @property
+    def _answer_wait(self) -> float:
+        """Seconds a learn call waits for its answer: its time to queue, and a grace."""
+        return self.block_timeout + ANSWER_GRACE
+
     def _send(
         self, op: str, *args: typing.Any, answer: bool = True, wait: float | None = -1.0
     ) -> typing.Any:
@@ -225,7 +230,7 @@ class _LearnerLink:
         if not answer:
             return None
         if wait is not None and wait < 0:
-            wait = self.block_timeout + ANSWER_GRACE
+            wait = self._answer_wait
         try:
             return future.result(wait)
         except concurrent.futures.TimeoutError:
@@ -236,9 +241,7 @@ class _LearnerLink:
         """`_send` for a coroutine: the answer wakes the event loop; no thread waits."""
         call_id, future = self._post(op, *args)
         try:
-            return await asyncio.wait_for(
-                asyncio.wrap_future(future), self.block_timeout + ANSWER_GRACE
-            )
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._answer_wait)
         except asyncio.TimeoutError:
             raise Unavailable(NO_ANSWER) from None
         finally:

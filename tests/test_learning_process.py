@@ -60,7 +60,6 @@ def test_predictions_come_from_the_learners_latest_snapshot_and_move_as_it_learn
 
 
 def test_no_prediction_loads_a_snapshot_the_loader_thread_swaps_them_in(monkeypatch):
-
     from stream_mtl.snapshot_wire import SnapshotLoader
 
     loaded_on: list[str] = []
@@ -357,7 +356,7 @@ def test_an_answer_that_cannot_be_read_fails_its_call_and_the_link_connects_agai
         server.start()
         client = LearnerClient(board.name, address, connect_timeout=10)
         with pytest.raises(Unavailable, match="went away"):
-            client.status()  # at once, not after the 31 s an answer may take
+            client.status()  # at once: not "did not answer" after STATUS_WAIT
         server.join(10)
         assert len(accepted) == 2
         client.close()
