@@ -89,6 +89,7 @@ class QueuedConnection:
         self._changed = threading.Condition()
         self._broken: str | None = None  # why nothing more can be sent
         self._full = False  # refusing until half the queue is written
+        self._closed = False
         self._writer = threading.Thread(target=self._write, name=name, daemon=True)
         self._writer.start()
 
@@ -134,7 +135,12 @@ class QueuedConnection:
         return self._conn.poll(timeout)
 
     def close(self) -> None:
-        """Close the connection; what waits to be written is dropped."""
+        """Close the connection; what waits to be written is dropped. Once, whichever
+        threads call it (a second close of the socket could close a file opened since)."""
+        with self._changed:
+            if self._closed:
+                return
+            self._closed = True
         self._stop("the connection is closed")
         self._conn.close()
 

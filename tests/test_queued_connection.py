@@ -87,3 +87,29 @@ def test_once_the_reader_is_gone_what_waits_is_dropped_and_sends_raise_oserror()
     queued.close()
     with pytest.raises(OSError, match="broke"):  # the first reason stays
         queued.send_bytes(b"x")
+
+
+def close_at_once(queued: QueuedConnection, threads: int) -> list[OSError]:
+    """`queued.close()` from `threads` threads started together; the errors raised."""
+    start, errors = threading.Barrier(threads), []
+
+    def close() -> None:
+        start.wait()
+        try:
+            queued.close()
+        except OSError as error:  # a second close: "Bad file descriptor"
+            errors.append(error)
+
+    closing = [threading.Thread(target=close) for _ in range(threads)]
+    for thread in closing:
+        thread.start()
+    for thread in closing:
+        thread.join()
+    return errors
+
+
+def test_close_from_several_threads_at_once_closes_the_socket_once():
+    for _ in range(50):
+        queued, theirs = connected(max_bytes=1_000)
+        assert close_at_once(queued, 4) == []
+        theirs.close()
