@@ -52,7 +52,7 @@ from collections.abc import Hashable
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
-from stream_mtl.exceptions import InvalidInput, InvalidInputType
+from stream_mtl.exceptions import InvalidInput, InvalidInputType, UnknownKey
 from stream_mtl.learning_thread import LearningThread, Unavailable, resumed_from
 from stream_mtl.pending import writable_key
 from stream_mtl.predictor import Snapshot
@@ -90,6 +90,12 @@ STATUS_WAIT = 5.0
 # Bytes of calls a serving process queues for a learner process that is not reading them
 # (stopped, starved, busy), at most: beyond it calls are refused rather than wait.
 SEND_MAX_BYTES = 4 * 2**20
+# With `listen`, a label whose features are not held yet waits this long for them (by
+# default): the features come from the serving process that predicted, on its own
+# connection, and a label another serving process forwards at once may arrive first.
+LABEL_GRACE = 0.1
+LATE_LABELS = 16  # labels waiting for their features at once, at most; beyond, refused
+LATE_POLL = 2e-3  # seconds between a waiting label's looks for its features
 
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -369,9 +375,11 @@ class LearningProcess(_LearnerLink):
     again), `restart_delay` (seconds before the first try; doubled after each failed
     one, up to 30 s), `start_timeout` (seconds to wait for a child's first snapshot),
     `listen` (a Unix socket path where the child also takes other serving processes'
-    calls: `LearnerClient`), `nice` (added to the child's nice value, 0 to 19: where
-    the learner and the serving processes compete for a core, predictions go first).
-    Used through `OnlineModel(..., process=True)`.
+    calls: `LearnerClient`), `label_grace` (with `listen`: seconds a label sent under a
+    key whose features are not held yet waits for them, since they come from another
+    process on another connection; 0: refused at once), `nice` (added to the child's
+    nice value, 0 to 19: where the learner and the serving processes compete for a
+    core, predictions go first). Used through `OnlineModel(..., process=True)`.
     """
 
     def __init__(
@@ -382,12 +390,19 @@ class LearningProcess(_LearnerLink):
         restart_delay: float = 0.5,
         start_timeout: float = 120.0,
         listen: str | os.PathLike | None = None,
+        label_grace: float = LABEL_GRACE,
         nice: int = 19,
         send_max_bytes: int = SEND_MAX_BYTES,
         **options: typing.Any,
     ) -> None:
         if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
             raise InvalidInput(f"nice must be an integer from 0 to 19, got {nice!r}")
+        if (
+            isinstance(label_grace, bool)
+            or not isinstance(label_grace, (int, float))
+            or not 0 <= label_grace <= 60
+        ):
+            raise InvalidInput(f"label_grace must be seconds from 0 to 60, got {label_grace!r}")
         _check_send_max_bytes(send_max_bytes)
         for name in ("on_snapshot", "on_idle"):
             if options.get(name) is not None:
@@ -399,6 +414,7 @@ class LearningProcess(_LearnerLink):
         self.restart_delay = restart_delay
         self.start_timeout = start_timeout
         self.listen = None if listen is None else str(listen)
+        self.label_grace = float(label_grace)
         self.nice = nice
         self.n_restarts = 0
         self._board = SnapshotBoard.create()
@@ -425,7 +441,8 @@ class LearningProcess(_LearnerLink):
     def _start(self, source: tuple[str, typing.Any]) -> None:
         """Start a child learning from `source` and wait for its first snapshot."""
         level = logging.getLogger("stream_mtl").getEffectiveLevel()
-        setup = (self.board, source, self._options, level, self.listen, self.nice, self.n_restarts)
+        listening = None if self.listen is None else (self.listen, self.label_grace)
+        setup = (self.board, source, self._options, level, listening, self.nice, self.n_restarts)
         try:
             message = pickle.dumps(setup, PROTOCOL)
         except Exception as error:
@@ -681,13 +698,15 @@ def _child_main(conn: Connection) -> None:
             options = {**options, **resumed}
         what.warm_up()  # before it says it is ready: no observation waits for a compile
         thread = LearningThread(what, on_snapshot=publish, on_idle=writer.touch, **options)
-        listener = None if listen is None else _listen(listen)
+        listener = None if listen is None else _listen(listen[0])
     except BaseException as error:
         conn.send((False, _sendable(error)))
         return
     publish(thread.snapshot)
     conn.send((True, None))
-    calls = _Calls(thread, options, {"pid": os.getpid(), "restarts": restarts})
+    # Only with several connections can a label overtake its features.
+    grace = 0.0 if listen is None else listen[1]
+    calls = _Calls(thread, options, {"pid": os.getpid(), "restarts": restarts}, grace)
     with calls.pool:
         if listener is not None:
             threading.Thread(target=_accept, args=(listener, calls), daemon=True).start()
@@ -714,9 +733,15 @@ class _Calls:
     """The learner process's side of its connections: each call run on the learner
     thread's object, its answer sent back on the connection it came on."""
 
-    def __init__(self, thread: LearningThread, options: dict, identity: dict) -> None:
+    def __init__(
+        self, thread: LearningThread, options: dict, identity: dict, label_grace: float
+    ) -> None:
         self.thread = thread
         self.identity = identity
+        self.label_grace = label_grace
+        self.late_labels = threading.BoundedSemaphore(LATE_LABELS)
+        self.n_late_waiting = 0
+        self._counting = threading.Lock()
         # Without a log to wait for and with a queue that refuses at once when full, a
         # learn never waits: it is answered on the connection's own thread.
         self.never_waits = options.get("wal") is None and options.get("block_timeout", 1.0) == 0
@@ -739,9 +764,15 @@ class _Calls:
             try:
                 if op == "status":
                     value = {**self.thread.status(), **self.identity}
+                    value["late_labels_waiting"] = self.n_late_waiting
                 else:
                     value = getattr(self.thread, op)(*args)
                 answer(call_id, True, value)
+            except UnknownKey as error:
+                if op == "learn_label" and self.label_grace and self.late_labels.acquire(False):
+                    self.pool.submit(self._wait_for_features, answer, call_id, args)
+                else:
+                    answer(call_id, False, error)
             except BaseException as error:
                 answer(call_id, False, _sendable(error))
 
@@ -771,6 +802,32 @@ class _Calls:
                 return
             else:
                 answer(call_id, False, InvalidInput(f"the learner process takes no {op!r}"))
+
+    def _wait_for_features(self, answer: typing.Callable, call_id: int, args: tuple) -> None:
+        """`learn_label` again every `LATE_POLL` until the features come (then answered as
+        learned) or `label_grace` is over (answered `UnknownKey`). On a thread of the
+        pool, holding one of the `LATE_LABELS` places, so that the connection goes on."""
+        with self._counting:
+            self.n_late_waiting += 1
+        deadline = time.monotonic() + self.label_grace
+        try:
+            while True:
+                time.sleep(LATE_POLL)
+                try:
+                    value = self.thread.learn_label(*args)
+                except UnknownKey as error:
+                    if time.monotonic() < deadline:
+                        continue
+                    answer(call_id, False, error)
+                except BaseException as error:
+                    answer(call_id, False, _sendable(error))
+                else:
+                    answer(call_id, True, value)
+                return
+        finally:
+            with self._counting:
+                self.n_late_waiting -= 1
+            self.late_labels.release()
 
 
 def _publisher(writer: SnapshotWriter) -> typing.Callable[[Snapshot], None]:

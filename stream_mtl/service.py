@@ -50,6 +50,12 @@ class OnlineModel:
     listen
         With `process`: a Unix socket path where the learner process also takes the
         calls of other serving processes (`OnlineModel.attach`).
+    label_grace
+        With `listen`: seconds a label sent under a key whose features are not held yet
+        waits for them (default 0.1; 0: refused at once, `UnknownKey`). The features come
+        from the serving process that predicted, on its own connection, so a label that
+        another serving process forwards at once may arrive first. At most 16 labels
+        wait at once; beyond, one is refused at once.
     nice
         With `process`: added to the learner process's nice value, 0 to 19 (default 19,
         the lowest priority): where learning and serving compete for a core, predictions
@@ -117,7 +123,14 @@ class OnlineModel:
                 model, **options
             )
         else:
-            for name in ("restart", "restart_delay", "listen", "nice", "send_max_bytes"):
+            for name in (
+                "restart",
+                "restart_delay",
+                "listen",
+                "label_grace",
+                "nice",
+                "send_max_bytes",
+            ):
                 options.pop(name, None)
             self._engine = LearningThread(model, **options)
 

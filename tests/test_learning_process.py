@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from stream_mtl import (
     Multiclass,
     MultiTaskLearner,
     Regression,
+    UnknownKey,
     learning_process,
 )
 from stream_mtl.service import OnlineModel, Unavailable
@@ -333,6 +335,59 @@ def test_an_attached_service_shares_the_learner_and_finds_it_again_after_a_resta
     # No log and no checkpoint before the kill: the restart began from the first model,
     # and what was learned before is lost, as documented; both learned after it.
     assert owner.model.n_learned["a"] == 2
+
+
+def test_a_label_that_overtakes_its_features_from_another_serving_process_waits_for_them(
+    tmp_path,
+):
+    # serve --workers: the worker that served a prediction sends its features on its own
+    # connection, and another worker may forward the label first. Here the label goes out
+    # 50 ms before the features; the learner waits for them (label_grace) and learns it.
+    address, grace = tmp_path / "learner.sock", 2.0
+    owner = OnlineModel(new_model(), listen=address, label_grace=grace, block_timeout=0)
+    other = OnlineModel.attach(owner.board, address)
+    answers: list = []
+    label = threading.Thread(
+        target=lambda: answers.append(other.learn_label("late", {"a": 1.0})), daemon=True
+    )
+    label.start()
+    time.sleep(0.05)
+    assert label.is_alive()  # waiting for the features, not refused
+    owner.predict({"x0": 1.0}, key="late")
+    label.join(5)
+    assert len(answers) == 1
+    wait_for(lambda: owner.snapshot.n_learned.get("a", 0) == 1)
+
+    refused: list = []
+
+    def label_for_no_features(key: str) -> None:
+        started = time.monotonic()
+        try:
+            other.learn_label(key, {"a": 1.0})
+        except UnknownKey:
+            refused.append(time.monotonic() - started)
+
+    # Features that never come: refused once the grace is over, as before. At most
+    # LATE_LABELS wait at once: beyond, a label for no features is refused at once.
+    waiting = [
+        threading.Thread(target=label_for_no_features, args=(f"none-{i}",), daemon=True)
+        for i in range(learning_process.LATE_LABELS)
+    ]
+    for thread in waiting:
+        thread.start()
+    wait_for(lambda: owner.status()["late_labels_waiting"] == learning_process.LATE_LABELS)
+    label_for_no_features("one-too-many")
+    assert len(refused) == 1 and refused[0] < grace / 2
+    for thread in waiting:
+        thread.join(10)
+    assert len(refused) == 1 + learning_process.LATE_LABELS
+    assert min(refused[1:]) >= grace
+    assert owner.status()["late_labels_waiting"] == 0
+    other.close()
+    owner.close()
+    for bad in (-1, 61, True, "0.1"):
+        with pytest.raises(InvalidInput, match="label_grace must be seconds"):
+            OnlineModel(new_model(), label_grace=bad)
 
 
 def test_an_answer_that_cannot_be_read_fails_its_call_and_the_link_connects_again(tmp_path):
