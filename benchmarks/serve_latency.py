@@ -16,7 +16,12 @@ scheduled time, and its latency counts from then), and are answered:
 - over HTTP: `stream-mtl serve` on a loopback port; `/predict` from an open-loop
   generator in its own process (`benchmarks.http_load`: up to 64 kept-alive
   connections), then the answers per second with 8 clients sending back to back; for
-  "learning on", another process posts `/learn` on 4 connections as fast as answered.
+  "learning on", another process posts `/learn` on 4 connections as fast as answered
+  (the server then answers a /learn for every few dozen /predict: it parses, checks and
+  forwards each, at about the cost of a /predict); with the learner in a process, also
+  with a learner that consumes a feed of its own flat out ("from its feed": a server as
+  `serve --source kafka://...` is, its topic replayed by `benchmarks._feed_server` so
+  that no broker shares the machine).
 
 Each with the learner in a child process (`OnlineModel(process=True)`, `serve --learner
 process`: the default) and on a thread of the serving process (`process=False`).
@@ -75,7 +80,8 @@ MODES = {
 }
 SATURATE_SECONDS = 3.0  # HTTP: how long 8 clients send /predict back to back
 sys.path.insert(0, str(HERE.parent / "tests"))
-from serve_process import start_server, stop_server  # noqa: E402  (shared with the tests)
+from kafka_broker import free_port  # noqa: E402
+from serve_process import start_server, started, stop_server  # noqa: E402  (shared with the tests)
 
 
 def observations(n: int, seed: int) -> list[tuple[dict, dict]]:
@@ -250,6 +256,33 @@ def http_turn(
     return np.array(opened["latencies"]), saturated["per_second"], learn_rate
 
 
+def warm_up(url: str, data: list) -> None:
+    with httpx.Client(base_url=url) as client:
+        for x, _y in data[:300]:
+            client.post("/predict", json={"x": x})
+
+
+def feed_turn(n: int, rate: float, data: list) -> tuple[np.ndarray, float, float]:
+    """`http_turn` without /learn, on a server whose learner process learns flat out from
+    a feed of its own (`benchmarks._feed_server`), started for the turn."""
+    with tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        command = [sys.executable, "-m", "benchmarks._feed_server", str(port), folder]
+        process, url = started(command, port, Path(folder) / "server.log")
+        try:
+            warm_up(url, data)
+            return http_turn(url, False, n, rate, data)
+        finally:
+            stop_server(process)
+
+
+def record(turn: tuple[list, list, list], latencies, throughput: float, rate: float) -> None:
+    """Add an HTTP turn's figures to the lists of `turns` (latencies, rates, throughputs)."""
+    turn[0].append(latencies)
+    turn[1].append(rate)
+    turn[2].append(throughput)
+
+
 def summary(latencies: list[np.ndarray], rates: list[float], throughputs: list[float]) -> dict:
     every = np.concatenate(latencies) * 1e6
     return {
@@ -284,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
             for mode in ("no_learning", "learning")
         }
     )
+    turns["http_process_learning_from_its_feed"] = ([], [], [])
     for _ in range(args.rounds):
         for bare in (False, True):
             name = "in_process_floor_bare_predict" if bare else "in_process_floor_no_op"
@@ -300,18 +334,19 @@ def main(argv: list[str] | None = None) -> dict:
             options = ["--learner", learner]
             process, url = start_server(Path(folder) / "model.ckpt", *tasks, options=options)
             try:
-                with httpx.Client(base_url=url) as client:  # warm-up
-                    for x, _y in data[:300]:
-                        client.post("/predict", json={"x": x})
+                warm_up(url, data)
                 for _ in range(args.rounds):
                     for learning in (False, True):
-                        latencies, throughput, rate = http_turn(
-                            url, learning, args.http_requests, args.http_rate, data
-                        )
                         name = f"http_{learner}_{'learning' if learning else 'no_learning'}"
-                        turns[name][0].append(latencies)
-                        turns[name][1].append(rate)
-                        turns[name][2].append(throughput)
+                        record(
+                            turns[name],
+                            *http_turn(url, learning, args.http_requests, args.http_rate, data),
+                        )
+                    if learner == "process":  # between the others, while this server idles
+                        record(
+                            turns["http_process_learning_from_its_feed"],
+                            *feed_turn(args.http_requests, args.http_rate, data),
+                        )
             finally:
                 stop_server(process)
     results = {name: summary(*values) for name, values in turns.items()}
@@ -322,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{name:<32}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}"
             f"{r['learned_per_second']:>11.0f}{answers:>11}"
         )
-    ratios = {}
+    ratios, throughput_kept = {}, {}
     elsewhere = results["in_process_process_learning_fed_elsewhere"]["p99_us"]
     print(
         f"the machine's floor: a paced no-op p99 {results['in_process_floor_no_op']['p99_us']:.0f}"
@@ -342,17 +377,26 @@ def main(argv: list[str] | None = None) -> dict:
             f"{http_on['p99_us'] / 1000:.2f} ms (target <= 5), throughput with learning "
             f"{kept:.0%} of without (target >= 90%)"
         )
+        throughput_kept[learner] = kept
     own = results["in_process_process_learning_from_its_feed"]["p99_us"]
     ratios["process_from_its_feed"] = own / results["in_process_process_no_learning"]["p99_us"]
+    over_http = results["http_process_learning_from_its_feed"]
+    throughput_kept["process_from_its_feed"] = (
+        over_http["answers_per_second"] / results["http_process_no_learning"]["answers_per_second"]
+    )
     print(
         f"learner in a process learning from its own feed: p99 {own:.0f} µs (target <= 200), "
-        f"{ratios['process_from_its_feed']:.2f}x the p99 without (target <= 1.5)"
+        f"{ratios['process_from_its_feed']:.2f}x the p99 without (target <= 1.5); over HTTP "
+        f"p99 {over_http['p99_us'] / 1000:.2f} ms (target <= 5), throughput "
+        f"{throughput_kept['process_from_its_feed']:.0%} of without (target >= 90%), "
+        f"learning {over_http['learned_per_second']:.0f}/s"
     )
     return write_result(
         {
             "rates": {"in_process": args.rate, "http": args.http_rate},
             "results": results,
             "in_process_p99_ratio": ratios,
+            "http_throughput_kept": throughput_kept,
         },
         args.out,
     )

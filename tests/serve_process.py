@@ -22,7 +22,12 @@ def start_server(
     command += ["--port", str(port), "--checkpoint-seconds", "3600", *options]
     for task in tasks:
         command += ["--task", task]
-    log = checkpoint.with_suffix(f".{port}.log")
+    return started(command, port, checkpoint.with_suffix(f".{port}.log"))
+
+
+def started(command: list[str], port: int, log: Path) -> tuple[subprocess.Popen, str]:
+    """Run `command`, a server that will listen on loopback `port` (its output in `log`),
+    and wait until its /healthz answers."""
     with log.open("w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
