@@ -488,6 +488,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError("--workers needs --learner process: the workers share its snapshots")
     if args.learner_nice is not None and args.learner != "process":
         raise ValueError("--learner-nice needs --learner process: a thread shares the server's")
+    if args.label_grace is not None and args.workers == 1:
+        raise ValueError("--label-grace needs --workers 2 or more: with one, no label overtakes")
     listener = _listen(args.host, args.port)  # before anything starts or writes
     folder = Path(tempfile.mkdtemp(prefix="stream-mtl-serve-"))  # the workers' rendezvous
     # block_timeout=0: a full learn queue answers 503 at once; the event loop never waits.
@@ -507,6 +509,7 @@ def _serve(args: argparse.Namespace) -> int:
             wal=None if args.no_wal else path.with_name(path.name + ".wal"),
             **resumed,
             **({"listen": folder / "learner.sock"} if args.workers > 1 else {}),
+            **({} if args.label_grace is None else {"label_grace": args.label_grace}),
         )
     except BaseException:
         listener.close()
@@ -822,6 +825,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="server processes, each predicting from the one learner process's snapshots "
         "(default 1)",
+    )
+    serve.add_argument(
+        "--label-grace",
+        type=float,
+        metavar="SECONDS",
+        help="with --workers: how long a label that reaches the learner before the features "
+        "its key was predicted with (sent by another worker) waits for them (default 0.1)",
     )
     serve.add_argument(
         "--learner",

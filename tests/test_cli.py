@@ -207,9 +207,11 @@ def test_serve_refuses_an_option_that_contradicts_the_checkpoint(tmp_path, optio
     [
         (["--learner", "thread", "--learner-nice", "5"], "--learner-nice needs --learner process"),
         (["--learner-nice", "20"], "argument --learner-nice: invalid choice: 20"),
+        (["--label-grace", "0.5"], "--label-grace needs --workers 2 or more"),
+        (["--workers", "2", "--label-grace", "-1"], "label_grace must be seconds from 0 to 60"),
     ],
 )
-def test_serve_refuses_a_learner_niceness_it_cannot_give(tmp_path, options, message):
+def test_serve_refuses_learner_options_it_cannot_honour(tmp_path, options, message):
     path = tmp_path / "live.ckpt"
     result = _cli(
         "serve", "--checkpoint", str(path), "--task", "a:regression", *options, "--port", "1",

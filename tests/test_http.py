@@ -404,7 +404,7 @@ def test_a_learner_process_killed_mid_stream_loses_no_acknowledged_label(tmp_pat
 
 def test_several_workers_serve_one_learner_and_sigterm_keeps_all_they_accepted(tmp_path, start):
     path = tmp_path / "model.ckpt"
-    options = [*SMALL, "--workers", "2", "--learner-nice", "7"]
+    options = [*SMALL, "--workers", "2", "--learner-nice", "7", "--label-grace", "0.5"]
     process, url = start(path, "a:regression", "flag:binary", options=options)
     rng = np.random.default_rng(0)
     servers: set[int] = set()
