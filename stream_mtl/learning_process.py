@@ -52,7 +52,7 @@ from collections.abc import Hashable
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
-from stream_mtl.exceptions import InvalidInput, InvalidInputType, UnknownKey
+from stream_mtl.exceptions import InvalidInput, InvalidInputType
 from stream_mtl.learning_thread import LearningThread, Unavailable, resumed_from
 from stream_mtl.pending import writable_key
 from stream_mtl.predictor import Snapshot
@@ -760,21 +760,30 @@ class _Calls:
                 except Exception as error:  # unpicklable: say so rather than hang the caller
                     conn.send((call_id, False, RuntimeError(f"{error}")))
 
-        def run(call_id: int, op: str, args: tuple) -> None:
+        def run(call_id: int, op: str, args: tuple, may_wait: bool = True) -> None:
             try:
                 if op == "status":
                     value = {**self.thread.status(), **self.identity}
                     value["late_labels_waiting"] = self.n_late_waiting
+                elif may_wait and op == "learn_label" and self._arrives_early(args[0]):
+                    try:  # it waits on a thread of the pool: this connection goes on
+                        self.pool.submit(wait_then_learn, call_id, args)
+                    except BaseException:  # the pool is shut down: the learner is closing
+                        self._leave()
+                        raise
+                    return
                 else:
                     value = getattr(self.thread, op)(*args)
                 answer(call_id, True, value)
-            except UnknownKey as error:
-                if op == "learn_label" and self.label_grace and self.late_labels.acquire(False):
-                    self.pool.submit(self._wait_for_features, answer, call_id, args)
-                else:
-                    answer(call_id, False, error)
             except BaseException as error:
                 answer(call_id, False, _sendable(error))
+
+        def wait_then_learn(call_id: int, args: tuple) -> None:
+            try:
+                self._wait_for_features(args[0])
+            finally:
+                self._leave()
+            run(call_id, "learn_label", args, may_wait=False)
 
         while True:
             try:
@@ -803,31 +812,27 @@ class _Calls:
             else:
                 answer(call_id, False, InvalidInput(f"the learner process takes no {op!r}"))
 
-    def _wait_for_features(self, answer: typing.Callable, call_id: int, args: tuple) -> None:
-        """`learn_label` again every `LATE_POLL` until the features come (then answered as
-        learned) or `label_grace` is over (answered `UnknownKey`). On a thread of the
-        pool, holding one of the `LATE_LABELS` places, so that the connection goes on."""
+    def _arrives_early(self, key: Hashable) -> bool:
+        """Whether a label for `key` is to wait for its features: none are held under it
+        yet, labels may overtake features (`label_grace`), and one of the `LATE_LABELS`
+        places is free (taken: `_leave` gives it back)."""
+        if not self.label_grace or self.thread.holds(key) or not self.late_labels.acquire(False):
+            return False
         with self._counting:
             self.n_late_waiting += 1
+        return True
+
+    def _leave(self) -> None:
+        with self._counting:
+            self.n_late_waiting -= 1
+        self.late_labels.release()
+
+    def _wait_for_features(self, key: Hashable) -> None:
+        """Return once features are held under `key`, or `label_grace` is over. It only
+        looks (every `LATE_POLL`): nothing is claimed, and no refusal is counted."""
         deadline = time.monotonic() + self.label_grace
-        try:
-            while True:
-                time.sleep(LATE_POLL)
-                try:
-                    value = self.thread.learn_label(*args)
-                except UnknownKey as error:
-                    if time.monotonic() < deadline:
-                        continue
-                    answer(call_id, False, error)
-                except BaseException as error:
-                    answer(call_id, False, _sendable(error))
-                else:
-                    answer(call_id, True, value)
-                return
-        finally:
-            with self._counting:
-                self.n_late_waiting -= 1
-            self.late_labels.release()
+        while not self.thread.holds(key) and time.monotonic() < deadline:
+            time.sleep(LATE_POLL)
 
 
 def _publisher(writer: SnapshotWriter) -> typing.Callable[[Snapshot], None]:

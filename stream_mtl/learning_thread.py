@@ -260,6 +260,10 @@ class LearningThread:
         (a prediction made elsewhere: a serving process's, from its snapshot)."""
         self._step.hold(key, x, served)
 
+    def holds(self, key: Hashable) -> bool:
+        """Whether features are held under `key` for `learn_label` (nothing is claimed)."""
+        return self._step.holds(key)
+
     def learn(self, x: dict, y: dict) -> int:
         """Queue `(x, y)` for learning; raises at once if the model would refuse it. The
         number of observations waiting to be learned.

@@ -353,6 +353,14 @@ class StreamStep:
         example by a full queue, and the labels may be sent again)."""
         self.hold(key, row.x, row.served)
 
+    def holds(self, key: Hashable) -> bool:
+        """Whether features are held under `key` (nothing is claimed, nothing counted)."""
+        with self._lock:
+            try:
+                return key in self.pending
+            except TypeError:  # unhashable: nothing can be held under it
+                return False
+
     def hold(self, key: Hashable, x: dict, served: typing.Any) -> None:
         """Hold features `x`, with the prediction `served` for them, under `key` (checked
         and predicted elsewhere: by a serving process, from its snapshot)."""

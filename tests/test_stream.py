@@ -79,6 +79,16 @@ def test_labels_for_an_unknown_key_are_refused_with_one_wording_and_counted():
     assert dict(step.refused) == {UNKNOWN_KEY: 2}
 
 
+def test_holds_looks_without_claiming_or_counting():
+    step = StreamStep(_model())
+    assert not step.holds("later") and not step.holds(["unhashable"])
+    step.offer(Observation({"x0": 1.0}, key="later"))
+    assert step.holds("later") and step.holds("later")  # looking claims nothing
+    assert step.offer(Observation(None, {"a": 1.0}, key="later")).refused is None
+    assert not step.holds("later")
+    assert dict(step.refused) == {}
+
+
 def test_labels_without_features_or_key_are_refused():
     offer = StreamStep(_model()).offer(Observation(None, {"a": 1.0}))
     assert "need the key their features were sent with" in str(offer.refused)
