@@ -1,6 +1,7 @@
 """How a snapshot travels from a learner process to the processes that predict from it.
 
-A `Snapshot` is pickled (protocol 5) with its arrays out of band: the *frame* says what
+A `Snapshot` is pickled (protocol 5) with its arrays out of band (a torch model's
+tensors on the CPU as the NumPy arrays that share their memory): the *frame* says what
 the objects are (feature names, layout, tasks: everything not in an array) and the
 arrays' bytes travel beside it; the counts and weights it reports (`n_learned`,
 `mixture`, ...) travel in a small pickle of their own. A learner that only learned
@@ -42,6 +43,7 @@ the one it predicts from and the spare.
 
 from __future__ import annotations
 
+import io
 import pickle
 import struct
 import sys
@@ -65,7 +67,9 @@ def encode(snapshot: Snapshot) -> bytes:
     """The bytes that `SnapshotLoader.load` turns back into `snapshot`."""
     buffers: list[pickle.PickleBuffer] = []
     parts = tuple(getattr(snapshot, name) for name in Snapshot.PARTS)
-    frame = pickle.dumps(parts, PROTOCOL, buffer_callback=buffers.append)
+    out = io.BytesIO()
+    _Pickler(out, PROTOCOL, buffer_callback=buffers.append).dump(parts)
+    frame = out.getvalue()
     report = pickle.dumps(_report(snapshot), PROTOCOL)
     raws = [buffer.raw() for buffer in buffers]
     sizes = [raw.nbytes for raw in raws]
@@ -74,6 +78,24 @@ def encode(snapshot: Snapshot) -> bytes:
     for raw in raws:
         pieces += [raw, bytes(-raw.nbytes % ALIGN)]
     return b"".join(pieces)
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles a torch tensor on the CPU as the NumPy array that shares its memory (out
+    of band, as any array), rebuilt by `torch.from_numpy` on the loaded bytes: so the
+    frames of a torch model's snapshots are alike too, and a load copies their arrays
+    into the spare, whose tensors see the new numbers. Tensors elsewhere (a GPU) keep
+    torch's own pickling, in the frame: each of their loads is a full one."""
+
+    def reducer_override(self, obj: object) -> object:
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(obj, torch.Tensor) or obj.device.type != "cpu":
+            return NotImplemented
+        try:
+            array = obj.detach().numpy()
+        except (TypeError, RuntimeError):  # a dtype NumPy lacks (bfloat16)
+            return NotImplemented
+        return torch.from_numpy, (array if array.flags.c_contiguous else array.copy(),)
 
 
 def _lengths(n_arrays: int) -> struct.Struct:

@@ -71,8 +71,7 @@ def test_each_load_predicts_and_reports_as_the_snapshot_sent(kind):
         assert answers(loaded, probes) == answers(sent, probes)
         assert report(loaded) == report(sent)
         del loaded  # as a prediction lets go of it: the next but one load may reuse it
-    if kind != "torch":  # torch tensors travel in the frame: every load is a full one
-        assert loader.n_copied >= 8, (loader.n_unpickled, loader.n_copied)
+    assert loader.n_copied >= 8, (loader.n_unpickled, loader.n_copied)
 
 
 def test_a_snapshot_someone_holds_never_changes():
