@@ -70,6 +70,11 @@ class TaskAffinity:
             picked = picked[np.linspace(0, len(picked) - 1, self.max_rows).astype(int)]
         return picked
 
+    def due_one(self) -> bool:
+        """`due(1)` for one observation, without making an array (the per-row path)."""
+        self._rows += 1
+        return self._rows % self.every == 0 and self.max_rows > 0
+
     def add_task(self) -> None:
         n_tasks, n, _ = self._moments.shape
         grown = np.zeros((n_tasks + 1, n, n))

@@ -525,7 +525,7 @@ class MultiTaskLearner(Predicting, base.MultiTargetRegressor, base.MultiLabelCla
             row = target_row(targets)
             self._tune_thresholds(row, result.predictions)
         self._after_step(result, counts, counts)
-        if self._affinity.due(1).size:
+        if self._affinity.due_one():
             self._feed_affinity(encoded[None, :])
 
     def _tune_thresholds(self, targets: np.ndarray, probabilities: np.ndarray) -> None:

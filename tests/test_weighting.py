@@ -229,6 +229,19 @@ def test_task_affinity_is_nan_until_it_is_first_measured():
     assert 0.0 <= model.task_affinity.loc["a", "b"] <= 1.0
 
 
+@pytest.mark.parametrize(("every", "max_rows"), [(16, 2), (1, 2), (3, 1), (5, 0)])
+def test_due_one_picks_the_rows_due_picks(every, max_rows):
+    from stream_mtl.affinity import TaskAffinity
+
+    batched = TaskAffinity(every=every, max_rows=max_rows)
+    one = TaskAffinity(every=every, max_rows=max_rows)
+    for i in range(200):
+        if i % 7 == 3:  # a mini-batch now and then
+            assert list(batched.due(i % 5 + 2)) == list(one.due(i % 5 + 2))
+        else:
+            assert bool(batched.due(1).size) == one.due_one()
+
+
 def test_task_affinity_takes_at_most_affinity_inputs_inputs_into_account():
     model = MultiTaskLearner(tasks={"a": Regression()}, hidden=(4,), seed=0, affinity_inputs=3)
     for i in range(40):
