@@ -337,14 +337,17 @@ def test_an_attached_service_shares_the_learner_and_finds_it_again_after_a_resta
     assert owner.model.n_learned["a"] == 2
 
 
+# Without a log, calls are answered on the connection's thread; with one, in the pool.
+@pytest.mark.parametrize("logged", [False, True])
 def test_a_label_that_overtakes_its_features_from_another_serving_process_waits_for_them(
-    tmp_path,
+    tmp_path, logged
 ):
     # serve --workers: the worker that served a prediction sends its features on its own
     # connection, and another worker may forward the label first. Here the label goes out
     # 50 ms before the features; the learner waits for them (label_grace) and learns it.
     address, grace = tmp_path / "learner.sock", 2.0
-    owner = OnlineModel(new_model(), listen=address, label_grace=grace, block_timeout=0)
+    log = {"checkpoint": tmp_path / "m.ckpt", "wal": tmp_path / "wal"} if logged else {}
+    owner = OnlineModel(new_model(), listen=address, label_grace=grace, block_timeout=0, **log)
     other = OnlineModel.attach(owner.board, address)
     answers: list = []
     label = threading.Thread(
