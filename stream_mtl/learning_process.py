@@ -739,8 +739,7 @@ class _Calls:
         self.thread = thread
         self.identity = identity
         self.label_grace = label_grace
-        self.late_labels = threading.BoundedSemaphore(LATE_LABELS)
-        self.n_late_waiting = 0
+        self.n_late_waiting = 0  # labels waiting for their features, at most LATE_LABELS
         self._counting = threading.Lock()
         # Without a log to wait for and with a queue that refuses at once when full, a
         # learn never waits: it is answered on the connection's own thread.
@@ -816,16 +815,17 @@ class _Calls:
         """Whether a label for `key` is to wait for its features: none are held under it
         yet, labels may overtake features (`label_grace`), and one of the `LATE_LABELS`
         places is free (taken: `_leave` gives it back)."""
-        if not self.label_grace or self.thread.holds(key) or not self.late_labels.acquire(False):
+        if not self.label_grace or self.thread.holds(key):
             return False
         with self._counting:
+            if self.n_late_waiting >= LATE_LABELS:
+                return False
             self.n_late_waiting += 1
         return True
 
     def _leave(self) -> None:
         with self._counting:
             self.n_late_waiting -= 1
-        self.late_labels.release()
 
     def _wait_for_features(self, key: Hashable) -> None:
         """Return once features are held under `key`, or `label_grace` is over. It only
