@@ -122,3 +122,51 @@ def test_the_compiled_row_step_agrees_with_numpy_over_2000_steps():
     assert clipped > 1_000, "the variances were never clipped: the test misses a branch"
     np.testing.assert_allclose(pair[0].weight, pair[1].weight, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(pair[0].cov, pair[1].cov, rtol=1e-12, atol=1e-12)
+
+
+def test_outputs_with_equal_covariances_share_its_update_and_learn_the_same_numbers(
+    monkeypatch,
+):
+    """Regression outputs labelled on the same rows keep equal covariances, which the
+    compiled step updates once. Against the same step with every output on its own:
+    the same numbers, bit for bit, while outputs part (rows that label some of them),
+    the covariances are read (and written out) and a new output arrives."""
+    from stream_mtl.backends import second_order
+
+    rng = np.random.default_rng(5)
+    kinds = [("regression", 0, 1), ("regression", 1, 2), ("regression", 2, 3), ("binary", 3, 4)]
+    layout = [(start, stop) for _, start, stop in kinds]
+    shared, alone = (SecondOrderHeads(forgetting=0.99) for _ in range(2))
+    for heads in (shared, alone):
+        heads.resize(5, old=[], new=layout)
+    lone_twins = np.full(len(kinds), -1)
+    most_followers = 0
+    for step in range(1_500):
+        if step == 700:  # a new regression output, fresh as the others were
+            kinds.append(("regression", 4, 5))
+            for heads in (shared, alone):
+                heads.resize(5, old=layout, new=[*layout, (4, 5)])
+            layout.append((4, 5))
+            lone_twins = np.full(len(kinds), -1)
+        columns = HeadColumns(kinds)
+        x = rng.normal(size=(1, 5))
+        targets = rng.normal(size=(1, len(kinds)))
+        targets[0, 3] = float(targets[0, 3] > 0)
+        labelled = np.ones((1, len(kinds)), bool)
+        if step >= 400:
+            labelled[0, 2] = step % 3 != 0  # output 2 parts from 0 and 1
+        for heads in (shared, alone):
+            values = evaluate(columns, heads.outputs(x), targets, labelled)
+            if heads is alone:
+                monkeypatch.setattr(second_order, "_twins", lambda cov: np.full(len(cov), -1))
+            heads.step(x, values.gradient, values.curvature, labelled)
+            monkeypatch.undo()
+        most_followers = max(most_followers, int((shared.compiled_state()[1] >= 0).sum()))
+        np.testing.assert_array_equal(alone.compiled_state()[1], lone_twins)
+        if step % 250 == 0:  # a read writes every covariance out
+            np.testing.assert_array_equal(shared.cov, alone.cov)
+        np.testing.assert_array_equal(shared.weight, alone.weight)
+    np.testing.assert_array_equal(shared.cov, alone.cov)
+    assert most_followers >= 2, "no output ever shared a covariance: the test misses the path"
+    twins = shared.compiled_state()[1]
+    assert twins[1] == 0 and twins[2] == -1 and twins[3] == -1  # 2 and the binary one parted

@@ -121,7 +121,9 @@ class FlatBackend(RowsAsBatches):
         model with many tasks or inputs), the optimiser's moments, gradients and
         scratch. What a snapshot holds; it must never learn."""
         heads = [*self.linear, *self.top, *([self.shared] if self.shared is not None else [])]
-        memo: dict[int, typing.Any] = {id(head.cov): None for head in heads}
+        memo: dict[int, typing.Any] = {
+            id(array): None for head in heads for array in head.learning_only()
+        }
         for name in self._LEARNING_ONLY:
             memo[id(getattr(self, name))] = None
         clone = copy.deepcopy(self, memo)

@@ -16,6 +16,7 @@ from stream_mtl.backends import kernels, row_kernel
 from stream_mtl.backends.base import StepResult
 from stream_mtl.backends.flat import ADAM_BETAS, ADAM_EPS, FlatBackend
 from stream_mtl.backends.kernels import kernel_array
+from stream_mtl.backends.second_order import SecondOrderHeads
 from stream_mtl.tasks import BINARY, MULTICLASS
 
 _KIND_CODES = {BINARY: row_kernel.BINARY_CODE, MULTICLASS: row_kernel.MULTICLASS_CODE}
@@ -149,14 +150,13 @@ class NumpyBackend(FlatBackend):
         self._linear_factors = _factors(self.linear)
         self._top_factors = _factors(self.top)
 
-    def _shared_arrays(self) -> tuple:
-        shared = self.shared if self.shared is not None else self.linear[0]
-        return shared.weight, shared.cov, shared.forgetting, shared.prior
+    def _shared_head(self) -> SecondOrderHeads:
+        return self.shared if self.shared is not None else self.linear[0]
 
     def forward_many(self, X: np.ndarray) -> np.ndarray:
         if not (self._row_kernel and len(X) == 1):
             return super().forward_many(X)
-        shared_w, _, _, _ = self._shared_arrays()
+        shared_w = self._shared_head().weight
         mixed = row_kernel.row_predict(
             kernel_array(X[0]), self._param, self._widths, self._trunk_at, self._heads_at,
             self.activation == "relu", tuple(head.weight for head in self.linear), shared_w,
@@ -178,17 +178,20 @@ class NumpyBackend(FlatBackend):
             return super().step_many(X, targets, loss_weight, trunk_scale, gram)
         adam = self.optimizer == "adam"
         root_bias2, step = self._adam_scalars() if adam else (1.0, 1.0)
-        shared_w, shared_cov, shared_forgetting, shared_prior = self._shared_arrays()
+        shared = self._shared_head()
+        linear = [head.compiled_state() for head in self.linear]
+        top = [head.compiled_state() for head in self.top]
         losses = np.empty(len(self.heads))
         mixed, finite = row_kernel.row_step(
             kernel_array(X[0]), kernel_array(targets[0]), kernel_array(loss_weight),
             kernel_array(trunk_scale), self._param, self._moments, self._widths,
             self._trunk_at, self._heads_at, self.activation == "relu", adam, self.lr,
             root_bias2, step, tuple(head.weight for head in self.linear),
-            tuple(head.cov for head in self.linear), *self._linear_factors, shared_w,
-            shared_cov, shared_forgetting, shared_prior, self._shared_row64,
-            self.shared is not None, tuple(head.weight for head in self.top),
-            tuple(head.cov for head in self.top), *self._top_factors, self._column_task64,
+            tuple(cov for cov, _ in linear), tuple(twin for _, twin in linear),
+            *self._linear_factors, shared.weight, *shared.compiled_state(), shared.forgetting,
+            shared.prior, self._shared_row64, self.shared is not None,
+            tuple(head.weight for head in self.top), tuple(cov for cov, _ in top),
+            tuple(twin for _, twin in top), *self._top_factors, self._column_task64,
             self._task_kind, self._task_start, self._task_stop, self.hedge.alpha,
             self.hedge.scale, float(self.hedge.rate), float(self.hedge.memory),
             self.hedge.floor / self.hedge.n_heads, losses,

@@ -309,10 +309,10 @@ def _descend(param, m, v, grad, adam, lr, root_bias2, step) -> None:
 @njit(cache=True, fastmath=False)
 def row_step(
     x, targets, loss_weight, trunk_scale, param, moments, widths, trunk_at, heads_at, relu,
-    adam, lr, root_bias2, step, linear_w, linear_cov, linear_forgetting, linear_prior,
-    shared_w, shared_cov, shared_forgetting, shared_prior, shared_row, has_shared, top_w,
-    top_cov, top_forgetting, top_prior, column_task, task_kind, task_start, task_stop,
-    alpha, hedge_scale, hedge_rate, hedge_memory, hedge_floor, losses,
+    adam, lr, root_bias2, step, linear_w, linear_cov, linear_twin, linear_forgetting,
+    linear_prior, shared_w, shared_cov, shared_twin, shared_forgetting, shared_prior, shared_row,
+    has_shared, top_w, top_cov, top_twin, top_forgetting, top_prior, column_task, task_kind,
+    task_start, task_stop, alpha, hedge_scale, hedge_rate, hedge_memory, hedge_floor, losses,
 ) -> np.ndarray:  # fmt: skip
     """One step of `step_many` on one row (targets per task, NaN where unlabelled),
     every array updated in place; each task's loss into `losses`; returns the mixed
@@ -360,12 +360,12 @@ def row_step(
     for i in range(n_linear):
         second_order_row_step(
             linear_cov[i], linear_w[i], x, G[i], H[i], labelled_outputs,
-            linear_forgetting[i], linear_prior[i],
+            linear_forgetting[i], linear_prior[i], linear_twin[i],
         )  # fmt: skip
     for t in range(len(top_w)):
         second_order_row_step(
             top_cov[t], top_w[t], top_x, G[first_top + t], H[first_top + t], labelled_outputs,
-            top_forgetting[t], top_prior[t],
+            top_forgetting[t], top_prior[t], top_twin[t],
         )  # fmt: skip
     if has_shared:
         # One Newton step on the sum of the losses of the outputs each row serves, each
@@ -383,7 +383,15 @@ def row_step(
             h[r] += H[n_linear, o] * share
             served[r] += share if labelled_outputs[o] else 0.0
         second_order_row_step(
-            shared_cov, shared_w, x, g, h, served > 0.0, shared_forgetting, shared_prior
+            shared_cov,
+            shared_w,
+            x,
+            g,
+            h,
+            served > 0.0,
+            shared_forgetting,
+            shared_prior,
+            shared_twin,
         )
     hedge_step(
         alpha, hedge_scale, mixture_gradient, labelled, hedge_rate, hedge_memory, hedge_floor

@@ -6,7 +6,7 @@ curvature h of the loss at the current output z = w_o . [1, x] (see `heads`) tak
 one Newton step:
 
     u = P_o x,   s = x' u
-    P_o <- (P_o - h u u' / (lambda + h s)) / lambda
+    P_o <- (P_o - h u u' / (lambda + h s)) * (1 / lambda)
     w_o <- w_o - g u / (lambda + h s)          (= w_o - g P_o x with the new P_o)
 
 For regression (h = 1, g = z - t) this is exactly recursive least squares with
@@ -72,6 +72,39 @@ class SecondOrderHeads:
         self.weight = np.zeros((0, 1))  # outputs x (1 + inputs); column 0 is the bias
         self.cov = np.zeros((0, 1, 1))  # outputs x (1 + inputs) x (1 + inputs)
 
+    # Outputs whose covariances are equal share one while the compiled step runs: see
+    # `kernels.second_order_row_step`. `_twin[o] = r` means that o's covariance is held
+    # in r's place alone; `cov` writes them out when read. After a read (the caller may
+    # write) or a NumPy step, the twins are found again, by comparing the covariances,
+    # before the next compiled step.
+
+    @property
+    def cov(self) -> np.ndarray | None:
+        """Per output, the inverse curvature (outputs x (1 + inputs) x (1 + inputs))."""
+        if self._cov is not None and self._twins_known:
+            followers = np.flatnonzero(self._twin >= 0)
+            self._cov[followers] = self._cov[self._twin[followers]]
+            self._twin[:] = -1
+            self._twins_known = False
+        return self._cov
+
+    @cov.setter
+    def cov(self, value: np.ndarray | None) -> None:
+        self._cov = value
+        self._twin = np.full(0 if value is None else len(value), -1)
+        self._twins_known = False
+
+    def learning_only(self) -> list[np.ndarray | None]:
+        """What only learning reads (left out of a predicting copy), as it is held."""
+        return [self._cov]
+
+    def compiled_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """The covariances and their twins, for the compiled step."""
+        if not self._twins_known:
+            self._twin = _twins(self._cov)
+            self._twins_known = True
+        return self._cov, self._twin
+
     def resize(self, n_inputs: int, old: list[tuple[int, int]], new: list[tuple[int, int]]) -> None:
         """Lay out for `n_inputs` inputs and the outputs `new` (start, stop per task); the
         tasks of `old` keep their state, in the first rows of their new range. New
@@ -100,8 +133,9 @@ class SecondOrderHeads:
         """One Newton step from rows X with per-output gradients G and curvatures H
         (rows x outputs); `labelled` (rows x outputs) marks the rows each output learns."""
         if len(X) == 1 and self.compiled:
+            cov, twin = self.compiled_state()
             second_order_row_step(
-                self.cov,
+                cov,
                 self.weight,
                 kernel_array(X[0]),
                 kernel_array(G[0]),
@@ -109,6 +143,7 @@ class SecondOrderHeads:
                 kernel_array(labelled[0], bool),
                 self.forgetting,
                 self.prior,
+                twin,
             )
             return
         X1 = np.empty((len(X), X.shape[1] + 1))
@@ -148,7 +183,7 @@ class SecondOrderHeads:
         denominator = lam + h * s
         P -= (h / denominator)[:, None, None] * (u[:, :, None] * u[:, None, :])
         if lam != 1.0:
-            P /= lam
+            P *= 1.0 / lam  # as the compiled step does (a division per entry costs more)
         return P, (g / denominator)[:, None] * u
 
     def _information_form(
@@ -186,6 +221,18 @@ class SecondOrderHeads:
 
     def state(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "cov": self.cov}
+
+
+def _twins(cov: np.ndarray) -> np.ndarray:
+    """Per output, the first output before it whose covariance is equal, or -1."""
+    twin = np.full(len(cov), -1)
+    first: dict[bytes, list[int]] = {}
+    for o, P in enumerate(cov):
+        found = first.setdefault(P[0].tobytes(), [])  # a row tells most apart
+        twin[o] = next((r for r in found if np.array_equal(cov[r], P)), -1)
+        if twin[o] < 0:
+            found.append(o)
+    return twin
 
 
 def _clip_variance(P: np.ndarray, prior: float) -> None:
