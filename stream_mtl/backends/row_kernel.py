@@ -46,12 +46,20 @@ _SUBNORMAL = 1e-30
 
 
 @njit(cache=True, fastmath=False)
-def _linear(weight: np.ndarray, row: int, x: np.ndarray) -> float:
-    """Output `row` of a second-order head (bias first) at inputs x."""
-    total = 0.0
+def _linear(weight: np.ndarray, rows: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """Outputs `rows` of a second-order head (bias first) at inputs x, into `out`.
+
+    Each output's sum runs over the inputs in order, as a dot product would; the outputs'
+    sums advance together, one input at a time, so that the processor works on several
+    chains of additions at once instead of waiting on one.
+    """
+    out[:] = 0.0
     for j in range(x.shape[0]):
-        total += x[j] * weight[row, j + 1]
-    return total + weight[row, 0]
+        xj = x[j]
+        for o in range(rows.shape[0]):
+            out[o] += xj * weight[rows[o], j + 1]
+    for o in range(rows.shape[0]):
+        out[o] += weight[rows[o], 0]
 
 
 @njit(cache=True, fastmath=False)
@@ -66,12 +74,11 @@ def _raw_outputs(
     for j in range(n_in):
         acts[j] = x[j]
     n_linear = len(linear_w)
+    every = np.arange(Z.shape[1])
     for i in range(n_linear):
-        for o in range(Z.shape[1]):
-            Z[i, o] = _linear(linear_w[i], o, x)
+        _linear(linear_w[i], every, x, Z[i])
     if has_shared:
-        for o in range(Z.shape[1]):
-            Z[n_linear, o] = _linear(shared_w, shared_row[o], x)
+        _linear(shared_w, shared_row, x, Z[n_linear])
     first_deep = n_linear + (1 if has_shared else 0)
     start = 0
     for layer in range(len(widths) - 1):
@@ -80,29 +87,35 @@ def _raw_outputs(
         out = start + width_in
         # Each unit's sum runs over the inputs in order, as a dot product would; the loop
         # over units within it runs over a contiguous row of the weights (in x out), which
-        # the compiler vectorises.
+        # the compiler vectorises. Inner loops index slices, not the flat buffer at an
+        # offset (`param[row + j]`), which the compiler did not vectorise: the trunk's two
+        # layers took 4.1 us that way and 0.8 us this way, with the same numbers.
         total = np.zeros(width)
         for i in range(width_in):
             a = acts[start + i]
-            row = w_at + i * width
+            row = param[w_at + i * width : w_at + (i + 1) * width]
             for j in range(width):
-                total[j] += a * param[row + j]
+                total[j] += a * row[j]
+        bias = param[b_at : b_at + width]
+        layer_out = acts[out : out + width]
         for j in range(width):
-            a = total[j] + param[b_at + j]
+            a = total[j] + bias[j]
             a = max(a, 0.0) if relu else np.tanh(a)
-            acts[out + j] = a  # rounded to the trunk's dtype, as NumPy's layers are
+            layer_out[j] = a  # rounded to the trunk's dtype, as NumPy's layers are
         hw_at, hb_at = heads_at[layer, 0], heads_at[layer, 1]
+        deep = Z[first_deep + layer]
+        deep[:] = 0.0
+        for j in range(width):  # the outputs' sums advance together, as in `_linear`
+            a = layer_out[j]
+            for o in range(Z.shape[1]):
+                deep[o] += a * param[hw_at + o * width + j]
         for o in range(Z.shape[1]):
-            total = 0.0
-            for j in range(width):
-                total += acts[out + j] * param[hw_at + o * width + j]
-            Z[first_deep + layer, o] = total + param[hb_at + o]
+            deep[o] += param[hb_at + o]
         start = out
     top = acts[start:]
     first_top = first_deep + len(widths) - 1
     for t in range(len(top_w)):
-        for o in range(Z.shape[1]):
-            Z[first_top + t, o] = _linear(top_w[t], o, top)
+        _linear(top_w[t], every, top, Z[first_top + t])
 
 
 @njit(cache=True, fastmath=False)
@@ -247,35 +260,59 @@ def _backward(
         width_in, width = widths[layer], widths[layer + 1]
         out, start = ends[layer], ends[layer] - width_in
         hw_at, hb_at = heads_at[layer, 0], heads_at[layer, 1]
+        layer_out = acts[out : out + width]
+        # (Inner loops index slices, as in `_raw_outputs`, so that they vectorise.)
         for o in range(n_out):
             dz = dZ[layer, o]
+            head_grad = grad[hw_at + o * width : hw_at + (o + 1) * width]
             for j in range(width):
-                grad[hw_at + o * width + j] = dz * acts[out + j]
+                head_grad[j] = dz * layer_out[j]
             grad[hb_at + o] = dz
+        # Each unit's sum over the outputs in order, as one loop over outputs per unit did.
+        total = np.zeros(width)
+        for o in range(n_out):
+            scaled = dZ[layer, o] * factor[layer, o]
+            row = param[hw_at + o * width : hw_at + (o + 1) * width]
+            for j in range(width):
+                total[j] += scaled * row[j]
         for j in range(width):
-            total = 0.0
-            for o in range(n_out):
-                total += (dZ[layer, o] * factor[layer, o]) * param[hw_at + o * width + j]
-            dH[j] = total if layer == n_layers - 1 else dH[j] + total
+            dH[j] = total[j] if layer == n_layers - 1 else dH[j] + total[j]
         for j in range(width):
-            h = acts[out + j]
+            h = layer_out[j]
             if relu:
                 dA[j] = dH[j] if h > 0.0 else 0.0
             else:
                 dA[j] = dH[j] * (1.0 - h * h)
         w_at, b_at = trunk_at[layer, 0], trunk_at[layer, 1]
+        dA_layer = dA[:width]
         for i in range(width_in):
             a = acts[start + i]
+            weight_grad = grad[w_at + i * width : w_at + (i + 1) * width]
             for j in range(width):
-                grad[w_at + i * width + j] = a * dA[j]
+                weight_grad[j] = a * dA_layer[j]
+        bias_grad = grad[b_at : b_at + width]
         for j in range(width):
-            grad[b_at + j] = dA[j]
+            bias_grad[j] = dA_layer[j]
         if layer:
-            for i in range(width_in):
-                total = 0.0
+            # dH = W dA, each unit's sum over j in order; four units' sums advance together
+            # (as in `_linear`), the rest one by one.
+            weight = param[w_at : w_at + width_in * width]
+            quads = width_in - width_in % 4
+            for i in range(0, quads, 4):
+                t0 = t1 = t2 = t3 = 0.0
                 for j in range(width):
-                    total += dA[j] * param[w_at + i * width + j]
-                dH[i] = total
+                    d = dA_layer[j]
+                    t0 += d * weight[i * width + j]
+                    t1 += d * weight[(i + 1) * width + j]
+                    t2 += d * weight[(i + 2) * width + j]
+                    t3 += d * weight[(i + 3) * width + j]
+                dH[i], dH[i + 1], dH[i + 2], dH[i + 3] = t0, t1, t2, t3
+            for i in range(quads, width_in):
+                row = weight[i * width : (i + 1) * width]
+                total_i = 0.0
+                for j in range(width):
+                    total_i += dA_layer[j] * row[j]
+                dH[i] = total_i
 
 
 @njit(cache=True, fastmath=False)
