@@ -488,8 +488,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError("--workers needs --learner process: the workers share its snapshots")
     if args.learner_nice is not None and args.learner != "process":
         raise ValueError("--learner-nice needs --learner process: a thread shares the server's")
-    if args.label_grace is not None and args.workers == 1:
-        raise ValueError("--label-grace needs --workers 2 or more: with one, no label overtakes")
+    for option, value in (
+        ("--label-grace", args.label_grace),
+        ("--max-late-labels", args.max_late_labels),
+    ):
+        if value is not None and args.workers == 1:
+            raise ValueError(f"{option} needs --workers 2 or more: with one, no label overtakes")
     listener = _listen(args.host, args.port)  # before anything starts or writes
     folder = Path(tempfile.mkdtemp(prefix="stream-mtl-serve-"))  # the workers' rendezvous
     # block_timeout=0: a full learn queue answers 503 at once; the event loop never waits.
@@ -510,6 +514,7 @@ def _serve(args: argparse.Namespace) -> int:
             **resumed,
             **({"listen": folder / "learner.sock"} if args.workers > 1 else {}),
             **({} if args.label_grace is None else {"label_grace": args.label_grace}),
+            **({} if args.max_late_labels is None else {"max_late_labels": args.max_late_labels}),
         )
     except BaseException:
         listener.close()
@@ -832,6 +837,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --workers: how long a label that reaches the learner before the features "
         "its key was predicted with (sent by another worker) waits for them (default 0.1)",
+    )
+    serve.add_argument(
+        "--max-late-labels",
+        type=int,
+        metavar="N",
+        help="with --workers: labels that wait so at once, at most (default 16, up to 256); "
+        "beyond, one is refused at once",
     )
     serve.add_argument(
         "--learner",

@@ -94,7 +94,12 @@ SEND_MAX_BYTES = 4 * 2**20
 # default): the features come from the serving process that predicted, on its own
 # connection, and a label another serving process forwards at once may arrive first.
 LABEL_GRACE = 0.1
-LATE_LABELS = 16  # labels waiting for their features at once, at most; beyond, refused
+# Labels waiting for their features at once, at most, by default (`max_late_labels`);
+# beyond, refused. Each waits on a thread of the learner's call pool, which has
+# `CALL_THREADS` more for the other calls, so that waiting labels never hold them up.
+LATE_LABELS = 16
+MAX_LATE_LABELS = 256  # the largest `max_late_labels`: a thread each
+CALL_THREADS = 32
 LATE_POLL = 2e-3  # seconds between a waiting label's looks for its features
 
 
@@ -377,7 +382,9 @@ class LearningProcess(_LearnerLink):
     `listen` (a Unix socket path where the child also takes other serving processes'
     calls: `LearnerClient`), `label_grace` (with `listen`: seconds a label sent under a
     key whose features are not held yet waits for them, since they come from another
-    process on another connection; 0: refused at once), `nice` (added to the child's
+    process on another connection; 0: refused at once), `max_late_labels` (with
+    `listen`: labels that wait so at once, at most; beyond, refused at once), `nice`
+    (added to the child's
     nice value, 0 to 19: where the learner and the serving processes compete for a
     core, predictions go first). Used through `OnlineModel(..., process=True)`.
     """
@@ -391,6 +398,7 @@ class LearningProcess(_LearnerLink):
         start_timeout: float = 120.0,
         listen: str | os.PathLike | None = None,
         label_grace: float = LABEL_GRACE,
+        max_late_labels: int = LATE_LABELS,
         nice: int = 19,
         send_max_bytes: int = SEND_MAX_BYTES,
         **options: typing.Any,
@@ -403,6 +411,15 @@ class LearningProcess(_LearnerLink):
             or not 0 <= label_grace <= 60
         ):
             raise InvalidInput(f"label_grace must be seconds from 0 to 60, got {label_grace!r}")
+        if (
+            isinstance(max_late_labels, bool)
+            or not isinstance(max_late_labels, int)
+            or not 0 <= max_late_labels <= MAX_LATE_LABELS
+        ):
+            raise InvalidInput(
+                f"max_late_labels must be an integer from 0 to {MAX_LATE_LABELS}, "
+                f"got {max_late_labels!r}"
+            )
         _check_send_max_bytes(send_max_bytes)
         for name in ("on_snapshot", "on_idle"):
             if options.get(name) is not None:
@@ -415,6 +432,7 @@ class LearningProcess(_LearnerLink):
         self.start_timeout = start_timeout
         self.listen = None if listen is None else str(listen)
         self.label_grace = float(label_grace)
+        self.max_late_labels = max_late_labels
         self.nice = nice
         self.n_restarts = 0
         self._board = SnapshotBoard.create()
@@ -441,7 +459,9 @@ class LearningProcess(_LearnerLink):
     def _start(self, source: tuple[str, typing.Any]) -> None:
         """Start a child learning from `source` and wait for its first snapshot."""
         level = logging.getLogger("stream_mtl").getEffectiveLevel()
-        listening = None if self.listen is None else (self.listen, self.label_grace)
+        listening = (
+            None if self.listen is None else (self.listen, self.label_grace, self.max_late_labels)
+        )
         setup = (self.board, source, self._options, level, listening, self.nice, self.n_restarts)
         try:
             message = pickle.dumps(setup, PROTOCOL)
@@ -705,8 +725,8 @@ def _child_main(conn: Connection) -> None:
     publish(thread.snapshot)
     conn.send((True, None))
     # Only with several connections can a label overtake its features.
-    grace = 0.0 if listen is None else listen[1]
-    calls = _Calls(thread, options, {"pid": os.getpid(), "restarts": restarts}, grace)
+    grace, late = (0.0, 0) if listen is None else listen[1:]
+    calls = _Calls(thread, options, {"pid": os.getpid(), "restarts": restarts}, grace, late)
     with calls.pool:
         if listener is not None:
             threading.Thread(target=_accept, args=(listener, calls), daemon=True).start()
@@ -734,17 +754,25 @@ class _Calls:
     thread's object, its answer sent back on the connection it came on."""
 
     def __init__(
-        self, thread: LearningThread, options: dict, identity: dict, label_grace: float
+        self,
+        thread: LearningThread,
+        options: dict,
+        identity: dict,
+        label_grace: float,
+        max_late_labels: int,
     ) -> None:
         self.thread = thread
         self.identity = identity
         self.label_grace = label_grace
-        self.n_late_waiting = 0  # labels waiting for their features, at most LATE_LABELS
+        self.max_late_labels = max_late_labels
+        self.n_late_waiting = 0  # labels waiting for their features, at most max_late_labels
         self._counting = threading.Lock()
         # Without a log to wait for and with a queue that refuses at once when full, a
         # learn never waits: it is answered on the connection's own thread.
         self.never_waits = options.get("wal") is None and options.get("block_timeout", 1.0) == 0
-        self.pool = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="learner-call")
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            CALL_THREADS + max_late_labels, thread_name_prefix="learner-call"
+        )
 
     def serve(self, conn: Connection, owner: bool) -> None:
         """Take calls from `conn` until it closes (the owner's: until it says close)."""
@@ -813,12 +841,12 @@ class _Calls:
 
     def _arrives_early(self, key: Hashable) -> bool:
         """Whether a label for `key` is to wait for its features: none are held under it
-        yet, labels may overtake features (`label_grace`), and one of the `LATE_LABELS`
+        yet, labels may overtake features (`label_grace`), and one of the `max_late_labels`
         places is free (taken: `_leave` gives it back)."""
         if not self.label_grace or self.thread.holds(key):
             return False
         with self._counting:
-            if self.n_late_waiting >= LATE_LABELS:
+            if self.n_late_waiting >= self.max_late_labels:
                 return False
             self.n_late_waiting += 1
         return True

@@ -54,8 +54,11 @@ class OnlineModel:
         With `listen`: seconds a label sent under a key whose features are not held yet
         waits for them (default 0.1; 0: refused at once, `UnknownKey`). The features come
         from the serving process that predicted, on its own connection, so a label that
-        another serving process forwards at once may arrive first. At most 16 labels
-        wait at once; beyond, one is refused at once.
+        another serving process forwards at once may arrive first.
+    max_late_labels
+        With `listen`: labels that wait so at once, at most (default 16, up to 256; each
+        takes a thread of the learner process); beyond, one is refused at once, so that
+        labels for keys never predicted cannot tie up the learner.
     nice
         With `process`: added to the learner process's nice value, 0 to 19 (default 19,
         the lowest priority): where learning and serving compete for a core, predictions
@@ -128,6 +131,7 @@ class OnlineModel:
                 "restart_delay",
                 "listen",
                 "label_grace",
+                "max_late_labels",
                 "nice",
                 "send_max_bytes",
             ):

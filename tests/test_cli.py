@@ -209,6 +209,11 @@ def test_serve_refuses_an_option_that_contradicts_the_checkpoint(tmp_path, optio
         (["--learner-nice", "20"], "argument --learner-nice: invalid choice: 20"),
         (["--label-grace", "0.5"], "--label-grace needs --workers 2 or more"),
         (["--workers", "2", "--label-grace", "-1"], "label_grace must be seconds from 0 to 60"),
+        (["--max-late-labels", "4"], "--max-late-labels needs --workers 2 or more"),
+        (
+            ["--workers", "2", "--max-late-labels", "300"],
+            "max_late_labels must be an integer from 0 to 256",
+        ),
     ],
 )
 def test_serve_refuses_learner_options_it_cannot_honour(tmp_path, options, message):

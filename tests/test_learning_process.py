@@ -347,7 +347,12 @@ def test_a_label_that_overtakes_its_features_from_another_serving_process_waits_
     # 50 ms before the features; the learner waits for them (label_grace) and learns it.
     address, grace = tmp_path / "learner.sock", 2.0
     log = {"checkpoint": tmp_path / "m.ckpt", "wal": tmp_path / "wal"} if logged else {}
-    owner = OnlineModel(new_model(), listen=address, label_grace=grace, block_timeout=0, **log)
+    # the default bound on labels waiting at once, and a bound of its own
+    late = 5 if logged else learning_process.LATE_LABELS
+    bound = {"max_late_labels": late} if logged else {}
+    owner = OnlineModel(
+        new_model(), listen=address, label_grace=grace, block_timeout=0, **log, **bound
+    )
     other = OnlineModel.attach(owner.board, address)
     answers: list = []
     label = threading.Thread(
@@ -371,19 +376,19 @@ def test_a_label_that_overtakes_its_features_from_another_serving_process_waits_
             refused.append(time.monotonic() - started)
 
     # Features that never come: refused once the grace is over, as before. At most
-    # LATE_LABELS wait at once: beyond, a label for no features is refused at once.
+    # `late` wait at once: beyond, a label for no features is refused at once.
     waiting = [
         threading.Thread(target=label_for_no_features, args=(f"none-{i}",), daemon=True)
-        for i in range(learning_process.LATE_LABELS)
+        for i in range(late)
     ]
     for thread in waiting:
         thread.start()
-    wait_for(lambda: owner.status()["late_labels_waiting"] == learning_process.LATE_LABELS)
+    wait_for(lambda: owner.status()["late_labels_waiting"] == late)
     label_for_no_features("one-too-many")
     assert len(refused) == 1 and refused[0] < grace / 2
     for thread in waiting:
         thread.join(10)
-    assert len(refused) == 1 + learning_process.LATE_LABELS
+    assert len(refused) == 1 + late
     assert min(refused[1:]) >= grace
     assert owner.status()["late_labels_waiting"] == 0
     other.close()
@@ -391,6 +396,9 @@ def test_a_label_that_overtakes_its_features_from_another_serving_process_waits_
     for bad in (-1, 61, True, "0.1"):
         with pytest.raises(InvalidInput, match="label_grace must be seconds"):
             OnlineModel(new_model(), label_grace=bad)
+    for bad in (-1, learning_process.MAX_LATE_LABELS + 1, True, 2.0):
+        with pytest.raises(InvalidInput, match="max_late_labels must be an integer from 0"):
+            OnlineModel(new_model(), max_late_labels=bad)
 
 
 def test_an_answer_that_cannot_be_read_fails_its_call_and_the_link_connects_again(tmp_path):
