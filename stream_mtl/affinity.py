@@ -107,8 +107,11 @@ class TaskAffinity:
         task of output o. Its inputs beyond `max_inputs` are left out."""
         self._grow_inputs(jacobian.shape[1])
         rows = np.asarray(jacobian, float)[:, : self._moments.shape[1]]
-        outer = np.zeros_like(self._moments)
-        np.add.at(outer, column_task, rows[:, :, None] * rows[:, None, :])
+        outer = rows[:, :, None] * rows[:, None, :]
+        if len(rows) != len(self._moments) or (column_task != np.arange(len(rows))).any():
+            summed = np.zeros_like(self._moments)  # tasks with several outputs: their sum
+            np.add.at(summed, column_task, outer)
+            outer = summed
         self._count += 1
         self._moments += max(self.rate, 1.0 / self._count) * (outer - self._moments)
 

@@ -229,6 +229,67 @@ def test_task_affinity_is_nan_until_it_is_first_measured():
     assert 0.0 <= model.task_affinity.loc["a", "b"] <= 1.0
 
 
+def _learned_on_every_kind(backend: str, **options) -> MultiTaskLearner:
+    tasks = {"r": Regression(), "b": Binary(), "m": Multiclass(), "s": Regression()}
+    options = {"hidden": (8, 6), "dtype": "float64", **options}
+    model = MultiTaskLearner(tasks=tasks, seed=0, backend=backend, **options)
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        x = {f"x{j}": float(v) for j, v in enumerate(rng.normal(size=5))}
+        y = {"r": x["x0"] - x["x1"], "b": x["x2"] > 0, "m": "abc"[i % 3], "s": x["x3"] ** 2}
+        model.learn_one(x, y)
+    return model
+
+
+def _encoded_rows(model: MultiTaskLearner, n: int) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    rows = [{f"x{j}": float(v) for j, v in enumerate(rng.normal(size=5))} for _ in range(n)]
+    return np.stack([model._encoder.transform_one(x) for x in rows]).astype(float)
+
+
+@pytest.mark.parametrize(
+    ("backend", "options"),
+    [
+        ("numpy", {}),
+        ("numpy", {"activation": "tanh", "share_linear": False}),
+        ("numpy", {"sharing": "soft"}),
+        ("numpy", {"hidden": ()}),
+        ("torch", {}),
+    ],
+    ids=["numpy", "tanh-unshared", "soft", "no-trunk", "torch"],
+)
+def test_the_input_jacobian_that_task_affinity_takes_is_the_slope_of_the_predictions(
+    backend, options
+):
+    """Every kind of head and link (regression, binary, multiclass) through the mixture:
+    against central differences of the predictions, in float64."""
+    model = _learned_on_every_kind(backend, **options)
+    X = _encoded_rows(model, 3)
+    jacobian = model._backend.input_jacobian(X, 4)  # the first 4 of 5 inputs
+    assert jacobian.shape == (3, 6, 4)  # rows x outputs (a class each) x inputs
+    step = 1e-6
+    slopes = np.empty_like(jacobian)
+    for i in range(4):
+        e = np.zeros(X.shape[1])
+        e[i] = step
+        ahead, behind = model._backend.forward_many(X + e), model._backend.forward_many(X - e)
+        slopes[:, :, i] = (ahead - behind) / (2 * step)
+    assert np.abs(slopes).max() > 0.1  # the predictions do move with the inputs
+    np.testing.assert_allclose(jacobian, slopes, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_one_rows_compiled_input_jacobian_is_the_reference_one(activation):
+    from stream_mtl.backends.flat import FlatBackend
+
+    model = _learned_on_every_kind("numpy", activation=activation)
+    X = _encoded_rows(model, 1)
+    assert model._backend._row_kernel  # one row: the compiled kernel
+    compiled = model._backend.input_jacobian(X, 4)
+    reference = FlatBackend.input_jacobian(model._backend, X, 4)
+    np.testing.assert_allclose(compiled, reference, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize(("every", "max_rows"), [(16, 2), (1, 2), (3, 1), (5, 0)])
 def test_due_one_picks_the_rows_due_picks(every, max_rows):
     from stream_mtl.affinity import TaskAffinity

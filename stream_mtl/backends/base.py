@@ -114,6 +114,9 @@ class Backend(typing.Protocol):
     def forward_many(self, X: np.ndarray) -> np.ndarray:
         """Predictions (n_rows x total outputs) for encoded inputs."""
 
+    def input_jacobian(self, X: np.ndarray, n_inputs: int) -> np.ndarray:
+        """d prediction / d input (n_rows x total outputs x the first `n_inputs` inputs)."""
+
     def step_one(
         self,
         x: np.ndarray,

@@ -38,6 +38,7 @@ host in float64, so the backends' maths and states are the same by construction.
 from __future__ import annotations
 
 import copy
+import math
 import typing
 
 import numpy as np
@@ -293,6 +294,75 @@ class FlatBackend(RowsAsBatches):
         Z, _ = self._head_outputs(X)
         heads, n, n_out = Z.shape
         return self._mix(link(self.columns, Z.reshape(heads * n, n_out)).reshape(Z.shape))
+
+    def input_jacobian(self, X: np.ndarray, n_inputs: int) -> np.ndarray:
+        """d prediction / d input (rows x outputs x the first `n_inputs` inputs) of the
+        mixed predictions at encoded rows X: each head's slope through its link, weighed
+        by the mixture, summed (the deep heads' back through the trunk, ReLU's slope
+        taken as 0 at 0 as the backward pass takes it). On the host, in float64."""
+        X = np.asarray(X, float)
+        n_out = len(self._column_task)
+        host = np.asarray(self._to_numpy(self._param), float)
+        offsets, shapes = self._layout.offsets, self._layout.shapes
+
+        def view(name: str) -> np.ndarray:
+            shape = shapes[name]
+            return host[offsets[name] : offsets[name] + math.prod(shape)].reshape(shape)
+
+        # Each head's weights on what it reads (outputs x width) and bias, by depth:
+        # depth 0 the inputs, depth d the d-th layer's output.
+        at_depth: list[list[tuple[np.ndarray, np.ndarray]]] = [
+            [] for _ in range(len(self.hidden) + 1)
+        ]
+        for head in self.linear:
+            at_depth[0].append((head.weight[:, 1:], head.weight[:, 0]))
+        if self.shared is not None:
+            rows = self.shared.weight[self._shared_row]
+            at_depth[0].append((rows[:, 1:], rows[:, 0]))
+        for depth, width in enumerate(self.hidden, start=1):
+            weight = host[self.head_span(depth, "weight")].reshape(n_out, width)
+            at_depth[depth].append((weight, host[self.head_span(depth, "bias")]))
+        for head in self.top:
+            at_depth[-1].append((head.weight[:, 1:], head.weight[:, 0]))
+        # the mixture's order of heads: linear, shared, a layer's head per depth, top
+        order = [(0, i) for i in range(len(at_depth[0]))]
+        order += [(d, 0) for d in range(1, len(self.hidden) + 1)]
+        order += [(len(self.hidden), 1 + t) for t in range(len(self.top))]
+        alpha = self.hedge.alpha[self._column_task]  # outputs x heads
+        slot = {place: h for h, place in enumerate(order)}
+        relu = self.activation == "relu"
+        out = np.empty((len(X), n_out, n_inputs))
+        for r, x in enumerate(X):
+            layers = [x]
+            for i in range(len(self.hidden)):
+                a = layers[-1] @ view(f"trunk.{i}.weight") + view(f"trunk.{i}.bias")
+                layers.append(np.maximum(a, 0.0) if relu else np.tanh(a))
+            grad = np.zeros((n_out, layers[-1].shape[0]))
+            for depth in range(len(self.hidden), -1, -1):
+                for i, (weight, bias) in enumerate(at_depth[depth]):
+                    h = slot[(depth, i)]
+                    grad += self._mixed_slope(alpha[:, h], weight @ layers[depth] + bias, weight)
+                if depth:
+                    a = layers[depth]
+                    grad *= (a > 0.0) if relu else 1.0 - a * a
+                    grad = grad @ view(f"trunk.{depth - 1}.weight").T
+            out[r] = grad[:, :n_inputs]
+        return out
+
+    def _mixed_slope(self, alpha: np.ndarray, z: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """d mixed / d (what a head reads), outputs x width: the head's `weight` (outputs x
+        width) times its raw outputs' `z` slopes through their links, times `alpha`."""
+        p = link(self.columns, z[None, :])[0]
+        diagonal = alpha * p
+        _, cols = self.columns.binary
+        diagonal[cols] *= 1.0 - p[cols]
+        _, cols = self.columns.regression
+        diagonal[cols] = alpha[cols]
+        out = diagonal[:, None] * weight
+        for _, start, stop in self.columns.multiclass:  # softmax: p_c (delta - p_c')
+            block = slice(start, stop)
+            out[block] -= (alpha[block] * p[block])[:, None] * (p[block] @ weight[block])
+        return out
 
     # -- steps ---------------------------------------------------------------------------
 

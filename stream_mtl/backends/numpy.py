@@ -166,6 +166,18 @@ class NumpyBackend(FlatBackend):
         )  # fmt: skip
         return mixed[None, :]
 
+    def input_jacobian(self, X: np.ndarray, n_inputs: int) -> np.ndarray:
+        if not (self._row_kernel and len(X) == 1):
+            return super().input_jacobian(X, n_inputs)
+        jacobian = row_kernel.row_jacobian(
+            kernel_array(X[0]), self._param, self._widths, self._trunk_at, self._heads_at,
+            self.activation == "relu", tuple(head.weight for head in self.linear),
+            self._shared_head().weight, self._shared_row64, self.shared is not None,
+            tuple(head.weight for head in self.top), self._column_task64, self._task_kind,
+            self._task_start, self._task_stop, self.hedge.alpha, n_inputs,
+        )  # fmt: skip
+        return jacobian[None]
+
     def step_many(
         self,
         X: np.ndarray,
@@ -310,4 +322,5 @@ def warm_up(backend: typing.Any = None) -> None:
     tiny.set_head("task", "regression", 1)
     tiny.step_many(np.zeros((1, 1)), np.zeros((1, 1)), np.ones(1), np.ones(1))
     tiny.forward_many(np.zeros((1, 1)))
+    tiny.input_jacobian(np.zeros((1, 1)), 1)
     tiny.finite()

@@ -186,6 +186,93 @@ def row_predict(
 
 
 @njit(cache=True, fastmath=False)
+def _add_slope(G, W, p, alpha, task_kind, task_start, task_stop) -> None:
+    """G (outputs x width) += d mixed / d z times W, for one head: W (outputs x width)
+    the slopes of its raw outputs z, p (outputs) its predictions, alpha (tasks) its
+    mixture weights; each link's slope: 1, p (1 - p), or softmax's p_c (delta - p_c')."""
+    width = W.shape[1]
+    for k in range(task_kind.shape[0]):
+        a, b, w = task_start[k], task_stop[k], alpha[k]
+        if task_kind[k] == MULTICLASS_CODE:
+            for c in range(a, b):
+                f = w * p[c]
+                for j in range(width):
+                    G[c, j] += f * W[c, j]
+                for c2 in range(a, b):
+                    f2 = f * p[c2]
+                    for j in range(width):
+                        G[c, j] -= f2 * W[c2, j]
+        elif task_kind[k] == BINARY_CODE:
+            f = w * (p[a] * (1.0 - p[a]))
+            for j in range(width):
+                G[a, j] += f * W[a, j]
+        else:
+            for j in range(width):
+                G[a, j] += w * W[a, j]
+
+
+@njit(cache=True, fastmath=False)
+def row_jacobian(
+    x, param, widths, trunk_at, heads_at, relu, linear_w, shared_w, shared_row, has_shared,
+    top_w, column_task, task_kind, task_start, task_stop, alpha, n_inputs,
+) -> np.ndarray:  # fmt: skip
+    """d prediction / d input (outputs x the first `n_inputs` inputs) of the mixed
+    predictions at one encoded row x: `FlatBackend.input_jacobian` for one row."""
+    acts, P, _ = _heads(
+        x, param, widths, trunk_at, heads_at, relu, linear_w, shared_w, shared_row,
+        has_shared, top_w, column_task, task_kind, task_start, task_stop, alpha,
+    )  # fmt: skip
+    n_out = column_task.shape[0]
+    n_layers = len(widths) - 1
+    n_linear = len(linear_w)
+    first_deep = n_linear + (1 if has_shared else 0)
+    first_top = first_deep + n_layers
+    ends = np.cumsum(widths)
+    G = np.zeros((n_out, widths[n_layers]))
+    for t in range(len(top_w)):
+        _add_slope(
+            G, top_w[t][:, 1:], P[first_top + t], alpha[:, first_top + t], task_kind,
+            task_start, task_stop,
+        )  # fmt: skip
+    for layer in range(n_layers - 1, -1, -1):
+        width_in, width = widths[layer], widths[layer + 1]
+        hw_at = heads_at[layer, 0]
+        heads = param[hw_at : hw_at + n_out * width].reshape((n_out, width))
+        _add_slope(
+            G, heads, P[first_deep + layer], alpha[:, first_deep + layer], task_kind,
+            task_start, task_stop,
+        )  # fmt: skip
+        layer_out = acts[ends[layer] : ends[layer] + width]
+        for j in range(width):
+            h = layer_out[j]
+            slope = (1.0 if h > 0.0 else 0.0) if relu else 1.0 - h * h
+            for o in range(n_out):
+                G[o, j] *= slope
+        w_at = trunk_at[layer, 0]
+        weight = param[w_at : w_at + width_in * width].reshape((width_in, width))
+        below = np.empty((n_out, width_in))
+        for o in range(n_out):
+            for i in range(width_in):
+                total = 0.0
+                for j in range(width):
+                    total += G[o, j] * weight[i, j]
+                below[o, i] = total
+        G = below
+    J = np.ascontiguousarray(G[:, :n_inputs])
+    for i in range(n_linear):
+        _add_slope(
+            J, linear_w[i][:, 1 : n_inputs + 1], P[i], alpha[:, i], task_kind, task_start,
+            task_stop,
+        )  # fmt: skip
+    if has_shared:
+        rows = np.empty((n_out, n_inputs))
+        for o in range(n_out):
+            rows[o, :] = shared_w[shared_row[o], 1 : n_inputs + 1]
+        _add_slope(J, rows, P[n_linear], alpha[:, n_linear], task_kind, task_start, task_stop)
+    return J
+
+
+@njit(cache=True, fastmath=False)
 def _evaluate(P, targets, task_kind, task_start, task_stop, G, H) -> None:
     """Gradient and curvature of each head's loss at its raw output (0 if unlabelled)."""
     G[:] = 0.0

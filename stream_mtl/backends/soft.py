@@ -177,6 +177,11 @@ class SoftSharing(RowsAsBatches):
             return np.zeros((len(X), 0))
         return np.concatenate([member.forward_many(X) for member in self.members], axis=1)
 
+    def input_jacobian(self, X: np.ndarray, n_inputs: int) -> np.ndarray:
+        if not self.members:
+            return np.zeros((len(X), 0, n_inputs))
+        return np.concatenate([m.input_jacobian(X, n_inputs) for m in self.members], axis=1)
+
     def step_many(
         self,
         X: np.ndarray,
