@@ -384,9 +384,9 @@ class LearningProcess(_LearnerLink):
     key whose features are not held yet waits for them, since they come from another
     process on another connection; 0: refused at once), `max_late_labels` (with
     `listen`: labels that wait so at once, at most; beyond, refused at once), `nice`
-    (added to the child's
-    nice value, 0 to 19: where the learner and the serving processes compete for a
-    core, predictions go first). Used through `OnlineModel(..., process=True)`.
+    (added to the child's nice value, 0 to 19: where the learner and the serving
+    processes compete for a core, predictions go first). Used through
+    `OnlineModel(..., process=True)`.
     """
 
     def __init__(

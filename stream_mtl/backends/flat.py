@@ -302,6 +302,8 @@ class FlatBackend(RowsAsBatches):
         taken as 0 at 0 as the backward pass takes it). On the host, in float64."""
         X = np.asarray(X, float)
         n_out = len(self._column_task)
+        if not n_out:
+            return np.zeros((len(X), 0, n_inputs))
         host = np.asarray(self._to_numpy(self._param), float)
         offsets, shapes = self._layout.offsets, self._layout.shapes
 
