@@ -513,17 +513,29 @@ def test_a_commit_while_the_group_rebalances_is_no_error(kafka):
             consumer.poll(200)
 
     def member(idle: bool = False, **options) -> tuple:
-        other = KafkaConsumer(
-            topic,
-            bootstrap_servers=kafka.bootstrap,
-            api_version=kafka.api_version,
-            group_id=group,
-            **{**timing, **options},
-        )
+        """Another member, made and polled on a thread of its own. Made there too: this
+        member must go on polling meanwhile, since a 0.9 broker's poll interval is the
+        session timeout (6 s here), past which kafka-python's heartbeat thread leaves
+        the group and the partitions are lost, not revoked (a failed run on a busy
+        machine: "Consumer poll timeout has expired", no second revoke in 60 s)."""
+        made: list[KafkaConsumer] = []
         joined = threading.Event()
-        thread = threading.Thread(target=join, args=(other, joined, idle), daemon=True)
+
+        def make_and_join() -> None:
+            made.append(
+                KafkaConsumer(
+                    topic,
+                    bootstrap_servers=kafka.bootstrap,
+                    api_version=kafka.api_version,
+                    group_id=group,
+                    **{**timing, **options},
+                )
+            )
+            join(made[0], joined, idle)
+
+        thread = threading.Thread(target=make_and_join, daemon=True)
         thread.start()
-        return other, joined, thread
+        return made, joined, thread
 
     # Joins, then stops polling: the next rebalance waits for it until it leaves the
     # group, its session timeout after its last poll (the 0.9 protocol has no separate
@@ -540,7 +552,7 @@ def test_a_commit_while_the_group_rebalances_is_no_error(kafka):
     assert held and not source.position
     source.commit(held)  # a checkpoint's, committed late: raised RebalanceInProgressError
 
-    idle.close()  # the rebalance completes without it
+    idle[0].close()  # the rebalance completes without it
     poll_until(source._consumer._coordinator.generation_if_stable, "end to the rebalance")
     owned = {str(tp.partition) for tp in source._consumer.assignment()}
     assert owned, "the rebalance gave this member nothing"
@@ -549,7 +561,7 @@ def test_a_commit_while_the_group_rebalances_is_no_error(kafka):
     source.close()
     done.set()
     polling.join()
-    last.close()
+    last[0].close()
 
 
 def test_a_member_whose_rejoin_stalled_rejoins(kafka):
