@@ -403,23 +403,9 @@ class LearningProcess(_LearnerLink):
         send_max_bytes: int = SEND_MAX_BYTES,
         **options: typing.Any,
     ) -> None:
-        if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
-            raise InvalidInput(f"nice must be an integer from 0 to 19, got {nice!r}")
-        if (
-            isinstance(label_grace, bool)
-            or not isinstance(label_grace, (int, float))
-            or not 0 <= label_grace <= 60
-        ):
-            raise InvalidInput(f"label_grace must be seconds from 0 to 60, got {label_grace!r}")
-        if (
-            isinstance(max_late_labels, bool)
-            or not isinstance(max_late_labels, int)
-            or not 0 <= max_late_labels <= MAX_LATE_LABELS
-        ):
-            raise InvalidInput(
-                f"max_late_labels must be an integer from 0 to {MAX_LATE_LABELS}, "
-                f"got {max_late_labels!r}"
-            )
+        _check_within("nice", nice, 0, 19)
+        _check_within("label_grace", label_grace, 0, 60, seconds=True)
+        _check_within("max_late_labels", max_late_labels, 0, MAX_LATE_LABELS)
         _check_send_max_bytes(send_max_bytes)
         for name in ("on_snapshot", "on_idle"):
             if options.get(name) is not None:
@@ -676,6 +662,15 @@ class LearnerClient(_LearnerLink):
             self._conn.close()
         self._stop_loader()
         self._reader.close()
+
+
+def _check_within(name: str, value: object, low: int, high: int, seconds: bool = False) -> None:
+    """Refuse a setting that is not an integer (or, for `seconds`, a number) from `low`
+    to `high`."""
+    kinds = (int, float) if seconds else int
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        what = "seconds" if seconds else "an integer"
+        raise InvalidInput(f"{name} must be {what} from {low} to {high}, got {value!r}")
 
 
 def _check_send_max_bytes(value: object) -> None:

@@ -279,13 +279,18 @@ def test_the_input_jacobian_that_task_affinity_takes_is_the_slope_of_the_predict
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_one_rows_compiled_input_jacobian_is_the_reference_one(activation):
+def test_one_rows_compiled_input_jacobian_is_the_reference_one(activation, monkeypatch):
+    from stream_mtl.backends import row_kernel
     from stream_mtl.backends.flat import FlatBackend
 
     model = _learned_on_every_kind("numpy", activation=activation)
     X = _encoded_rows(model, 1)
     assert model._backend._row_kernel  # one row: the compiled kernel
+    calls: list = []
+    kernel = row_kernel.row_jacobian
+    monkeypatch.setattr(row_kernel, "row_jacobian", lambda *a: calls.append(1) or kernel(*a))
     compiled = model._backend.input_jacobian(X, 4)
+    assert calls == [1], "the compiled kernel was not called"
     reference = FlatBackend.input_jacobian(model._backend, X, 4)
     np.testing.assert_allclose(compiled, reference, rtol=1e-12, atol=1e-14)
 
